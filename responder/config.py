@@ -1,0 +1,148 @@
+"""Settings from RESPONDER_* environment variables (optionally a TOML file), validated at start."""
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "RESPONDER_"
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the variable and the bad value."""
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    parse.__doc__ = f"an integer from {low} to {high}"
+    return parse
+
+
+def _positive_float(raw: str) -> float:
+    """a positive number of seconds"""
+    value = float(raw)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    """true/false (also 1/0, yes/no, on/off)"""
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    """a comma-separated list"""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _level(raw: str) -> str:
+    """one of DEBUG, INFO, WARNING, ERROR"""
+    level = raw.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("unknown level")
+    return level
+
+
+def _setting(default: Any, parse: Callable[[str], Any] = str, secret: bool = False) -> Any:
+    return field(default=default, metadata={"parse": parse, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the daemon can be told. Each field is RESPONDER_<FIELD NAME IN CAPITALS>."""
+
+    host: str = _setting("127.0.0.1")
+    port: int = _setting(8080, _int_range(0, 65535))
+    data_dir: Path = _setting(Path("data"), Path)
+    playbooks_dir: Path = _setting(PACKAGE_ROOT / "playbooks", Path)
+    log_level: str = _setting("INFO", _level)
+    # PagerDuty V3 webhooks
+    pagerduty_secrets: tuple[str, ...] = _setting((), _csv, secret=True)
+    verify_signatures: bool = _setting(True, _bool)
+    max_body_bytes: int = _setting(512 * 1024, _int_range(1024, 64 * 1024 * 1024))
+    # HTTP API
+    api_token: str = _setting("", secret=True)
+    # Jobs
+    workers: int = _setting(os.cpu_count() or 2, _int_range(1, 256))
+    job_timeout: float = _setting(900.0, _positive_float)
+    job_max_attempts: int = _setting(3, _int_range(1, 100))
+    retry_backoff: float = _setting(2.0, _positive_float)
+    shutdown_grace: float = _setting(30.0, _positive_float)
+    # The built-in playbooks probe this URL; empty means the daemon's own /healthz.
+    probe_url: str = _setting("")
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, config_file: Path | None = None
+    ) -> "Settings":
+        """Read RESPONDER_CONFIG (TOML, optional) then RESPONDER_* variables, which win."""
+        environ = os.environ if environ is None else environ
+        raw: dict[str, tuple[str, str]] = {}  # field -> (where it came from, raw text)
+        config_file = config_file or (
+            Path(environ[f"{PREFIX}CONFIG"]) if f"{PREFIX}CONFIG" in environ else None
+        )
+        if config_file is not None:
+            raw.update(_read_toml(config_file))
+        known = {f.name for f in fields(cls)}
+        for name, value in environ.items():
+            if name.startswith(PREFIX) and name != f"{PREFIX}CONFIG":
+                key = name[len(PREFIX) :].lower()
+                if key not in known:
+                    raise ConfigError(
+                        f"{name}: unknown setting (known: {', '.join(sorted(known))})"
+                    )
+                raw[key] = (name, value)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in raw:
+                continue
+            where, text = raw[f.name]
+            try:
+                values[f.name] = f.metadata["parse"](text)
+            except ValueError as e:
+                shown = "[secret]" if f.metadata["secret"] else repr(text)
+                expected = f.metadata["parse"].__doc__ or "a string"
+                raise ConfigError(f"{where}: {e}; got {shown}, expected {expected}") from None
+        return cls(**values)
+
+    def public(self) -> dict[str, Any]:
+        """The settings for a start-up log line, secrets masked."""
+        return {
+            f.name: ("[secret]" if getattr(self, f.name) else "")
+            if f.metadata["secret"]
+            else str(getattr(self, f.name))
+            for f in fields(self)
+        }
+
+
+def _read_toml(path: Path) -> dict[str, tuple[str, str]]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{PREFIX}CONFIG: cannot read {path}: {e}") from None
+    table = data.get("responder", data)
+    out: dict[str, tuple[str, str]] = {}
+    for key, value in table.items():
+        text = (
+            ",".join(map(str, value))
+            if isinstance(value, list)
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+        )
+        out[key] = (f"{path}: {key}", text)
+    return out

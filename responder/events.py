@@ -1,0 +1,107 @@
+"""The typed event and incident model every source normalises into."""
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A PagerDuty-style reference to another object (service, user, team, policy)."""
+
+    id: str
+    type: str = ""
+    summary: str = ""
+    html_url: str = ""
+
+    @classmethod
+    def parse(cls, data: Any) -> "Reference | None":
+        if not isinstance(data, dict) or not data.get("id"):
+            return None
+        return cls(
+            id=str(data["id"]),
+            type=str(data.get("type") or ""),
+            summary=str(data.get("summary") or ""),
+            html_url=str(data.get("html_url") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class Incident:
+    id: str
+    title: str = ""
+    status: str = ""
+    number: int | None = None
+    urgency: str = ""
+    priority: Reference | None = None
+    service: Reference | None = None
+    escalation_policy: Reference | None = None
+    teams: tuple[Reference, ...] = ()
+    assignees: tuple[Reference, ...] = ()
+    incident_key: str = ""
+    html_url: str = ""
+    created_at: str = ""
+    severity: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        """What a trigger's `service=` matches: the service id and its name."""
+        if self.service is None:
+            return ()
+        return tuple(x for x in (self.service.id, self.service.summary) if x)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened, from one source. `incident` is None for non-incident events."""
+
+    id: str
+    source: str
+    type: str
+    resource_type: str
+    occurred_at: str = ""
+    agent: Reference | None = None
+    client: dict[str, Any] | None = None
+    incident: Incident | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def incident_id(self) -> str:
+        return self.incident.id if self.incident else ""
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """A JSON-ready form of the event, for the job store."""
+    return asdict(event)
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    incident = data.get("incident")
+    return Event(
+        id=data["id"],
+        source=data["source"],
+        type=data["type"],
+        resource_type=data["resource_type"],
+        occurred_at=data.get("occurred_at", ""),
+        agent=_reference(data.get("agent")),
+        client=data.get("client"),
+        incident=_incident_from_dict(incident) if incident else None,
+        data=data.get("data") or {},
+    )
+
+
+def _reference(data: Any) -> Reference | None:
+    return Reference(**data) if data else None
+
+
+def _incident_from_dict(data: dict[str, Any]) -> Incident:
+    return Incident(
+        **{
+            **data,
+            "priority": _reference(data.get("priority")),
+            "service": _reference(data.get("service")),
+            "escalation_policy": _reference(data.get("escalation_policy")),
+            "teams": tuple(Reference(**t) for t in data.get("teams") or ()),
+            "assignees": tuple(Reference(**a) for a in data.get("assignees") or ()),
+        }
+    )

@@ -1,0 +1,82 @@
+"""The environment every Pulumi call runs with: local backend, passphrase secrets, no network."""
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from responder.secret_files import ensure_secret_file
+
+
+@dataclass(frozen=True)
+class PulumiEnvironment:
+    """Where Pulumi keeps its state for this daemon, and the variables that point the CLI at it."""
+
+    data_dir: Path
+    pulumi_command: Path
+    backend_url: str
+    passphrase_env: dict[str, str]
+
+    @classmethod
+    def create(cls, data_dir: Path, pulumi_command: Path | None = None) -> "PulumiEnvironment":
+        """Prepare the data dir; the user's PULUMI_* settings win over our defaults."""
+        data_dir = data_dir.resolve()
+        backend_dir = data_dir / "pulumi-state"
+        backend_dir.mkdir(parents=True, exist_ok=True)
+        backend_url = os.environ.get("PULUMI_BACKEND_URL") or backend_dir.as_uri()
+        if (
+            "PULUMI_CONFIG_PASSPHRASE" in os.environ
+            or "PULUMI_CONFIG_PASSPHRASE_FILE" in os.environ
+        ):
+            passphrase_env: dict[str, str] = {}  # inherited from our own environment
+        else:
+            passphrase_file = data_dir / "pulumi-passphrase"
+            ensure_secret_file(passphrase_file)
+            passphrase_env = {"PULUMI_CONFIG_PASSPHRASE_FILE": str(passphrase_file)}
+        return cls(data_dir, pulumi_command or find_pulumi(), backend_url, passphrase_env)
+
+    @property
+    def pulumi_home(self) -> Path:
+        return self.data_dir / "pulumi-home"
+
+    def workspace_dir(self, project: str) -> Path:
+        """Persistent per-project workspace: stack config and the passphrase salt live here."""
+        return self.data_dir / "workspaces" / project
+
+    def variables(self) -> dict[str, str]:
+        """Variables added to the daemon's own environment for every CLI and worker process."""
+        bin_dir = str(self.pulumi_command.parent)
+        path = os.environ.get("PATH", "")
+        return {
+            "PULUMI_BACKEND_URL": self.backend_url,
+            "PULUMI_HOME": str(self.pulumi_home),
+            "PULUMI_SKIP_UPDATE_CHECK": "true",
+            "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+            # Dynamic providers and the language host must run our interpreter, which has our packages.
+            "PULUMI_PYTHON_CMD": sys.executable,
+            "PATH": f"{bin_dir}{os.pathsep}{path}" if path else bin_dir,
+            **self.passphrase_env,
+        }
+
+    def passphrase(self) -> str | None:
+        """The passphrase in use, so the log redactor can mask it."""
+        if "PULUMI_CONFIG_PASSPHRASE" in os.environ:
+            return os.environ["PULUMI_CONFIG_PASSPHRASE"]
+        file = self.passphrase_env.get("PULUMI_CONFIG_PASSPHRASE_FILE") or os.environ.get(
+            "PULUMI_CONFIG_PASSPHRASE_FILE"
+        )
+        return Path(file).read_text().strip() if file else None
+
+
+def find_pulumi() -> Path:
+    """The CLI beside our interpreter (the virtualenv's bin), else the first on PATH."""
+    beside = Path(sys.executable).parent / "pulumi"
+    if beside.exists():
+        return beside.absolute()
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(directory) / "pulumi"
+        if candidate.exists():
+            return candidate.absolute()
+    raise FileNotFoundError(
+        "no pulumi CLI found beside the interpreter or on PATH; run scripts/setup first"
+    )

@@ -1,0 +1,56 @@
+"""Messages between the daemon and a stack worker process: one request in, JSON lines out.
+
+The request arrives on the worker's stdin as one JSON object. The worker answers with JSON lines on
+its protocol stream, each with a `kind`:
+  {"kind": "event", "step": ..., "event": {...}}        a Pulumi engine event, secrets already masked
+  {"kind": "done", "step": ..., "result": {...}}        a step succeeded
+  {"kind": "error", "step": ..., "error": KIND, "message": ...}   a step failed; no further steps run
+"""
+
+from typing import Any, Literal, NotRequired, TypedDict
+
+StepName = Literal[
+    "select",
+    "set_config",
+    "set_tags",
+    "refresh",
+    "preview",
+    "up",
+    "destroy",
+    "outputs",
+    "repair",
+    "export",
+]
+
+
+class ConfigValue(TypedDict):
+    value: str
+    secret: bool
+
+
+class Step(TypedDict):
+    op: StepName
+    config: NotRequired[dict[str, ConfigValue]]
+    tags: NotRequired[dict[str, str]]
+    remove: NotRequired[bool]
+    create: NotRequired[bool]
+    path: NotRequired[str]
+
+
+class Request(TypedDict):
+    project: str
+    stack: str
+    program: str  # "module:function"
+    work_dir: str
+    pulumi_command: str
+    pulumi_version: str
+    steps: list[Step]
+
+
+class Message(TypedDict):
+    kind: Literal["event", "done", "error"]
+    step: str
+    event: NotRequired[dict[str, Any]]
+    result: NotRequired[dict[str, Any]]
+    error: NotRequired[str]
+    message: NotRequired[str]

@@ -1,0 +1,269 @@
+"""A stack worker: runs one request's Pulumi steps in its own process, isolated from the daemon.
+
+Started as `python -m responder.stacks.worker`. Isolation means a timeout or cancellation can stop it,
+a crash cannot take the daemon down, and concurrent programs never share Pulumi's process-global state.
+SIGTERM is forwarded once to the running `pulumi` CLI, which then cancels gracefully.
+"""
+
+import contextlib
+import functools
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from responder.stacks.protocol import Message, Request, Step
+
+_cancelled = threading.Event()
+
+
+def main() -> int:
+    protocol = _take_stdout()
+    signal.signal(signal.SIGTERM, _forward_sigterm)
+    request: Request = json.loads(sys.stdin.readline())
+    sink = _Sink(protocol)
+    # Imported after the request is read, so a warm, idle worker has already paid for the import.
+    return run(request, sink)
+
+
+def warm_up() -> None:
+    """Import the heavy modules before a request arrives (the daemon keeps a warm spare)."""
+    import pulumi.automation  # noqa: F401
+
+
+def run(request: Request, sink: "_Sink") -> int:
+    from pulumi import automation as auto
+
+    program = _load_program(request["program"])
+    workspace_dir = Path(request["work_dir"])
+    workspace_dir.mkdir(parents=True, exist_ok=True)
+    command = _known_command(request["pulumi_command"], request["pulumi_version"])
+    opts = auto.LocalWorkspaceOptions(
+        work_dir=str(workspace_dir),
+        pulumi_home=os.environ.get("PULUMI_HOME"),
+        secrets_provider="passphrase",
+        project_settings=auto.ProjectSettings(name=request["project"], runtime="python"),
+        pulumi_command=command,
+    )
+    stack: Any = None
+    for step in request["steps"]:
+        op = step["op"]
+        try:
+            if stack is None:
+                stack = _open_stack(auto, request, program, opts, create=step.get("create", False))
+            result = _run_step(auto, stack, step, functools.partial(sink.event, op))
+        except Exception as e:
+            kind, message = _classify(auto, e)
+            if _cancelled.is_set():
+                kind = "cancelled"
+            sink.send({"kind": "error", "step": op, "error": kind, "message": message})
+            return 1
+        sink.send({"kind": "done", "step": op, "result": result})
+    return 0
+
+
+def _open_stack(auto: Any, request: Request, program: Any, opts: Any, *, create: bool) -> Any:
+    open_ = auto.create_or_select_stack if create else auto.select_stack
+    return open_(
+        stack_name=request["stack"], project_name=request["project"], program=program, opts=opts
+    )
+
+
+def _run_step(auto: Any, stack: Any, step: Step, on_event: Callable[[Any], None]) -> dict[str, Any]:
+    op = step["op"]
+    if op == "select":
+        return {"stack": stack.name}
+    if op == "set_config":
+        config = {
+            k: auto.ConfigValue(v["value"], secret=v["secret"]) for k, v in step["config"].items()
+        }
+        stack.set_all_config(config)
+        return {"keys": sorted(config)}
+    if op == "set_tags":
+        for key, value in step["tags"].items():
+            stack.set_tag(key, value)
+        return {"tags": sorted(step["tags"])}
+    if op == "up":
+        up = stack.up(on_event=on_event, show_secrets=False)
+        return {"outputs": _outputs(up.outputs), "changes": up.summary.resource_changes or {}}
+    if op == "preview":
+        preview = stack.preview(on_event=on_event)
+        return {"changes": preview.change_summary or {}}
+    if op == "refresh":
+        # run_program: the program re-registers its outputs, so stack outputs show the refreshed state.
+        refresh = stack.refresh(on_event=on_event, show_secrets=False, run_program=True)
+        return {
+            "changes": refresh.summary.resource_changes or {},
+            "outputs": _outputs(stack.outputs()),
+        }
+    if op == "destroy":
+        remove = step.get("remove", False)
+        destroy = stack.destroy(on_event=on_event, show_secrets=False, remove=remove)
+        return {"changes": destroy.summary.resource_changes or {}, "removed": remove}
+    if op == "outputs":
+        return {"outputs": _outputs(stack.outputs())}
+    if op == "export":
+        # Secrets stay encrypted: the CLI exports ciphertext unless --show-secrets is passed.
+        stack._run_pulumi_cmd_sync(["stack", "export", "--file", step["path"]])
+        return {"path": step["path"], "bytes": Path(step["path"]).stat().st_size}
+    if op == "repair":
+        return _repair(auto, stack)
+    raise ValueError(f"unknown step {op!r}")
+
+
+def _repair(auto: Any, stack: Any) -> dict[str, Any]:
+    """Clear what a killed CLI left behind: its lock, then pending operations in the state.
+
+    Only called when the daemon knows no CLI for this stack is alive.
+    """
+    stack.cancel()  # on a file backend this only deletes the stack's lock files
+    state = stack.export_stack()
+    pending = (state.deployment or {}).get("pending_operations") or []
+    if pending:
+        state.deployment["pending_operations"] = []
+        stack.import_stack(state)
+    return {"unlocked": True, "cleared_pending_operations": len(pending)}
+
+
+def _outputs(outputs: dict[str, Any]) -> dict[str, Any]:
+    return {name: {"value": out.value, "secret": out.secret} for name, out in outputs.items()}
+
+
+def _classify(auto: Any, e: Exception) -> tuple[str, str]:
+    errors = auto.errors
+    if isinstance(e, errors.StackNotFoundError):
+        return "stack_not_found", "stack not found"
+    if isinstance(e, errors.StackAlreadyExistsError):
+        return "stack_already_exists", "stack already exists"
+    if isinstance(e, errors.ConcurrentUpdateError):
+        return "stack_locked", "the stack is locked by another update"
+    if isinstance(
+        e, errors.InlineSourceRuntimeError | errors.RuntimeError | errors.CompilationError
+    ):
+        return "program_error", _summarize(e)
+    if isinstance(e, errors.CommandError):
+        return "cli_error", _summarize(e)
+    if isinstance(e, ImportError | AttributeError | ValueError):
+        return "program_error", f"{type(e).__name__}: {e}"
+    return "stack_error", f"{type(e).__name__}: {e}"
+
+
+def _summarize(e: Exception) -> str:
+    """The CLI's own error lines, not its whole output."""
+    text = str(e)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower() and not ln.startswith("code:")]
+    chosen = errors[-6:] if errors else lines[-6:]
+    return "\n".join(chosen)[:2000]
+
+
+def _load_program(spec: str) -> Callable[[], None]:
+    module_name, _, attr = spec.partition(":")
+    program = getattr(importlib.import_module(module_name), attr or "pulumi_program")
+    if not callable(program):
+        raise TypeError(f"program {spec!r} is not callable")
+    return program  # type: ignore[no-any-return]
+
+
+def _known_command(command: str, version: str) -> Any:
+    """A PulumiCommand that trusts the daemon's version check instead of spawning `pulumi version`."""
+    from pulumi.automation import PulumiCommand
+    from semver import VersionInfo
+
+    cmd = PulumiCommand.__new__(PulumiCommand)
+    cmd.command = command
+    cmd.version = VersionInfo.parse(version.lstrip("v"))
+    return cmd
+
+
+def _summarize_event(event: Any) -> dict[str, Any] | None:
+    """Keep what the logs need from an engine event; drop stdout chatter."""
+    for name in ("resource_pre_event", "res_outputs_event"):
+        e = getattr(event, name, None)
+        if e is not None and e.metadata is not None:
+            m = e.metadata
+            status = "started" if name == "resource_pre_event" else "done"
+            op = getattr(m.op, "value", m.op)
+            return {"type": name, "urn": m.urn, "op": op, "resource_type": m.type, "status": status}
+    failed = getattr(event, "res_op_failed_event", None)
+    if failed is not None:
+        m = failed.metadata
+        return {
+            "type": "res_op_failed_event",
+            "urn": m.urn,
+            "op": getattr(m.op, "value", m.op),
+            "status": "failed",
+        }
+    diag = getattr(event, "diagnostic_event", None)
+    if diag is not None and diag.severity in ("warning", "error"):
+        return {
+            "type": "diagnostic_event",
+            "severity": diag.severity,
+            "urn": diag.urn,
+            "message": diag.message.strip()[:1000],
+        }
+    summary = getattr(event, "summary_event", None)
+    if summary is not None:
+        return {
+            "type": "summary_event",
+            "resource_changes": summary.resource_changes,
+            "duration_seconds": summary.duration_seconds,
+        }
+    return None
+
+
+class _Sink:
+    """Writes protocol lines; engine events arrive on SDK threads, so writes are serialized."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def send(self, message: Message) -> None:
+        line = json.dumps(message, default=str)
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+    def event(self, step: str, event: Any) -> None:
+        summary = _summarize_event(event)
+        if summary is not None:
+            self.send({"kind": "event", "step": step, "event": summary})
+
+
+def _take_stdout() -> TextIO:
+    """Keep the real stdout for the protocol; anything the program prints goes to stderr instead."""
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return protocol
+
+
+def _forward_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    """Pass the first SIGTERM to the CLI (a graceful cancel); the daemon escalates if it must."""
+    if _cancelled.is_set():
+        return
+    _cancelled.set()
+    for pid in _children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in (task / "children").read_text().split()]
+    return pids
+
+
+if __name__ == "__main__":
+    if "--warm" in sys.argv:
+        warm_up()
+    sys.exit(main())

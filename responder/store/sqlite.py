@@ -1,0 +1,437 @@
+"""The SQLite job store: one file in the data dir, WAL mode, one connection on its own thread.
+
+Every public method runs as a single function on that thread, so a transaction is never interleaved
+with another coroutine's statements and the event loop never waits on the disk.
+"""
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from responder.store import (
+    Job,
+    JobStatus,
+    NewDelivery,
+    NewJob,
+    RecordedDelivery,
+    StepRecord,
+    StoreUnavailable,
+)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    body BLOB NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_incident ON deliveries (incident_id);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id TEXT NOT NULL REFERENCES deliveries (id),
+    playbook TEXT NOT NULL,
+    project TEXT NOT NULL,
+    stack TEXT NOT NULL,
+    event TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    not_before REAL NOT NULL DEFAULT 0,
+    coalesce INTEGER NOT NULL DEFAULT 0,
+    coalesced_into INTEGER,
+    params TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    outputs TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, project, stack, id);
+CREATE INDEX IF NOT EXISTS jobs_incident ON jobs (incident_id, id);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs (id),
+    step TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    duration_ms REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    changes TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS steps_job ON steps (job_id, id);
+CREATE TABLE IF NOT EXISTS stacks (
+    project TEXT NOT NULL,
+    stack TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    last_operation TEXT NOT NULL,
+    outputs TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (project, stack)
+);
+"""
+
+# The first queued job of each stack, provided nothing runs on that stack: strict arrival order.
+CLAIMABLE = """
+SELECT * FROM jobs AS j
+WHERE j.status = 'queued'
+  AND NOT EXISTS (
+    SELECT 1 FROM jobs AS o
+    WHERE o.project = j.project AND o.stack = j.stack
+      AND (o.status = 'running' OR (o.status = 'queued' AND o.id < j.id)))
+ORDER BY j.id
+"""
+
+
+class SQLiteStore:
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed delivery survives power loss too, not only a crash of this process.
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._call(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._call(lambda: self._conn().execute("SELECT 1").fetchone())
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except (sqlite3.Error, RuntimeError) as e:  # RuntimeError: executor already shut down
+            raise StoreUnavailable(f"job store unavailable: {e}") from e
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("store is closed")
+        return self._db
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    async def record_delivery(self, delivery: NewDelivery, jobs: list[NewJob]) -> RecordedDelivery:
+        return await self._call(lambda: self._transaction(lambda db: _record(db, delivery, jobs)))
+
+    # -- running --------------------------------------------------------------------------------
+
+    async def claim_next(self, now: float) -> Job | None:
+        def claim(db: sqlite3.Connection) -> Job | None:
+            for row in db.execute(CLAIMABLE):
+                if row["not_before"] > now:
+                    continue  # its stack waits for it: later jobs of that stack stay behind
+                db.execute(
+                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ? WHERE id = ?",
+                    (now, row["id"]),
+                )
+                return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+            return None
+
+        return await self._call(lambda: self._transaction(claim))
+
+    async def next_due(self) -> float | None:
+        def due() -> float | None:
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT MIN(not_before) FROM jobs WHERE status = 'queued' AND not_before > 0"
+                )
+                .fetchone()
+            )
+            return row[0] if row and row[0] is not None else None
+
+        return await self._call(due)
+
+    async def add_step(self, job_id: int, step: StepRecord) -> None:
+        await self._call(
+            lambda: self._conn().execute(
+                "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    step.step,
+                    step.started_at,
+                    step.duration_ms,
+                    step.outcome,
+                    step.error,
+                    json.dumps(step.changes),
+                ),
+            )
+        )
+
+    async def finish(
+        self,
+        job_id: int,
+        status: JobStatus,
+        now: float,
+        *,
+        error: str | None = None,
+        outputs: dict[str, Any] | None = None,
+    ) -> None:
+        await self._call(
+            lambda: self._conn().execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, outputs = ? WHERE id = ?",
+                (
+                    status.value,
+                    now,
+                    error,
+                    json.dumps(outputs) if outputs is not None else None,
+                    job_id,
+                ),
+            )
+        )
+
+    async def retry_later(self, job_id: int, not_before: float, error: str) -> None:
+        await self._call(
+            lambda: self._conn().execute(
+                "UPDATE jobs SET status = 'queued', not_before = ?, error = ? WHERE id = ?",
+                (not_before, error, job_id),
+            )
+        )
+
+    async def running_jobs(self) -> list[Job]:
+        return await self._call(
+            lambda: [
+                _job(r)
+                for r in self._conn().execute(
+                    "SELECT * FROM jobs WHERE status = 'running' ORDER BY id"
+                )
+            ]
+        )
+
+    async def record_stack(
+        self,
+        project: str,
+        stack: str,
+        incident_id: str,
+        status: str,
+        operation: str,
+        outputs: dict[str, Any] | None,
+        now: float,
+    ) -> None:
+        await self._call(
+            lambda: self._conn().execute(
+                "INSERT INTO stacks (project, stack, incident_id, status, last_operation, outputs, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, stack) DO UPDATE SET"
+                " status = excluded.status, last_operation = excluded.last_operation,"
+                " outputs = COALESCE(excluded.outputs, stacks.outputs), updated_at = excluded.updated_at",
+                (
+                    project,
+                    stack,
+                    incident_id,
+                    status,
+                    operation,
+                    json.dumps(outputs) if outputs is not None else None,
+                    now,
+                ),
+            )
+        )
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: int) -> Job | None:
+        def get() -> Job | None:
+            db = self._conn()
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return _job(row, _steps(db, job_id)) if row else None
+
+        return await self._call(get)
+
+    async def list_jobs(
+        self,
+        *,
+        incident_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Job]:
+        where, args = [], []
+        if incident_id:
+            where.append("incident_id = ?")
+            args.append(incident_id)
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY id LIMIT ? OFFSET ?"
+        return await self._call(
+            lambda: [_job(r) for r in self._conn().execute(sql, (*args, limit, offset))]
+        )
+
+    async def incident(self, incident_id: str) -> dict[str, Any] | None:
+        def get() -> dict[str, Any] | None:
+            db = self._conn()
+            deliveries = [
+                {
+                    k: row[k]
+                    for k in ("id", "source", "event_id", "event_type", "status", "received_at")
+                }
+                for row in db.execute(
+                    "SELECT * FROM deliveries WHERE incident_id = ? ORDER BY received_at",
+                    (incident_id,),
+                )
+            ]
+            jobs = [
+                _job(r, _steps(db, r["id"]))
+                for r in db.execute(
+                    "SELECT * FROM jobs WHERE incident_id = ? ORDER BY id", (incident_id,)
+                )
+            ]
+            stacks = [
+                {
+                    "project": r["project"],
+                    "stack": r["stack"],
+                    "status": r["status"],
+                    "last_operation": r["last_operation"],
+                    "updated_at": r["updated_at"],
+                    "outputs": json.loads(r["outputs"]) if r["outputs"] else None,
+                }
+                for r in db.execute(
+                    "SELECT * FROM stacks WHERE incident_id = ? ORDER BY stack", (incident_id,)
+                )
+            ]
+            if not deliveries and not jobs:
+                return None
+            return {"id": incident_id, "deliveries": deliveries, "jobs": jobs, "stacks": stacks}
+
+        return await self._call(get)
+
+    async def counts(self) -> dict[str, int]:
+        def count() -> dict[str, int]:
+            rows = self._conn().execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+            return {r[0]: r[1] for r in rows}
+
+        return await self._call(count)
+
+    async def delivery_ids(self) -> set[str]:
+        return await self._call(
+            lambda: {r[0] for r in self._conn().execute("SELECT id FROM deliveries")}
+        )
+
+
+def _record(db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJob]) -> RecordedDelivery:
+    inserted = db.execute(
+        "INSERT INTO deliveries (id, source, event_id, event_type, incident_id, status, body, received_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        (
+            delivery.id,
+            delivery.source,
+            delivery.event_id,
+            delivery.event_type,
+            delivery.incident_id,
+            delivery.status,
+            delivery.body,
+            delivery.received_at,
+        ),
+    ).rowcount
+    if not inserted:
+        return RecordedDelivery(created=False, job_ids=[])
+    ids: list[int] = []
+    for job in jobs:
+        cursor = db.execute(
+            "INSERT INTO jobs (delivery_id, playbook, project, stack, event, incident_id, event_type,"
+            " status, max_attempts, coalesce, params, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+            (
+                delivery.id,
+                job.playbook,
+                job.project,
+                job.stack,
+                json.dumps(job.event),
+                delivery.incident_id,
+                delivery.event_type,
+                job.max_attempts,
+                int(job.coalesce),
+                json.dumps(job.params),
+                delivery.received_at,
+            ),
+        )
+        job_id = int(cursor.lastrowid or 0)
+        if job.coalesce:
+            # Older queued runs of this playbook on this stack are superseded by this newer one.
+            db.execute(
+                "UPDATE jobs SET status = 'coalesced', coalesced_into = ?, finished_at = ?"
+                " WHERE status = 'queued' AND coalesce = 1 AND playbook = ? AND project = ? AND stack = ?"
+                " AND id < ? AND attempts = 0",
+                (job_id, delivery.received_at, job.playbook, job.project, job.stack, job_id),
+            )
+        ids.append(job_id)
+    return RecordedDelivery(created=True, job_ids=ids)
+
+
+def _job(row: sqlite3.Row, steps: tuple[StepRecord, ...] = ()) -> Job:
+    return Job(
+        id=row["id"],
+        delivery_id=row["delivery_id"],
+        playbook=row["playbook"],
+        project=row["project"],
+        stack=row["stack"],
+        event=json.loads(row["event"]),
+        incident_id=row["incident_id"],
+        event_type=row["event_type"],
+        status=JobStatus(row["status"]),
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        not_before=row["not_before"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        error=row["error"],
+        outputs=json.loads(row["outputs"]) if row["outputs"] else None,
+        params=json.loads(row["params"]),
+        coalesced_into=row["coalesced_into"],
+        steps=steps,
+    )
+
+
+def _steps(db: sqlite3.Connection, job_id: int) -> tuple[StepRecord, ...]:
+    return tuple(
+        StepRecord(
+            r["step"],
+            r["started_at"],
+            r["duration_ms"],
+            r["outcome"],
+            r["error"],
+            json.loads(r["changes"]),
+        )
+        for r in db.execute("SELECT * FROM steps WHERE job_id = ? ORDER BY id", (job_id,))
+    )

@@ -1,0 +1,1 @@
+"""Pulumi programs used only by the tests."""
