@@ -1,0 +1,18 @@
+"""The original tutorial's self-service diagnostics: a throwaway stack reporting on the host."""
+
+from responder.playbook import Context, on
+
+
+@on("responder.diagnostics", allow_destroy=True)
+async def host_diagnostics(ctx: Context) -> None:
+    """Report the host's clock (`request=timezone`) or identity (`request=location`), then clean up.
+
+    Run it by hand: POST /playbooks/host_diagnostics/run?wait=60 with {"params": {"request": "timezone"}}.
+    """
+    request = ctx.params.get("request", "timezone")
+    await ctx.stack.set_config(
+        {"request": request, "scratch_root": ctx.params.get("scratch_root", "")}
+    )
+    result = await ctx.stack.up()
+    ctx.log.info("diagnostics.reported", request=request, data=result.outputs[request].value)
+    await ctx.stack.destroy(remove=True)

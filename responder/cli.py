@@ -1,0 +1,93 @@
+"""The `responder` command: serve, check, playbooks, replay."""
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+
+from responder.config import ConfigError, Settings
+from responder.logs import Redactor, configure_logging, get_logger
+from responder.playbook import Playbook
+from responder.playbook_loader import PlaybookLoadError, load_playbooks
+
+log = get_logger("responder.cli")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="responder", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the daemon")
+    commands.add_parser("check", help="validate the configuration and playbooks without serving")
+    commands.add_parser("playbooks", help="list playbooks with their triggers and docstrings")
+    replay = commands.add_parser(
+        "replay", help="run a saved payload through matching, preview only"
+    )
+    replay.add_argument("file", type=Path, help="a saved PagerDuty V3 webhook body (JSON)")
+    args = parser.parse_args(argv)
+
+    redactor = Redactor()
+    try:
+        settings = Settings.load()
+        configure_logging(redactor, level=settings.log_level)
+        playbooks = load_playbooks(settings.playbooks_dir)
+    except (ConfigError, PlaybookLoadError) as e:
+        print(f"responder: {e}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(
+            f"ok: configuration valid, {len(playbooks)} playbooks loaded from {settings.playbooks_dir}"
+        )
+        return 0
+    if args.command == "playbooks":
+        for playbook in playbooks:
+            print(f"{playbook.name}  ({playbook.file})")
+            for trigger in playbook.triggers:
+                print(f"  on {trigger.describe()}")
+            for line in playbook.doc.splitlines():
+                print(f"    {line}")
+        return 0
+    if args.command == "replay":
+        try:
+            body = args.file.read_bytes()
+        except OSError as e:
+            print(f"responder: cannot read {args.file}: {e}", file=sys.stderr)
+            return 2
+        return asyncio.run(_replay(body, settings, playbooks, redactor))
+    return _serve(settings, redactor)
+
+
+def _serve(settings: Settings, redactor: Redactor) -> int:
+    from responder.web import create_app
+
+    log.info("daemon.starting", settings=settings.public())
+    app = create_app(settings, redactor=redactor)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_grace,
+    )
+    return 0
+
+
+async def _replay(
+    body: bytes, settings: Settings, playbooks: list[Playbook], redactor: Redactor
+) -> int:
+    """Match the payload and run each matched playbook against a throwaway backend, preview only."""
+    from responder.replay import replay
+
+    with tempfile.TemporaryDirectory(prefix="responder-replay-") as scratch:
+        params = {"target_url": settings.probe_url} if settings.probe_url else {}
+        results = await replay(body, playbooks, Path(scratch), redactor, params)
+    print(json.dumps(results, indent=2))
+    return 0 if all(r["outcome"] in ("previewed", "no playbook matched") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

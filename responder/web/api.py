@@ -1,0 +1,262 @@
+"""The JSON API: health, jobs, incidents, and running a playbook by hand."""
+
+import asyncio
+import datetime
+import json
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from responder.events import Event, Incident, event_to_dict
+from responder.logs import get_logger
+from responder.store import Job, JobStatus, NewDelivery, NewJob, StoreUnavailable
+from responder.web.auth import require_token
+from responder.web.daemon import DAEMON
+from responder.web.errors import ApiError
+
+log = get_logger("responder.api")
+
+MAX_PAGE = 200
+MAX_WAIT_SECONDS = 600
+
+
+async def root(_request: web.Request) -> web.Response:
+    return web.json_response({"response": "OK"})
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    checks: dict[str, str] = {}
+    try:
+        await daemon.store.ping()
+        checks["store"] = "ok"
+    except StoreUnavailable as e:
+        checks["store"] = str(e)
+    checks["pulumi"] = (
+        f"ok ({daemon.ops.pulumi_version})" if daemon.ops.pulumi_version else "not found"
+    )
+    checks["playbooks"] = f"ok ({len(daemon.playbooks)})" if daemon.playbooks else "none loaded"
+    checks["runner"] = "ok" if daemon.ready else "starting"
+    ready = all(v.startswith("ok") for v in checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job = await _store_call(
+        request.app[DAEMON].store.get_job(_int(request.match_info["id"], "job id"))
+    )
+    if job is None:
+        raise ApiError(404, "no such job")
+    return web.json_response(job_json(job))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    query = request.query
+    status = query.get("status")
+    if status and status not in JobStatus.__members__.values():
+        raise ApiError(400, f"status must be one of {', '.join(s.value for s in JobStatus)}")
+    limit = min(_int(query.get("limit", "50"), "limit"), MAX_PAGE)
+    offset = _int(query.get("offset", "0"), "offset")
+    jobs = await _store_call(
+        request.app[DAEMON].store.list_jobs(
+            incident_id=query.get("incident"), status=status, limit=limit, offset=offset
+        )
+    )
+    next_offset = offset + limit if len(jobs) == limit else None
+    return web.json_response(
+        {
+            "jobs": [job_json(j, steps=False) for j in jobs],
+            "limit": limit,
+            "offset": offset,
+            "next_offset": next_offset,
+        }
+    )
+
+
+async def get_incident(request: web.Request) -> web.Response:
+    incident = await _store_call(request.app[DAEMON].store.incident(request.match_info["id"]))
+    if incident is None:
+        raise ApiError(404, "no such incident")
+    incident["jobs"] = [job_json(j) for j in incident["jobs"]]
+    for item in incident["deliveries"] + incident["stacks"]:
+        for key in ("received_at", "updated_at"):
+            if key in item:
+                item[key] = _iso(item[key])
+    return web.json_response(incident)
+
+
+async def list_playbooks(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    return web.json_response(
+        {
+            "playbooks": [
+                {
+                    "name": p.name,
+                    "doc": p.doc,
+                    "triggers": [t.describe() for t in p.triggers],
+                    "project": p.project,
+                    "file": str(p.file) if p.file else None,
+                }
+                for p in daemon.playbook_order
+            ]
+        }
+    )
+
+
+async def run_playbook(request: web.Request) -> web.Response:
+    """Run a playbook by hand with a synthetic event; `?wait=SECONDS` waits for its outputs."""
+    daemon = request.app[DAEMON]
+    require_token(request, daemon.api_token)
+    playbook = daemon.playbooks.get(request.match_info["name"])
+    if playbook is None:
+        raise ApiError(404, f"no playbook named {request.match_info['name']!r}")
+    wait = _float(request.query.get("wait", "0"), "wait")
+    body = await request.read()
+    try:
+        options = json.loads(body) if body.strip() else {}
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"body is not valid JSON: {e}") from None
+    if not isinstance(options, dict):
+        raise ApiError(400, "body must be a JSON object")
+    params = options.get("params", {})
+    if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
+        raise ApiError(400, "params must be an object of strings")
+    run_id = uuid.uuid4().hex[:12]
+    incident_id = str(options.get("incident_id") or f"manual-{run_id}")
+    event = Event(
+        id=f"manual-{run_id}",
+        source="manual",
+        type=f"manual.{playbook.name}",
+        resource_type="manual",
+        occurred_at=_iso(daemon.clock()) or "",
+        incident=Incident(id=incident_id, title=f"manual run of {playbook.name}"),
+    )
+    structlog.contextvars.bind_contextvars(
+        delivery_id=event.id, event_id=event.id, incident_id=incident_id, playbook=playbook.name
+    )
+    job = NewJob(
+        playbook=playbook.name,
+        project=playbook.project,
+        stack=playbook.stack_name(event),
+        event=event_to_dict(event),
+        max_attempts=daemon.settings.job_max_attempts,
+        params=params,
+    )
+    delivery = NewDelivery(
+        id=event.id,
+        source="manual",
+        event_id=event.id,
+        event_type=event.type,
+        incident_id=incident_id,
+        status="accepted",
+        body=body,
+        received_at=daemon.clock(),
+    )
+    recorded = await _store_call(daemon.store.record_delivery(delivery, [job]))
+    job_id = recorded.job_ids[0]
+    log.info("job.queued", job_id=job_id, manual=True)
+    daemon.runner.notify()
+    if wait <= 0:
+        return web.json_response({"job": job_id, "status": "queued"}, status=202)
+    final = await _wait_for_job(daemon.store, job_id, min(wait, MAX_WAIT_SECONDS))
+    if final is None:
+        return web.json_response(
+            {"job": job_id, "status": "running", "error": "still running after wait"}, status=202
+        )
+    return web.json_response(job_json(final))  # a failed job is still a complete answer
+
+
+async def _wait_for_job(store: Any, job_id: int, seconds: float) -> Job | None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        job: Job | None = await store.get_job(job_id)
+        if job is not None and job.status.final:
+            return job
+        await asyncio.sleep(0.2)
+    return None
+
+
+def job_json(job: Job, *, steps: bool = True) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status.value,
+        "playbook": job.playbook,
+        "project": job.project,
+        "stack": job.stack,
+        "incident_id": job.incident_id,
+        "event_type": job.event_type,
+        "event_id": job.event.get("id"),
+        "delivery_id": job.delivery_id,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "outputs": job.outputs,  # masked when stored
+        "error": job.error,
+        "coalesced_into": job.coalesced_into,
+    }
+    if steps:
+        data["steps"] = [
+            {
+                "step": s.step,
+                "started_at": _iso(s.started_at),
+                "duration_ms": s.duration_ms,
+                "outcome": s.outcome,
+                "error": s.error,
+                "changes": s.changes,
+            }
+            for s in job.steps
+        ]
+    return data
+
+
+async def _store_call(awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except StoreUnavailable as e:
+        raise ApiError(503, str(e), {"Retry-After": "5"}) from None
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _int(raw: str, name: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer") from None
+    if value < 0:
+        raise ApiError(400, f"{name} must not be negative")
+    return value
+
+
+def _float(raw: str, name: str) -> float:
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number of seconds") from None
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/", root)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/jobs", list_jobs)
+    app.router.add_get("/jobs/{id}", get_job)
+    app.router.add_get("/incidents/{id}", get_incident)
+    app.router.add_get("/playbooks", list_playbooks)
+    app.router.add_post("/playbooks/{name}/run", run_playbook)
