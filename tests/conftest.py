@@ -1,17 +1,26 @@
 """Shared fixtures: a temporary data dir with a real file backend, the real pulumi CLI, a probe target."""
 
+import asyncio
 import io
 import json
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpServer
 
+from responder.config import Settings
 from responder.logs import Redactor, configure_logging
+from responder.playbook import Playbook
+from responder.sources import pagerduty
 from responder.stacks import PulumiEnvironment, StackOperations
+from responder.store import Job
+from responder.web import create_app
+from responder.web.daemon import DAEMON, Daemon
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -87,3 +96,99 @@ async def probe_target(aiohttp_server: AiohttpServer) -> ProbeTarget:
     server = await aiohttp_server(app, host="127.0.0.1")
     target.url = str(server.make_url("/health"))
     return target
+
+
+def sign(body: bytes, *secrets: str) -> str:
+    """An X-PagerDuty-Signature header for the body, one `v1=` entry per secret."""
+    return ",".join(pagerduty.sign(body, s) for s in secrets)
+
+
+SECRET_A = "fixture-secret-A-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJK"
+SECRET_B = "fixture-secret-B-ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkjihgf"
+API_TOKEN = "test-api-token-0123456789"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def settings_for(data_dir: Path, **overrides: object) -> Settings:
+    base: dict[str, object] = {
+        "data_dir": data_dir,
+        "pagerduty_secrets": (SECRET_A,),
+        "api_token": API_TOKEN,
+        "workers": 2,
+        "job_timeout": 240.0,
+        "retry_backoff": 0.2,
+        "shutdown_grace": 20.0,
+    }
+    return Settings(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+@dataclass
+class Client:
+    """A test client for a running daemon app, with helpers to post signed deliveries."""
+
+    http: TestClient  # type: ignore[type-arg]
+    app: web.Application
+
+    @property
+    def daemon(self) -> Daemon:
+        return self.app[DAEMON]
+
+    async def deliver(
+        self,
+        body: bytes,
+        webhook_id: str | None = None,
+        *,
+        secret: str = SECRET_A,
+        headers: dict[str, str] | None = None,
+    ) -> ClientResponse:
+        sent = {"Content-Type": "application/json", "X-PagerDuty-Signature": sign(body, secret)}
+        if webhook_id:
+            sent["X-Webhook-Id"] = webhook_id
+        return await self.http.post(
+            "/webhooks/pagerduty", data=body, headers={**sent, **(headers or {})}
+        )
+
+    async def wait_for_jobs(self, timeout: float = 180.0, **filters: str) -> list[Job]:
+        """Wait until every job (matching the filters) has reached a final state."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            jobs = await self.daemon.store.list_jobs(limit=1000, **filters)
+            if jobs and all(j.status.final for j in jobs):
+                return jobs
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(
+                    f"jobs not final after {timeout}s: {[(j.id, j.status) for j in jobs]}"
+                )
+            await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    data_dir: Path,
+    logs: LogCapture,
+    pulumi_env: PulumiEnvironment,
+) -> Callable[..., Awaitable[Client]]:
+    async def make(playbooks: list[Playbook] | None = None, **overrides: object) -> Client:
+        app = create_app(
+            settings_for(data_dir, **overrides), redactor=logs.redactor, playbooks=playbooks
+        )
+        return Client(await aiohttp_client(app), app)
+
+    return make
+
+
+def fixture_bytes(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def pd_event(
+    event_type: str, incident_id: str = "QTEST0001", *, event_id: str | None = None, **data: object
+) -> bytes:
+    """A compact V3 webhook body for an incident event, based on the triggered fixture."""
+    document = json.loads(fixture_bytes("pd_v3_incident_triggered.json"))
+    event = document["event"]
+    event["event_type"] = event_type
+    event["id"] = event_id or f"evt-{event_type}-{incident_id}-{uuid.uuid4().hex[:8]}"
+    event["data"].update({"id": incident_id, "status": event_type.split(".")[-1], **data})
+    return json.dumps(document).encode()
