@@ -1,6 +1,7 @@
 """The daemon end to end: signed webhooks in, the built-in playbooks, the real pulumi CLI."""
 
 import asyncio
+import itertools
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -81,7 +82,7 @@ async def test_incident_lifecycle(
     assert (
         names.index("delivery.received") < names.index("job.queued") < names.index("job.succeeded")
     )
-    up = [line for line in followed if line["event"] == "stack.step" and line["step"] == "up"][0]
+    up = next(line for line in followed if line["event"] == "stack.step" and line["step"] == "up")
     assert up["stack"] == stack and up["outcome"] == "succeeded" and up["job_id"] == job.id
 
 
@@ -116,7 +117,7 @@ async def test_ten_events_for_one_incident_run_one_at_a_time(
         j is not None and j.attempts == 1 for j in ran
     )  # nothing hit a concurrent-update error
     intervals = sorted((j.started_at, j.finished_at) for j in ran if j is not None)
-    for (_, end), (start, _) in zip(intervals, intervals[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(intervals):
         assert start is not None and end is not None and start >= end  # strictly one after another
     assert [j.id for j in ran if j is not None] == sorted(j.id for j in ran if j is not None)
 
