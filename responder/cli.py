@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     redactor = Redactor()
     try:
         settings = Settings.load()
-        configure_logging(redactor, level=settings.log_level)
+        # The daemon logs to stdout; the other commands keep stdout for their own output.
+        stream = sys.stdout if args.command == "serve" else sys.stderr
+        configure_logging(redactor, level=settings.log_level, stream=stream)
         playbooks = load_playbooks(settings.playbooks_dir)
     except (ConfigError, PlaybookLoadError) as e:
         print(f"responder: {e}", file=sys.stderr)
