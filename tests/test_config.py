@@ -9,13 +9,23 @@ from responder.config import ConfigError, Settings
 
 def test_defaults() -> None:
     settings = Settings.load({})
-    assert (settings.host, settings.port, settings.max_body_bytes) == ("127.0.0.1", 8080, 512 * 1024)
+    assert (settings.host, settings.port, settings.max_body_bytes) == (
+        "127.0.0.1",
+        8080,
+        512 * 1024,
+    )
     assert settings.verify_signatures is True and settings.pagerduty_secrets == ()
 
 
 def test_environment_values_are_parsed() -> None:
-    settings = Settings.load({"RESPONDER_PORT": "9000", "RESPONDER_PAGERDUTY_SECRETS": "a-secret-1, b-secret-2",
-                              "RESPONDER_VERIFY_SIGNATURES": "false", "RESPONDER_DATA_DIR": "/tmp/x"})
+    settings = Settings.load(
+        {
+            "RESPONDER_PORT": "9000",
+            "RESPONDER_PAGERDUTY_SECRETS": "a-secret-1, b-secret-2",
+            "RESPONDER_VERIFY_SIGNATURES": "false",
+            "RESPONDER_DATA_DIR": "/tmp/x",
+        }
+    )
     assert settings.port == 9000
     assert settings.pagerduty_secrets == ("a-secret-1", "b-secret-2")
     assert settings.verify_signatures is False
@@ -24,13 +34,18 @@ def test_environment_values_are_parsed() -> None:
 
 @pytest.mark.parametrize(
     ("env", "message"),
-    [({"RESPONDER_PORT": "http"}, "RESPONDER_PORT: .*got 'http'"),
-     ({"RESPONDER_PORT": "70000"}, "RESPONDER_PORT: must be between 0 and 65535; got '70000'"),
-     ({"RESPONDER_WORKERS": "0"}, "RESPONDER_WORKERS"),
-     ({"RESPONDER_VERIFY_SIGNATURES": "maybe"}, "RESPONDER_VERIFY_SIGNATURES: must be true or false"),
-     ({"RESPONDER_JOB_TIMEOUT": "-1"}, "RESPONDER_JOB_TIMEOUT: must be positive"),
-     ({"RESPONDER_LOG_LEVEL": "loud"}, "RESPONDER_LOG_LEVEL"),
-     ({"RESPONDER_PROT": "1"}, "RESPONDER_PROT: unknown setting")],
+    [
+        ({"RESPONDER_PORT": "http"}, "RESPONDER_PORT: .*got 'http'"),
+        ({"RESPONDER_PORT": "70000"}, "RESPONDER_PORT: must be between 0 and 65535; got '70000'"),
+        ({"RESPONDER_WORKERS": "0"}, "RESPONDER_WORKERS"),
+        (
+            {"RESPONDER_VERIFY_SIGNATURES": "maybe"},
+            "RESPONDER_VERIFY_SIGNATURES: must be true or false",
+        ),
+        ({"RESPONDER_JOB_TIMEOUT": "-1"}, "RESPONDER_JOB_TIMEOUT: must be positive"),
+        ({"RESPONDER_LOG_LEVEL": "loud"}, "RESPONDER_LOG_LEVEL"),
+        ({"RESPONDER_PROT": "1"}, "RESPONDER_PROT: unknown setting"),
+    ],
 )
 def test_errors_name_the_variable_and_value(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -47,12 +62,18 @@ def test_secret_values_are_not_echoed_in_errors() -> None:
 
 def test_toml_file_with_environment_winning(tmp_path: Path) -> None:
     config = tmp_path / "responder.toml"
-    config.write_text('[responder]\nport = 9100\nworkers = 3\npagerduty_secrets = ["s-one-1", "s-two-2"]\n')
+    config.write_text(
+        '[responder]\nport = 9100\nworkers = 3\npagerduty_secrets = ["s-one-1", "s-two-2"]\n'
+    )
     settings = Settings.load({"RESPONDER_CONFIG": str(config), "RESPONDER_WORKERS": "5"})
-    assert (settings.port, settings.workers, settings.pagerduty_secrets) == (9100, 5, ("s-one-1", "s-two-2"))
+    assert (settings.port, settings.workers, settings.pagerduty_secrets) == (
+        9100,
+        5,
+        ("s-one-1", "s-two-2"),
+    )
     config.write_text("port = [\n")
     with pytest.raises(ConfigError, match="RESPONDER_CONFIG: cannot read"):
         Settings.load({"RESPONDER_CONFIG": str(config)})
     config.write_text("port = 'x'\n")
-    with pytest.raises(ConfigError, match="responder.toml: port"):
+    with pytest.raises(ConfigError, match=r"responder\.toml: port"):
         Settings.load({"RESPONDER_CONFIG": str(config)})

@@ -1,6 +1,7 @@
 """The runner's retry, failure and shutdown behaviour, with playbooks that touch no stack."""
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from tests.conftest import Client, LogCapture, pd_event
 MakeClient = Callable[..., Awaitable[Client]]
 
 
-async def test_retryable_failure_is_retried_with_backoff(make_client: MakeClient, logs: LogCapture) -> None:
+async def test_retryable_failure_is_retried_with_backoff(
+    make_client: MakeClient, logs: LogCapture
+) -> None:
     attempts: list[float] = []
 
     @on("incident.triggered")
@@ -27,7 +30,7 @@ async def test_retryable_failure_is_retried_with_backoff(make_client: MakeClient
     await client.deliver(pd_event("incident.triggered", "QRETRY"), "retry-1")
     [job] = await client.wait_for_jobs()
     assert job.status == JobStatus.SUCCEEDED and job.attempts == 3
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6  # exponential backoff
     assert len(logs.events("job.retrying")) == 2
 
@@ -59,12 +62,16 @@ async def test_permanent_errors_fail_at_once(make_client: MakeClient) -> None:
     await client.deliver(pd_event("incident.triggered", "QPERM"), "perm-1")
     jobs = await client.wait_for_jobs()
     assert [(j.playbook, j.status, j.attempts) for j in jobs] == [
-        ("broken_program", JobStatus.FAILED, 1), ("buggy", JobStatus.FAILED, 1)]
+        ("broken_program", JobStatus.FAILED, 1),
+        ("buggy", JobStatus.FAILED, 1),
+    ]
     assert "NameError: boom" in (jobs[0].error or "")
     assert jobs[1].error == "KeyError: 'missing'"
 
 
-async def test_shutdown_leaves_work_for_the_next_start(make_client: MakeClient, data_dir: Path) -> None:
+async def test_shutdown_leaves_work_for_the_next_start(
+    make_client: MakeClient, data_dir: Path
+) -> None:
     release = asyncio.Event()
     started = asyncio.Event()
 
@@ -89,4 +96,7 @@ async def test_shutdown_leaves_work_for_the_next_start(make_client: MakeClient, 
     release.set()
     again = await make_client([slow], workers=1)
     jobs = await again.wait_for_jobs()
-    assert [(j.status, j.attempts) for j in jobs] == [(JobStatus.SUCCEEDED, 2), (JobStatus.SUCCEEDED, 1)]
+    assert [(j.status, j.attempts) for j in jobs] == [
+        (JobStatus.SUCCEEDED, 2),
+        (JobStatus.SUCCEEDED, 1),
+    ]
