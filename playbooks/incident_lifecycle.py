@@ -5,8 +5,13 @@ import json
 from responder.playbook import Context, on
 from responder.stacks import StackNotFoundError
 
+HOUR = 3600.0
+RESOLVE_GRACE = 300.0  # destroy 5 minutes after resolve, unless the incident is reopened first
+IDLE_TTL = 6 * HOUR  # an incident silent this long has been forgotten: reclaim its stack
+MAX_AGE = 24 * HOUR  # no burner stack lives longer than a day, whatever the activity
 
-@on("incident.triggered", "incident.reopened")
+
+@on("incident.triggered", "incident.reopened", idle_ttl=IDLE_TTL, max_age=MAX_AGE)
 async def provision_diagnostics(ctx: Context) -> None:
     """Provision the incident's diagnostics stack: scratch directory, HTTP probe, host diagnostics."""
     await ctx.stack.set_config(stack_config(ctx))
@@ -34,9 +39,17 @@ async def refresh_diagnostics(ctx: Context) -> None:
     ctx.log.info("diagnostics.refreshed", outputs=result.masked_outputs())
 
 
-@on("incident.resolved", allow_destroy=True)
+@on(
+    "incident.resolved",
+    allow_destroy=True,
+    delay=RESOLVE_GRACE,
+    cancel_on=("incident.reopened", "incident.triggered"),
+)
 async def destroy_diagnostics(ctx: Context) -> None:
-    """Destroy and remove the incident's stack: it is ephemeral and owned by the incident."""
+    """Destroy and remove the incident's stack after the resolve grace period (a reopen cancels it).
+
+    Destroying is allowed because the stack is ephemeral and owned by the incident.
+    """
     try:
         await ctx.stack.destroy(remove=True)
     except StackNotFoundError:

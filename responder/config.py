@@ -57,6 +57,16 @@ def _level(raw: str) -> str:
     return level
 
 
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError("unknown value")
+        return raw
+
+    parse.__doc__ = " or ".join(choices)
+    return parse
+
+
 def _setting(default: Any, parse: Callable[[str], Any] = str, secret: bool = False) -> Any:
     return field(default=default, metadata={"parse": parse, "secret": secret})
 
@@ -84,6 +94,17 @@ class Settings:
     shutdown_grace: float = _setting(30.0, _positive_float)
     # The built-in playbooks probe this URL; empty means the daemon's own /healthz.
     probe_url: str = _setting("")
+    # Blast-radius caps (0 = unlimited)
+    max_live_stacks: int = _setting(50, _int_range(0, 100_000))
+    max_stacks_per_service: int = _setting(10, _int_range(0, 100_000))
+    max_stacks_per_playbook: int = _setting(25, _int_range(0, 100_000))
+    max_operations_per_minute: int = _setting(120, _int_range(0, 1_000_000))
+    # Lifecycle
+    approval_timeout: float = _setting(3600.0, _positive_float)
+    reaper_interval: float = _setting(30.0, _positive_float)
+    orphan_sweep_interval: float = _setting(600.0, _positive_float)
+    orphans: str = _setting("destroy", _choice("destroy", "report"))
+    orphan_age: float = _setting(86400.0, _positive_float)
 
     @classmethod
     def load(

@@ -9,7 +9,8 @@
         await ctx.stack.up()
 
 Stack several `@on` decorators to fire on any of them. Options that describe the playbook rather than
-a trigger (project, program, coalesce, allow_destroy) may be given on any one of them.
+a trigger (project, program, coalesce, allow_destroy, lifecycle and approval options) may be given on
+any one of them.
 """
 
 import fnmatch
@@ -125,6 +126,17 @@ class Playbook:
     coalesce: bool = False
     # Destroy is refused unless the playbook says so: only stacks it owns may be torn down.
     allow_destroy: bool = False
+    # Lifecycle of the stacks this playbook creates (seconds; None = no limit).
+    idle_ttl: float | None = None  # destroy after this long without activity on the incident
+    max_age: float | None = None  # destroy this long after creation, whatever the activity
+    # Run this playbook's jobs `delay` seconds after the event; an event of a `cancel_on` type for the
+    # same incident cancels the waiting job (e.g. destroy after a grace period unless reopened).
+    delay: float = 0.0
+    cancel_on: tuple[str, ...] = ()
+    # Approval gates: a destroy, or an update whose preview replaces or deletes resources, waits in
+    # `awaiting_approval` until POST /jobs/{id}/approve.
+    approve_destroy: bool = False
+    approve_changes: bool = False
     file: Path | None = None
 
     @property
@@ -161,6 +173,12 @@ def on(
     program: str | None = None,
     coalesce: bool | None = None,
     allow_destroy: bool | None = None,
+    idle_ttl: float | None = None,
+    max_age: float | None = None,
+    delay: float | None = None,
+    cancel_on: tuple[str, ...] | None = None,
+    approve_destroy: bool | None = None,
+    approve_changes: bool | None = None,
 ) -> Callable[[PlaybookFunc | Playbook], Playbook]:
     """Declare that the decorated async function runs for events matching these conditions."""
     if not events or not all(isinstance(e, str) and e for e in events):
@@ -171,6 +189,9 @@ def on(
         raise PlaybookError(f"title={title!r} is not a valid regular expression: {e}") from None
     if when is not None and not callable(when):
         raise PlaybookError("when= must be a function taking the event and returning a bool")
+    for name, seconds in (("idle_ttl", idle_ttl), ("max_age", max_age), ("delay", delay)):
+        if seconds is not None and (not isinstance(seconds, int | float) or seconds < 0):
+            raise PlaybookError(f"{name}= must be a number of seconds >= 0, not {seconds!r}")
     trigger = Trigger(
         events=tuple(events),
         source=source,
@@ -192,8 +213,18 @@ def on(
             playbook.program = program
         if coalesce is not None:
             playbook.coalesce = coalesce
-        if allow_destroy is not None:
-            playbook.allow_destroy = allow_destroy
+        options = {
+            "allow_destroy": allow_destroy,
+            "idle_ttl": idle_ttl,
+            "max_age": max_age,
+            "delay": delay,
+            "cancel_on": cancel_on,
+            "approve_destroy": approve_destroy,
+            "approve_changes": approve_changes,
+        }
+        for name, value in options.items():
+            if value is not None:
+                setattr(playbook, name, value)
         return playbook
 
     return decorate

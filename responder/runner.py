@@ -7,8 +7,10 @@ recovered at start.
 
 import asyncio
 import contextlib
+import datetime
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -18,6 +20,7 @@ from responder.logs import get_logger
 from responder.playbook import Context, Playbook
 from responder.stacks import (
     DestroyNotAllowed,
+    OperationCancelled,
     OperationTimeout,
     StackError,
     StackOperations,
@@ -25,7 +28,8 @@ from responder.stacks import (
     StepResult,
 )
 from responder.stacks.operations import config_values
-from responder.store import Job, JobStatus, StepRecord, Store, StoreUnavailable
+from responder.stacks.protocol import Step
+from responder.store import Caps, Job, JobStatus, StackRecord, StepRecord, Store, StoreUnavailable
 
 log = get_logger("responder.runner")
 
@@ -42,6 +46,7 @@ class Runner:
         retry_backoff: float,
         params: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        caps: Caps | None = None,
     ) -> None:
         self.store = store
         self.ops = ops
@@ -51,6 +56,9 @@ class Runner:
         self.retry_backoff = retry_backoff
         self.params = dict(params or {})
         self.clock = clock
+        self.caps = caps or Caps()
+        self.postmortem_dir: Path = ops.env.data_dir / "postmortem"
+        self._handles: dict[int, JobStack] = {}
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
@@ -64,6 +72,15 @@ class Runner:
         self._loops = [
             asyncio.create_task(self._loop(i), name=f"runner-{i}") for i in range(self.workers)
         ]
+
+    async def cancel(self, job_id: int) -> Job | None:
+        """Cancel a job: a waiting one at once, a running one cleanly (the CLI cancels, the stack is repaired)."""
+        job = await self.store.request_cancel(job_id, self.clock())
+        handle = self._handles.get(job_id)
+        if job is not None and job.status == JobStatus.RUNNING and handle is not None:
+            handle.cancelled = True
+            await self.ops.cancel(handle.target)
+        return await self.store.get_job(job_id) if job is not None else None
 
     def notify(self) -> None:
         """New jobs were stored: wake an idle worker."""
@@ -148,6 +165,8 @@ class Runner:
             await self._fail(job, f"playbook {job.playbook!r} is not loaded", started)
             return
         handle = JobStack(self, job, playbook, deadline=time.monotonic() + self.job_timeout)
+        handle.cancelled = job.cancel_requested
+        self._handles[job.id] = handle
         event = event_from_dict(job.event)
         ctx = Context(
             event=event,
@@ -161,8 +180,19 @@ class Runner:
         try:
             async with self.ops.locked(handle.target):
                 await playbook(ctx)
+        except Refused as e:
+            await self.store.finish(job.id, JobStatus.REFUSED, self.clock(), error=str(e))
+            log.warning("job.refused", cap=e.cap, duration_ms=_ms(started))
+        except AwaitingApproval as e:
+            await self.store.await_approval(job.id, e.plan, self.clock())
+            log.warning("job.awaiting_approval", plan=e.plan, duration_ms=_ms(started))
         except StackError as e:
-            if e.retryable and job.attempts < job.max_attempts:
+            if handle.cancelled or isinstance(e, OperationCancelled):
+                await self.store.finish(
+                    job.id, JobStatus.CANCELLED, self.clock(), error="cancelled by request"
+                )
+                log.warning("job.cancelled", step=e.step, duration_ms=_ms(started))
+            elif e.retryable and job.attempts < job.max_attempts:
                 delay = self.retry_backoff * 2 ** (job.attempts - 1)
                 await self.store.retry_later(job.id, self.clock() + delay, str(e))
                 log.warning("job.retrying", error=str(e), error_kind=e.kind, delay_seconds=delay)
@@ -181,6 +211,7 @@ class Runner:
             )
             log.info("job.succeeded", duration_ms=_ms(started))
         finally:
+            self._handles.pop(job.id, None)
             structlog.contextvars.clear_contextvars()
 
     async def _fail(self, job: Job, error: str, started: float, error_kind: str = "") -> None:
@@ -190,34 +221,64 @@ class Runner:
         )
 
 
+class Refused(Exception):
+    """A blast-radius cap forbids this job's operation."""
+
+    def __init__(self, cap: str) -> None:
+        super().__init__(f"refused: {cap} reached")
+        self.cap = cap
+
+
+class AwaitingApproval(Exception):
+    """The job's plan needs approval; the job leaves the worker and waits in the store."""
+
+    def __init__(self, plan: dict[str, Any]) -> None:
+        super().__init__("waiting for approval")
+        self.plan = plan
+
+
+RISKY_OPS = frozenset({"replace", "delete", "create-replacement", "delete-replaced", "discard"})
+
+
 class JobStack:
-    """The `StackHandle` a playbook gets: runs steps under the job's lock and deadline, records each."""
+    """The `StackHandle` a playbook gets: runs steps under the job's lock and deadline, records each,
+    and enforces the playbook's caps, approval gates and destroy permission."""
 
     def __init__(self, runner: Runner, job: Job, playbook: Playbook, *, deadline: float) -> None:
         self.runner = runner
+        self.store = runner.store
         self.job = job
         self.playbook = playbook
         self.deadline = deadline
-        self.target = StackTarget(job.stack, playbook.project, playbook.program)
+        self.target = StackTarget(
+            job.stack, job.project, job.params.get("program") or playbook.program
+        )
         self.name = job.stack
         self.last_outputs: dict[str, Any] | None = None  # masked; what the job record shows
+        self.cancelled = False
+        self._known = False  # the store has a live record of this stack
 
     async def set_config(self, config: Mapping[str, object]) -> StepResult:
-        return await self._step(
+        return await self._one(
             {"op": "set_config", "create": True, "config": config_values(config)}
         )
 
     async def up(self) -> StepResult:
-        return await self._step({"op": "up", "create": True})
+        if self.playbook.approve_changes:
+            preview = await self._one({"op": "preview", "create": True})
+            plan = {"operation": "up", "steps": preview.details.get("plan", [])}
+            if any(step["op"] in RISKY_OPS for step in plan["steps"]):
+                self._require_approval(plan, preview.changes)
+        return await self._one({"op": "up", "create": True})
 
     async def refresh(self) -> StepResult:
-        return await self._step({"op": "refresh"})
+        return await self._one({"op": "refresh"})
 
     async def preview(self) -> StepResult:
-        return await self._step({"op": "preview", "create": True})
+        return await self._one({"op": "preview", "create": True})
 
     async def outputs(self) -> StepResult:
-        return await self._step({"op": "outputs"})
+        return await self._one({"op": "outputs"})
 
     async def destroy(self, *, remove: bool = True) -> StepResult:
         if not self.playbook.allow_destroy:
@@ -226,45 +287,151 @@ class JobStack:
                 stack=self.name,
                 step="destroy",
             )
-        return await self._step({"op": "destroy", "remove": remove})
+        if self.playbook.approve_destroy:
+            preview = await self._one({"op": "preview_destroy"})
+            self._require_approval(
+                {"operation": "destroy", "steps": preview.details.get("plan", [])}, preview.changes
+            )
+        # The postmortem record: the final state, secrets still encrypted, kept after the stack is gone.
+        export = (
+            self.runner.postmortem_dir
+            / f"{self.target.project}--{self.name}--{int(self.runner.clock())}.json"
+        )
+        export.parent.mkdir(parents=True, exist_ok=True)
+        results = await self._run(
+            [{"op": "export", "path": str(export)}, {"op": "destroy", "remove": remove}]
+        )
+        return results[-1]
 
-    async def _step(self, step: Any) -> StepResult:
-        op = step["op"]
+    def _require_approval(self, plan: dict[str, Any], changes: dict[str, int]) -> None:
+        """Go on only if exactly this plan was approved; otherwise (re)submit it for approval."""
+        approved = self.job.approved_plan
+        if (
+            approved is not None
+            and approved.get("operation") == plan["operation"]
+            and approved.get("steps") == plan["steps"]
+        ):
+            log.info("job.approved_plan_applies", operation=plan["operation"])
+            return
+        if approved is not None:
+            log.warning(
+                "job.plan_changed",
+                operation=plan["operation"],
+                reason="the stack changed since approval",
+            )
+        raise AwaitingApproval({**plan, "changes": changes})
+
+    async def _one(self, step: Step) -> StepResult:
+        return (await self._run([step]))[-1]
+
+    async def _run(self, steps: list[Step]) -> list[StepResult]:
+        names = "+".join(s["op"] for s in steps)
+        if self.cancelled:
+            raise OperationCancelled("job cancelled", stack=self.name, step=names)
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise OperationTimeout("job timeout reached before this step", stack=self.name, step=op)
+            raise OperationTimeout(
+                "job timeout reached before this step", stack=self.name, step=names
+            )
+        tags = await self._reserve() if any(s.get("create") for s in steps) else None
+        await self._check_rate()
         started_at = self.runner.clock()
         started = time.monotonic()
-        log.info("job.step_started", step=op)
+        for step in steps:
+            log.info("job.step_started", step=step["op"])
         try:
-            result = (await self.runner.ops.run(self.target, [step], timeout=remaining, hold=True))[
-                -1
-            ]
+            results = await self.runner.ops.run(
+                self.target, steps, timeout=remaining, hold=True, tags=tags
+            )
         except StackError as e:
-            await self._record(StepRecord(op, started_at, _ms(started), "failed", str(e)))
-            log.warning("job.step_finished", step=op, outcome="failed", duration_ms=_ms(started))
+            await self.store.add_step(
+                self.job.id, StepRecord(e.step or names, started_at, _ms(started), "failed", str(e))
+            )
+            log.warning(
+                "job.step_finished",
+                step=e.step or names,
+                outcome="failed",
+                duration_ms=_ms(started),
+            )
             raise
-        await self._record(
-            StepRecord(op, started_at, _ms(started), "succeeded", None, result.changes)
-        )
-        log.info("job.step_finished", step=op, outcome="succeeded", duration_ms=_ms(started))
+        for result in results:
+            await self.store.add_step(
+                self.job.id,
+                StepRecord(
+                    result.step,
+                    started_at,
+                    round(result.duration * 1000, 1),
+                    "succeeded",
+                    None,
+                    result.changes,
+                ),
+            )
+            log.info(
+                "job.step_finished",
+                step=result.step,
+                outcome="succeeded",
+                duration_ms=round(result.duration * 1000, 1),
+            )
+            await self._note(result)
+        return results
+
+    async def _note(self, result: StepResult) -> None:
+        """Keep the store's view of the stack current: activity, status, outputs, postmortem export."""
         if result.outputs:
             self.last_outputs = result.masked_outputs()
-        if op in ("up", "refresh", "destroy"):
-            status = "destroyed" if op == "destroy" else "up"
-            await self.runner.store.record_stack(
-                self.target.project,
-                self.name,
-                self.job.incident_id,
-                status,
-                op,
-                self.last_outputs if op != "destroy" else None,
-                self.runner.clock(),
-            )
-        return result
+        status = {"up": "live", "refresh": "live", "destroy": "destroyed"}.get(result.step)
+        await self.store.touch_stack(
+            self.target.project,
+            self.name,
+            operation=result.step,
+            now=self.runner.clock(),
+            status=status,
+            outputs=self.last_outputs if result.step in ("up", "refresh") else None,
+            export_path=result.details.get("path") if result.step == "export" else None,
+        )
 
-    async def _record(self, step: StepRecord) -> None:
-        await self.runner.store.add_step(self.job.id, step)
+    async def _reserve(self) -> dict[str, str] | None:
+        """Before a step that may create the stack: check the caps and record ownership. Returns the
+        tags to set if the stack is created."""
+        if self._known:
+            return None
+        existing = await self.store.get_stack(self.target.project, self.name)
+        if existing is not None and existing.status != "destroyed":
+            self._known = True
+            return None
+        now = self.runner.clock()
+        event = self.job.event
+        incident = event.get("incident") or {}
+        service = ((incident.get("service") or {}).get("summary")) or ""
+        record = StackRecord(
+            project=self.target.project,
+            stack=self.name,
+            program=self.target.program,
+            incident_id=self.job.incident_id,
+            playbook=self.playbook.name,
+            service=service,
+            status="provisioning",
+            created_at=now,
+            last_activity_at=now,
+            last_operation="reserve",
+            idle_ttl=self.playbook.idle_ttl,
+            max_age=self.playbook.max_age,
+        )
+        cap = await self.store.reserve_stack(record, self.runner.caps)
+        if cap:
+            raise Refused(cap)
+        self._known = True
+        return {
+            "responder:incident": self.job.incident_id,
+            "responder:playbook": self.playbook.name,
+            "responder:delivery": self.job.delivery_id,
+            "responder:created": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(),
+        }
+
+    async def _check_rate(self) -> None:
+        cap = self.runner.caps.operations_per_minute
+        if cap and await self.store.operations_since(self.runner.clock() - 60) >= cap:
+            raise Refused(f"max_operations_per_minute={cap}")
 
 
 def _job_context(job: Job) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 import asyncio
 import io
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from responder.logs import Redactor, configure_logging
 from responder.playbook import Playbook
 from responder.sources import pagerduty
 from responder.stacks import PulumiEnvironment, StackOperations
-from responder.store import Job
+from responder.store import Job, JobStatus
 from responder.web import create_app
 from responder.web.daemon import DAEMON, Daemon
 
@@ -148,12 +149,14 @@ class Client:
             "/webhooks/pagerduty", data=body, headers={**sent, **(headers or {})}
         )
 
-    async def wait_for_jobs(self, timeout: float = 180.0, **filters: str) -> list[Job]:
-        """Wait until every job (matching the filters) has reached a final state."""
+    async def wait_for_jobs(
+        self, timeout: float = 180.0, settled: tuple[JobStatus, ...] = (), **filters: str
+    ) -> list[Job]:
+        """Wait until every job (matching the filters) is final, or in one of the `settled` statuses."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             jobs = await self.daemon.store.list_jobs(limit=1000, **filters)
-            if jobs and all(j.status.final for j in jobs):
+            if jobs and all(j.status.final or j.status in settled for j in jobs):
                 return jobs
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(
@@ -169,9 +172,14 @@ def make_client(
     logs: LogCapture,
     pulumi_env: PulumiEnvironment,
 ) -> Callable[..., Awaitable[Client]]:
-    async def make(playbooks: list[Playbook] | None = None, **overrides: object) -> Client:
+    async def make(
+        playbooks: list[Playbook] | None = None,
+        clock: Callable[[], float] | None = None,
+        **overrides: object,
+    ) -> Client:
+        settings = settings_for(data_dir, **overrides)
         app = create_app(
-            settings_for(data_dir, **overrides), redactor=logs.redactor, playbooks=playbooks
+            settings, redactor=logs.redactor, playbooks=playbooks, clock=clock or time.time
         )
         return Client(await aiohttp_client(app), app)
 
@@ -192,3 +200,16 @@ def pd_event(
     event["id"] = event_id or f"evt-{event_type}-{incident_id}-{uuid.uuid4().hex[:8]}"
     event["data"].update({"id": incident_id, "status": event_type.split(".")[-1], **data})
     return json.dumps(document).encode()
+
+
+class FakeClock:
+    """Wall-clock time the test moves by hand; everything time-based in the daemon reads it."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

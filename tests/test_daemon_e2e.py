@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from playbooks.incident_lifecycle import RESOLVE_GRACE
 from responder.store import JobStatus
-from tests.conftest import API_TOKEN, Client, LogCapture, ProbeTarget, pd_event
+from tests.conftest import API_TOKEN, Client, FakeClock, LogCapture, ProbeTarget, pd_event
 
 pytestmark = pytest.mark.pulumi
 
@@ -24,7 +25,8 @@ def state_file(client: Client, stack: str) -> Path:
 async def test_incident_lifecycle(
     make_client: MakeClient, probe_target: ProbeTarget, logs: LogCapture
 ) -> None:
-    client = await make_client(probe_url=probe_target.url)
+    clock = FakeClock()
+    client = await make_client(probe_url=probe_target.url, clock=clock)
     stack = "incident-QLIFE1"
 
     triggered = pd_event("incident.triggered", "QLIFE1", title="checkout down")
@@ -54,6 +56,11 @@ async def test_incident_lifecycle(
     assert (
         await client.deliver(pd_event("incident.resolved", "QLIFE1"), "life-resolve")
     ).status == 202
+    jobs = await client.wait_for_jobs(settled=(JobStatus.SCHEDULED,))
+    assert jobs[-1].status == JobStatus.SCHEDULED  # the resolve grace period
+    assert state_file(client, stack).exists()
+    clock.advance(RESOLVE_GRACE + 1)
+    client.daemon.runner.notify()
     jobs = await client.wait_for_jobs()
     assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] * 3
     assert not state_file(client, stack).exists()
@@ -134,5 +141,5 @@ async def test_manual_diagnostics_run_returns_outputs(make_client: MakeClient) -
     job = await response.json()
     assert job["status"] == "succeeded", job["error"]
     assert "utc_time" in job["outputs"]["timezone"]
-    assert [s["step"] for s in job["steps"]] == ["set_config", "up", "destroy"]
+    assert [s["step"] for s in job["steps"]] == ["set_config", "up", "export", "destroy"]
     assert not state_file(client, job["stack"]).exists()

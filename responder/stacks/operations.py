@@ -125,12 +125,23 @@ class StackOperations:
         *,
         timeout: float | None = None,
         hold: bool = False,
+        tags: dict[str, str] | None = None,
     ) -> list[StepResult]:
-        """Run steps in one worker. `hold=True` means the caller already holds `locked(target)`."""
+        """Run steps in one worker. `hold=True` means the caller already holds `locked(target)`.
+
+        `tags` are set on the stack if one of the steps creates it.
+        """
         if hold:
-            return await self._run_unlocked(target, steps, timeout or self.timeout)
+            return await self._run_unlocked(target, steps, timeout or self.timeout, tags)
         async with self.locked(target):
-            return await self._run_unlocked(target, steps, timeout or self.timeout)
+            return await self._run_unlocked(target, steps, timeout or self.timeout, tags)
+
+    async def list_stacks(self, project: str, program: str = DEFAULT_PROGRAM) -> list[str]:
+        """Every stack of the project in the backend (read-only: takes no stack lock)."""
+        result = await self._run_unlocked(
+            StackTarget("", project, program), [{"op": "list_stacks"}], self.timeout
+        )
+        return list(result[-1].details["stacks"])
 
     async def cancel(self, target: StackTarget) -> bool:
         """Ask the running operation on this stack to stop (graceful signal to the CLI)."""
@@ -142,7 +153,11 @@ class StackOperations:
         return True
 
     async def _run_unlocked(
-        self, target: StackTarget, steps: list[Step], timeout: float
+        self,
+        target: StackTarget,
+        steps: list[Step],
+        timeout: float,
+        tags: dict[str, str] | None = None,
     ) -> list[StepResult]:
         repairing = steps == [{"op": "repair"}]
         for step in steps:
@@ -157,10 +172,15 @@ class StackOperations:
             "pulumi_version": self.pulumi_version,
             "steps": steps,
         }
+        if tags:
+            request["tags"] = tags
         proc = await self._workers.acquire()
         self._running[target.key] = proc
-        pid_file = self._pid_file(target)
-        pid_file.write_text(str(proc.pid))
+        pid_file = (
+            self._pid_file(target) if target.name else None
+        )  # read-only listings need no recovery
+        if pid_file:
+            pid_file.write_text(str(proc.pid))
         session = _WorkerSession(proc, target, self.redactor)
         try:
             reader = asyncio.create_task(session.communicate(request))
@@ -181,7 +201,8 @@ class StackOperations:
             raise
         finally:
             self._running.pop(target.key, None)
-            pid_file.unlink(missing_ok=True)
+            if pid_file:
+                pid_file.unlink(missing_ok=True)
         if session.error and session.error.kind == OperationCancelled.kind and not repairing:
             await self._repair(target)
         if session.error:
@@ -318,6 +339,9 @@ class Stack:
 
     async def preview(self, **kw: Any) -> StepResult:
         return await self._one({"op": "preview", "create": True}, **kw)
+
+    async def preview_destroy(self, **kw: Any) -> StepResult:
+        return await self._one({"op": "preview_destroy"}, **kw)
 
     async def outputs(self) -> StepResult:
         return await self._one({"op": "outputs"})

@@ -15,6 +15,8 @@ StepName = Literal[
     "set_tags",
     "refresh",
     "preview",
+    "preview_destroy",
+    "list_stacks",
     "up",
     "destroy",
     "outputs",
@@ -45,6 +47,7 @@ class Request(TypedDict):
     pulumi_command: str
     pulumi_version: str
     steps: list[Step]
+    tags: NotRequired[dict[str, str]]  # set once, when a step creates the stack
 
 
 class Message(TypedDict):

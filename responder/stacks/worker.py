@@ -55,6 +55,15 @@ def run(request: Request, sink: "_Sink") -> int:
     for step in request["steps"]:
         op = step["op"]
         try:
+            if op == "list_stacks":
+                sink.send(
+                    {
+                        "kind": "done",
+                        "step": op,
+                        "result": _list_stacks(auto, request, program, opts),
+                    }
+                )
+                continue
             if stack is None:
                 stack = _open_stack(auto, request, program, opts, create=step.get("create", False))
             result = _run_step(auto, stack, step, functools.partial(sink.event, op))
@@ -69,10 +78,36 @@ def run(request: Request, sink: "_Sink") -> int:
 
 
 def _open_stack(auto: Any, request: Request, program: Any, opts: Any, *, create: bool) -> Any:
-    open_ = auto.create_or_select_stack if create else auto.select_stack
-    return open_(
-        stack_name=request["stack"], project_name=request["project"], program=program, opts=opts
+    names = {
+        "stack_name": request["stack"],
+        "project_name": request["project"],
+        "program": program,
+        "opts": opts,
+    }
+    try:
+        return auto.select_stack(**names)
+    except auto.errors.StackNotFoundError:
+        if not create:
+            raise
+    stack = auto.create_stack(**names)
+    for key, value in (request.get("tags") or {}).items():
+        stack.set_tag(
+            key, value
+        )  # ownership: which incident, playbook and delivery made it, and when
+    return stack
+
+
+def _list_stacks(auto: Any, request: Request, program: Any, opts: Any) -> dict[str, Any]:
+    workspace = auto.LocalWorkspace(
+        **{
+            "work_dir": opts.work_dir,
+            "pulumi_home": opts.pulumi_home,
+            "program": program,
+            "project_settings": opts.project_settings,
+            "pulumi_command": opts.pulumi_command,
+        }
     )
+    return {"stacks": [s.name for s in workspace.list_stacks()]}
 
 
 def _run_step(auto: Any, stack: Any, step: Step, on_event: Callable[[Any], None]) -> dict[str, Any]:
@@ -92,9 +127,23 @@ def _run_step(auto: Any, stack: Any, step: Step, on_event: Callable[[Any], None]
     if op == "up":
         up = stack.up(on_event=on_event, show_secrets=False)
         return {"outputs": _outputs(up.outputs), "changes": up.summary.resource_changes or {}}
-    if op == "preview":
-        preview = stack.preview(on_event=on_event)
-        return {"changes": preview.change_summary or {}}
+    if op in ("preview", "preview_destroy"):
+        planned: list[dict[str, str]] = []
+
+        def collect(event: Any) -> None:
+            pre = getattr(event, "resource_pre_event", None)
+            if pre is not None and pre.metadata is not None:
+                kind = getattr(pre.metadata.op, "value", pre.metadata.op)
+                if kind not in ("same", "read"):
+                    planned.append({"urn": pre.metadata.urn, "op": kind})
+            on_event(event)
+
+        run = stack.preview if op == "preview" else stack.preview_destroy
+        preview = run(on_event=collect)
+        return {
+            "changes": preview.change_summary or {},
+            "plan": sorted(planned, key=lambda p: (p["urn"], p["op"])),
+        }
     if op == "refresh":
         # run_program: the program re-registers its outputs, so stack outputs show the refreshed state.
         refresh = stack.refresh(on_event=on_event, show_secrets=False, run_program=True)

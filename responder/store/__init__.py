@@ -15,14 +15,31 @@ class StoreUnavailable(Exception):
 
 class JobStatus(StrEnum):
     QUEUED = "queued"  #: waiting for its stack (and for `not_before` when retrying)
+    SCHEDULED = "scheduled"  #: delayed until `not_before` (e.g. destroy after a grace period)
     RUNNING = "running"
+    AWAITING_APPROVAL = "awaiting_approval"  #: its plan waits for POST /jobs/{id}/approve
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     COALESCED = "coalesced"  #: superseded by a newer queued run of the same playbook and stack
+    CANCELLED = "cancelled"
+    REFUSED = "refused"  #: over a blast-radius cap
+    REJECTED = "rejected"  #: its plan was rejected, or the approval timed out
 
     @property
     def final(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.COALESCED)
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.COALESCED,
+        JobStatus.CANCELLED,
+        JobStatus.REFUSED,
+        JobStatus.REJECTED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,7 @@ class NewDelivery:
     status: str  # accepted | ignored | ping
     body: bytes
     received_at: float
+    incident_status: str = ""  # the incident's status as this event reports it
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,10 @@ class NewJob:
     max_attempts: int
     coalesce: bool = False
     params: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds: > 0 makes the job `scheduled`
+    cancel_on: tuple[
+        str, ...
+    ] = ()  # event types for the same incident that cancel it while scheduled
 
 
 @dataclass(frozen=True)
@@ -79,11 +101,47 @@ class Job:
     outputs: dict[str, Any] | None
     params: dict[str, str]
     coalesced_into: int | None = None
+    plan: dict[str, Any] | None = None  # the planned changes waiting for (or given) approval
+    approved_plan: dict[str, Any] | None = None
+    cancel_requested: bool = False
     steps: tuple[StepRecord, ...] = ()
 
     @property
     def stack_key(self) -> str:
         return f"{self.project}/{self.stack}"
+
+
+@dataclass(frozen=True)
+class StackRecord:
+    """A burner stack as the store knows it: owner, lifecycle policy and last known state."""
+
+    project: str
+    stack: str
+    program: str
+    incident_id: str
+    playbook: str
+    service: str
+    status: str  # provisioning | live | destroyed
+    created_at: float
+    last_activity_at: float
+    last_operation: str
+    outputs: dict[str, Any] | None = None
+    export_path: str | None = None
+    idle_ttl: float | None = None
+    max_age: float | None = None
+    incident_status: str = ""
+    incident_last_event_at: float | None = None
+    incident_resolved_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Blast-radius limits; 0 means unlimited."""
+
+    live_stacks: int = 0
+    per_service: int = 0
+    per_playbook: int = 0
+    operations_per_minute: int = 0
 
 
 @dataclass(frozen=True)
@@ -93,6 +151,8 @@ class RecordedDelivery:
 
 
 class Store(Protocol):
+    """What the daemon needs from a job store. Every method is one transaction."""
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
@@ -104,7 +164,7 @@ class Store(Protocol):
         """Mark the oldest runnable job running: the first queued job of a stack with none running."""
 
     async def next_due(self) -> float | None:
-        """When the earliest waiting (retrying) job becomes runnable."""
+        """When the earliest waiting (retrying or scheduled) job becomes runnable."""
 
     async def add_step(self, job_id: int, step: StepRecord) -> None: ...
     async def finish(
@@ -128,13 +188,30 @@ class Store(Protocol):
         offset: int = 0,
     ) -> list[Job]: ...
     async def incident(self, incident_id: str) -> dict[str, Any] | None: ...
-    async def record_stack(
+    async def known_incident(self, incident_id: str) -> tuple[str, float | None] | None: ...
+
+    async def reserve_stack(self, record: StackRecord, caps: Caps) -> str | None:
+        """Record a stack about to be created, unless a cap forbids it: then name the cap."""
+
+    async def touch_stack(
         self,
         project: str,
         stack: str,
-        incident_id: str,
-        status: str,
+        *,
         operation: str,
-        outputs: dict[str, Any] | None,
         now: float,
+        status: str | None = None,
+        outputs: dict[str, Any] | None = None,
+        export_path: str | None = None,
     ) -> None: ...
+    async def get_stack(self, project: str, stack: str) -> StackRecord | None: ...
+    async def list_stacks(self, *, include_destroyed: bool = False) -> list[StackRecord]: ...
+    async def operations_since(self, since: float) -> int: ...
+    async def pending_jobs_for(self, project: str, stack: str) -> int: ...
+
+    async def await_approval(self, job_id: int, plan: dict[str, Any], now: float) -> None: ...
+    async def decide(
+        self, job_id: int, approve: bool, now: float, reason: str = ""
+    ) -> Job | None: ...
+    async def expired_approvals(self, older_than: float) -> list[int]: ...
+    async def request_cancel(self, job_id: int, now: float) -> Job | None: ...

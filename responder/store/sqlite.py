@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from responder.store import (
+    Caps,
     Job,
     JobStatus,
     NewDelivery,
     NewJob,
     RecordedDelivery,
+    StackRecord,
     StepRecord,
     StoreUnavailable,
 )
@@ -51,6 +53,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     not_before REAL NOT NULL DEFAULT 0,
     coalesce INTEGER NOT NULL DEFAULT 0,
     coalesced_into INTEGER,
+    cancel_on TEXT NOT NULL DEFAULT '[]',
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    plan TEXT,
+    approved_plan TEXT,
     params TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL,
     started_at REAL,
@@ -74,12 +80,25 @@ CREATE INDEX IF NOT EXISTS steps_job ON steps (job_id, id);
 CREATE TABLE IF NOT EXISTS stacks (
     project TEXT NOT NULL,
     stack TEXT NOT NULL,
+    program TEXT NOT NULL,
     incident_id TEXT NOT NULL,
+    playbook TEXT NOT NULL,
+    service TEXT NOT NULL,
     status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_activity_at REAL NOT NULL,
     last_operation TEXT NOT NULL,
     outputs TEXT,
-    updated_at REAL NOT NULL,
+    export_path TEXT,
+    idle_ttl REAL,
+    max_age REAL,
     PRIMARY KEY (project, stack)
+);
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    last_event_at REAL NOT NULL,
+    resolved_at REAL
 );
 """
 
@@ -156,6 +175,11 @@ class SQLiteStore:
 
     async def claim_next(self, now: float) -> Job | None:
         def claim(db: sqlite3.Connection) -> Job | None:
+            # Due scheduled jobs join the queue in their original place (by id).
+            db.execute(
+                "UPDATE jobs SET status = 'queued', not_before = 0 WHERE status = 'scheduled' AND not_before <= ?",
+                (now,),
+            )
             for row in db.execute(CLAIMABLE):
                 if row["not_before"] > now:
                     continue  # its stack waits for it: later jobs of that stack stay behind
@@ -173,7 +197,7 @@ class SQLiteStore:
             row = (
                 self._conn()
                 .execute(
-                    "SELECT MIN(not_before) FROM jobs WHERE status = 'queued' AND not_before > 0"
+                    "SELECT MIN(not_before) FROM jobs WHERE status IN ('queued', 'scheduled') AND not_before > 0"
                 )
                 .fetchone()
             )
@@ -238,33 +262,208 @@ class SQLiteStore:
             ]
         )
 
-    async def record_stack(
+    async def reserve_stack(self, record: StackRecord, caps: Caps) -> str | None:
+        """Record a stack about to be created, unless a cap forbids it: then name the cap."""
+
+        def reserve(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT status FROM stacks WHERE project = ? AND stack = ?",
+                (record.project, record.stack),
+            ).fetchone()
+            if row is not None and row["status"] != "destroyed":
+                return None  # already ours and alive: no new stack
+            live = "status != 'destroyed'"
+            for cap, limit, where, args in (
+                ("max_live_stacks", caps.live_stacks, live, ()),
+                (
+                    "max_stacks_per_service",
+                    caps.per_service,
+                    f"{live} AND service = ?",
+                    (record.service,),
+                ),
+                (
+                    "max_stacks_per_playbook",
+                    caps.per_playbook,
+                    f"{live} AND playbook = ?",
+                    (record.playbook,),
+                ),
+            ):
+                if (
+                    limit
+                    and db.execute(f"SELECT COUNT(*) FROM stacks WHERE {where}", args).fetchone()[0]
+                    >= limit
+                ):
+                    return f"{cap}={limit}"
+            db.execute(
+                "INSERT OR REPLACE INTO stacks (project, stack, program, incident_id, playbook, service, status,"
+                " created_at, last_activity_at, last_operation, idle_ttl, max_age)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'provisioning', ?, ?, 'reserve', ?, ?)",
+                (
+                    record.project,
+                    record.stack,
+                    record.program,
+                    record.incident_id,
+                    record.playbook,
+                    record.service,
+                    record.created_at,
+                    record.created_at,
+                    record.idle_ttl,
+                    record.max_age,
+                ),
+            )
+            return None
+
+        return await self._call(lambda: self._transaction(reserve))
+
+    async def touch_stack(
         self,
         project: str,
         stack: str,
-        incident_id: str,
-        status: str,
+        *,
         operation: str,
-        outputs: dict[str, Any] | None,
         now: float,
+        status: str | None = None,
+        outputs: dict[str, Any] | None = None,
+        export_path: str | None = None,
     ) -> None:
         await self._call(
             lambda: self._conn().execute(
-                "INSERT INTO stacks (project, stack, incident_id, status, last_operation, outputs, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, stack) DO UPDATE SET"
-                " status = excluded.status, last_operation = excluded.last_operation,"
-                " outputs = COALESCE(excluded.outputs, stacks.outputs), updated_at = excluded.updated_at",
+                "UPDATE stacks SET last_operation = ?, last_activity_at = ?, status = COALESCE(?, status),"
+                " outputs = COALESCE(?, outputs), export_path = COALESCE(?, export_path)"
+                " WHERE project = ? AND stack = ?",
                 (
+                    operation,
+                    now,
+                    status,
+                    json.dumps(outputs) if outputs is not None else None,
+                    export_path,
                     project,
                     stack,
-                    incident_id,
-                    status,
-                    operation,
-                    json.dumps(outputs) if outputs is not None else None,
-                    now,
                 ),
             )
         )
+
+    async def get_stack(self, project: str, stack: str) -> StackRecord | None:
+        def get() -> StackRecord | None:
+            row = (
+                self._conn()
+                .execute(
+                    f"{STACKS_WITH_INCIDENT} WHERE s.project = ? AND s.stack = ?", (project, stack)
+                )
+                .fetchone()
+            )
+            return _stack(row) if row else None
+
+        return await self._call(get)
+
+    async def list_stacks(self, *, include_destroyed: bool = False) -> list[StackRecord]:
+        where = "" if include_destroyed else " WHERE s.status != 'destroyed'"
+        return await self._call(
+            lambda: [
+                _stack(r)
+                for r in self._conn().execute(
+                    f"{STACKS_WITH_INCIDENT}{where} ORDER BY s.created_at"
+                )
+            ]
+        )
+
+    async def known_incident(self, incident_id: str) -> tuple[str, float | None] | None:
+        """The incident's status and resolution time, or None when no event named it."""
+
+        def get() -> tuple[str, float | None] | None:
+            row = (
+                self._conn()
+                .execute("SELECT status, resolved_at FROM incidents WHERE id = ?", (incident_id,))
+                .fetchone()
+            )
+            return (row["status"], row["resolved_at"]) if row else None
+
+        return await self._call(get)
+
+    async def operations_since(self, since: float) -> int:
+        return await self._call(
+            lambda: int(
+                self._conn()
+                .execute("SELECT COUNT(*) FROM steps WHERE started_at >= ?", (since,))
+                .fetchone()[0]
+            )
+        )
+
+    async def pending_jobs_for(self, project: str, stack: str) -> int:
+        return await self._call(
+            lambda: int(
+                self._conn()
+                .execute(
+                    "SELECT COUNT(*) FROM jobs WHERE project = ? AND stack = ?"
+                    " AND status IN ('queued', 'scheduled', 'running', 'awaiting_approval')",
+                    (project, stack),
+                )
+                .fetchone()[0]
+            )
+        )
+
+    # -- approvals and cancellation ----------------------------------------------------------------
+
+    async def await_approval(self, job_id: int, plan: dict[str, Any], now: float) -> None:
+        await self._call(
+            lambda: self._conn().execute(
+                "UPDATE jobs SET status = 'awaiting_approval', plan = ?, approved_plan = NULL, finished_at = NULL,"
+                " not_before = ? WHERE id = ?",
+                (json.dumps(plan), now, job_id),
+            )
+        )
+
+    async def decide(self, job_id: int, approve: bool, now: float, reason: str = "") -> Job | None:
+        """Approve (back in line, first for its stack) or reject a job awaiting approval."""
+
+        def decide(db: sqlite3.Connection) -> Job | None:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["status"] != "awaiting_approval":
+                return _job(row) if row else None
+            if approve:
+                db.execute(
+                    "UPDATE jobs SET status = 'queued', approved_plan = plan, not_before = 0,"
+                    " attempts = attempts - 1 WHERE id = ?",
+                    (job_id,),
+                )
+            else:
+                db.execute(
+                    "UPDATE jobs SET status = 'rejected', finished_at = ?, error = ? WHERE id = ?",
+                    (now, reason or "rejected", job_id),
+                )
+            return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+        return await self._call(lambda: self._transaction(decide))
+
+    async def expired_approvals(self, older_than: float) -> list[int]:
+        return await self._call(
+            lambda: [
+                r[0]
+                for r in self._conn().execute(
+                    "SELECT id FROM jobs WHERE status = 'awaiting_approval' AND not_before <= ?",
+                    (older_than,),
+                )
+            ]
+        )
+
+    async def request_cancel(self, job_id: int, now: float) -> Job | None:
+        """Cancel a waiting job at once; flag a running one (the runner stops it)."""
+
+        def cancel(db: sqlite3.Connection) -> Job | None:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            if row["status"] in ("queued", "scheduled", "awaiting_approval"):
+                db.execute(
+                    "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = 'cancelled by request'"
+                    " WHERE id = ?",
+                    (now, job_id),
+                )
+            elif row["status"] == "running":
+                db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+        return await self._call(lambda: self._transaction(cancel))
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -317,16 +516,10 @@ class SQLiteStore:
                 )
             ]
             stacks = [
-                {
-                    "project": r["project"],
-                    "stack": r["stack"],
-                    "status": r["status"],
-                    "last_operation": r["last_operation"],
-                    "updated_at": r["updated_at"],
-                    "outputs": json.loads(r["outputs"]) if r["outputs"] else None,
-                }
+                _stack(r)
                 for r in db.execute(
-                    "SELECT * FROM stacks WHERE incident_id = ? ORDER BY stack", (incident_id,)
+                    f"{STACKS_WITH_INCIDENT} WHERE s.incident_id = ? ORDER BY s.stack",
+                    (incident_id,),
                 )
             ]
             if not deliveries and not jobs:
@@ -365,12 +558,28 @@ def _record(db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJob]) -
     ).rowcount
     if not inserted:
         return RecordedDelivery(created=False, job_ids=[])
+    now = delivery.received_at
+    if delivery.incident_id and delivery.source != "responder":
+        _note_incident(db, delivery)
+        # A later event of a listed type cancels a scheduled job for the same incident (a reopen
+        # inside the grace period keeps the stack).
+        db.execute(
+            "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?"
+            " WHERE status = 'scheduled' AND incident_id = ?"
+            " AND EXISTS (SELECT 1 FROM json_each(jobs.cancel_on) WHERE value = ?)",
+            (
+                now,
+                f"cancelled by {delivery.event_type} (delivery {delivery.id})",
+                delivery.incident_id,
+                delivery.event_type,
+            ),
+        )
     ids: list[int] = []
     for job in jobs:
         cursor = db.execute(
             "INSERT INTO jobs (delivery_id, playbook, project, stack, event, incident_id, event_type,"
-            " status, max_attempts, coalesce, params, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+            " status, max_attempts, coalesce, params, created_at, not_before, cancel_on)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 delivery.id,
                 job.playbook,
@@ -379,10 +588,13 @@ def _record(db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJob]) -
                 json.dumps(job.event),
                 delivery.incident_id,
                 delivery.event_type,
+                "scheduled" if job.delay > 0 else "queued",
                 job.max_attempts,
                 int(job.coalesce),
                 json.dumps(job.params),
-                delivery.received_at,
+                now,
+                now + job.delay if job.delay > 0 else 0,
+                json.dumps(list(job.cancel_on)),
             ),
         )
         job_id = int(cursor.lastrowid or 0)
@@ -392,10 +604,22 @@ def _record(db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJob]) -
                 "UPDATE jobs SET status = 'coalesced', coalesced_into = ?, finished_at = ?"
                 " WHERE status = 'queued' AND coalesce = 1 AND playbook = ? AND project = ? AND stack = ?"
                 " AND id < ? AND attempts = 0",
-                (job_id, delivery.received_at, job.playbook, job.project, job.stack, job_id),
+                (job_id, now, job.playbook, job.project, job.stack, job_id),
             )
         ids.append(job_id)
     return RecordedDelivery(created=True, job_ids=ids)
+
+
+def _note_incident(db: sqlite3.Connection, delivery: NewDelivery) -> None:
+    status = delivery.incident_status or delivery.event_type.rpartition(".")[2]
+    resolved_at = delivery.received_at if status == "resolved" else None
+    db.execute(
+        "INSERT INTO incidents (id, status, last_event_at, resolved_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET status = excluded.status, last_event_at = excluded.last_event_at,"
+        " resolved_at = CASE WHEN excluded.status = 'resolved'"
+        "   THEN COALESCE(incidents.resolved_at, excluded.resolved_at) ELSE NULL END",
+        (delivery.incident_id, status, delivery.received_at, resolved_at),
+    )
 
 
 def _job(row: sqlite3.Row, steps: tuple[StepRecord, ...] = ()) -> Job:
@@ -419,8 +643,39 @@ def _job(row: sqlite3.Row, steps: tuple[StepRecord, ...] = ()) -> Job:
         outputs=json.loads(row["outputs"]) if row["outputs"] else None,
         params=json.loads(row["params"]),
         coalesced_into=row["coalesced_into"],
+        plan=json.loads(row["plan"]) if row["plan"] else None,
+        approved_plan=json.loads(row["approved_plan"]) if row["approved_plan"] else None,
+        cancel_requested=bool(row["cancel_requested"]),
         steps=steps,
     )
+
+
+def _stack(row: sqlite3.Row) -> StackRecord:
+    return StackRecord(
+        project=row["project"],
+        stack=row["stack"],
+        program=row["program"],
+        incident_id=row["incident_id"],
+        playbook=row["playbook"],
+        service=row["service"],
+        status=row["status"],
+        created_at=row["created_at"],
+        last_activity_at=row["last_activity_at"],
+        last_operation=row["last_operation"],
+        outputs=json.loads(row["outputs"]) if row["outputs"] else None,
+        export_path=row["export_path"],
+        idle_ttl=row["idle_ttl"],
+        max_age=row["max_age"],
+        incident_status=row["incident_status"] or "",
+        incident_last_event_at=row["incident_last_event_at"],
+        incident_resolved_at=row["incident_resolved_at"],
+    )
+
+
+STACKS_WITH_INCIDENT = (
+    "SELECT s.*, i.status AS incident_status, i.last_event_at AS incident_last_event_at,"
+    " i.resolved_at AS incident_resolved_at FROM stacks AS s LEFT JOIN incidents AS i ON i.id = s.incident_id"
+)
 
 
 def _steps(db: sqlite3.Connection, job_id: int) -> tuple[StepRecord, ...]:

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from responder.events import Event, Incident, event_to_dict
 from responder.logs import get_logger
-from responder.store import Job, JobStatus, NewDelivery, NewJob, StoreUnavailable
+from responder.stacks import StackError
+from responder.store import Job, JobStatus, NewDelivery, NewJob, StackRecord, StoreUnavailable
 from responder.web.auth import require_token
 from responder.web.daemon import DAEMON
 from responder.web.errors import ApiError
@@ -41,7 +42,8 @@ async def readyz(request: web.Request) -> web.Response:
     checks["pulumi"] = (
         f"ok ({daemon.ops.pulumi_version})" if daemon.ops.pulumi_version else "not found"
     )
-    checks["playbooks"] = f"ok ({len(daemon.playbooks)})" if daemon.playbooks else "none loaded"
+    loaded = daemon.playbook_order  # the operator's playbooks, not responder's own
+    checks["playbooks"] = f"ok ({len(loaded)})" if loaded else "none loaded"
     checks["runner"] = "ok" if daemon.ready else "starting"
     ready = all(v.startswith("ok") for v in checks.values())
     return web.json_response(
@@ -83,15 +85,100 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def get_incident(request: web.Request) -> web.Response:
-    incident = await _store_call(request.app[DAEMON].store.incident(request.match_info["id"]))
+    daemon = request.app[DAEMON]
+    incident = await _store_call(daemon.store.incident(request.match_info["id"]))
     if incident is None:
         raise ApiError(404, "no such incident")
     incident["jobs"] = [job_json(j) for j in incident["jobs"]]
-    for item in incident["deliveries"] + incident["stacks"]:
-        for key in ("received_at", "updated_at"):
-            if key in item:
-                item[key] = _iso(item[key])
+    incident["stacks"] = [stack_json(s, daemon.clock()) for s in incident["stacks"]]
+    for item in incident["deliveries"]:
+        item["received_at"] = _iso(item["received_at"])
     return web.json_response(incident)
+
+
+async def list_stacks(request: web.Request) -> web.Response:
+    """Live burner stacks from the store, reconciled with the backend (`?reconcile=false` skips that)."""
+    daemon = request.app[DAEMON]
+    records = await _store_call(daemon.store.list_stacks())
+    stacks = [stack_json(r, daemon.clock()) for r in records]
+    if request.query.get("reconcile", "true").lower() != "false":
+        projects = {p.project: p.program for p in daemon.playbook_order} | {
+            r.project: r.program for r in records
+        }
+        for project, program in sorted(projects.items()):
+            try:
+                in_backend = set(await daemon.ops.list_stacks(project, program))
+            except StackError as e:
+                raise ApiError(503, f"cannot list the backend's stacks: {e.message}") from None
+            for item in stacks:
+                if item["project"] == project:
+                    item["in_backend"] = item["stack"] in in_backend
+                    in_backend.discard(item["stack"])
+            stacks += [
+                {
+                    "project": project,
+                    "stack": name,
+                    "status": "unknown to the store",
+                    "in_backend": True,
+                }
+                for name in sorted(in_backend)
+            ]
+    return web.json_response({"stacks": stacks})
+
+
+async def decide_job(request: web.Request) -> web.Response:
+    """POST /jobs/{id}/approve or /reject: decide a job waiting in `awaiting_approval`."""
+    daemon = request.app[DAEMON]
+    require_token(request, daemon.api_token)
+    job_id = _int(request.match_info["id"], "job id")
+    approve = request.match_info["decision"] == "approve"
+    job = await _store_call(
+        daemon.store.decide(job_id, approve, daemon.clock(), "rejected by request")
+    )
+    if job is None:
+        raise ApiError(404, "no such job")
+    expected = JobStatus.QUEUED if approve else JobStatus.REJECTED
+    if job.status != expected:
+        raise ApiError(409, f"job is {job.status.value}, not awaiting approval")
+    log.info("job.approved" if approve else "job.rejected", job_id=job_id)
+    daemon.runner.notify()
+    return web.json_response(job_json(job))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    require_token(request, daemon.api_token)
+    job_id = _int(request.match_info["id"], "job id")
+    try:
+        job = await daemon.runner.cancel(job_id)
+    except StoreUnavailable as e:
+        raise ApiError(503, str(e)) from None
+    if job is None:
+        raise ApiError(404, "no such job")
+    if job.status.final and job.status != JobStatus.CANCELLED:
+        raise ApiError(409, f"job already {job.status.value}")
+    log.info("job.cancel_requested", job_id=job_id, status=job.status.value)
+    return web.json_response(job_json(job), status=202 if job.status == JobStatus.RUNNING else 200)
+
+
+def stack_json(record: StackRecord, now: float) -> dict[str, Any]:
+    return {
+        "project": record.project,
+        "stack": record.stack,
+        "incident_id": record.incident_id,
+        "incident_status": record.incident_status or None,
+        "playbook": record.playbook,
+        "service": record.service or None,
+        "status": record.status,
+        "created_at": _iso(record.created_at),
+        "age_seconds": round(now - record.created_at, 1),
+        "last_activity_at": _iso(record.last_activity_at),
+        "last_operation": record.last_operation,
+        "outputs": record.outputs,  # masked when stored
+        "export_path": record.export_path,
+        "idle_ttl": record.idle_ttl,
+        "max_age": record.max_age,
+    }
 
 
 async def list_playbooks(request: web.Request) -> web.Response:
@@ -205,6 +292,7 @@ def job_json(job: Job, *, steps: bool = True) -> dict[str, Any]:
         "outputs": job.outputs,  # masked when stored
         "error": job.error,
         "coalesced_into": job.coalesced_into,
+        "plan": job.plan,
     }
     if steps:
         data["steps"] = [
@@ -260,3 +348,6 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/incidents/{id}", get_incident)
     app.router.add_get("/playbooks", list_playbooks)
     app.router.add_post("/playbooks/{name}/run", run_playbook)
+    app.router.add_get("/stacks", list_stacks)
+    app.router.add_post("/jobs/{id}/{decision:approve|reject}", decide_job)
+    app.router.add_post("/jobs/{id}/cancel", cancel_job)

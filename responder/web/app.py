@@ -8,12 +8,14 @@ import structlog
 from aiohttp import web
 
 from responder.config import Settings
+from responder.lifecycle import SYSTEM_PLAYBOOKS, Reaper
 from responder.logs import Redactor, get_logger
 from responder.playbook import Playbook
-from responder.playbook_loader import load_playbooks
+from responder.playbook_loader import PlaybookLoadError, load_playbooks
 from responder.runner import Runner
 from responder.secret_files import ensure_secret_file
 from responder.stacks import PulumiEnvironment, StackOperations
+from responder.store import Caps
 from responder.store.sqlite import SQLiteStore
 from responder.web import api, webhooks
 from responder.web.daemon import DAEMON, SETTINGS, Daemon
@@ -31,6 +33,11 @@ def create_app(
 ) -> web.Application:
     """Build the app. Playbooks load now, so a broken one stops start-up before anything listens."""
     loaded = playbooks if playbooks is not None else load_playbooks(settings.playbooks_dir)
+    reserved = {p.name for p in SYSTEM_PLAYBOOKS} & {p.name for p in loaded}
+    if reserved:
+        raise PlaybookLoadError(
+            f"playbook names reserved for responder itself: {', '.join(sorted(reserved))}"
+        )
     app = web.Application(
         client_max_size=settings.max_body_bytes, middlewares=[fresh_log_context, json_errors]
     )
@@ -69,7 +76,13 @@ def _daemon(
             "target_url": settings.probe_url or f"http://{settings.host}:{settings.port}/healthz",
             "scratch_root": str(data_dir / "scratch"),
         }
-        by_name = {p.name: p for p in playbooks}
+        by_name = {p.name: p for p in [*playbooks, *SYSTEM_PLAYBOOKS]}
+        caps = Caps(
+            settings.max_live_stacks,
+            settings.max_stacks_per_service,
+            settings.max_stacks_per_playbook,
+            settings.max_operations_per_minute,
+        )
         runner = Runner(
             store,
             ops,
@@ -79,6 +92,20 @@ def _daemon(
             retry_backoff=settings.retry_backoff,
             params=params,
             clock=clock,
+            caps=caps,
+        )
+        reaper = Reaper(
+            store,
+            ops,
+            {p.project: p.program for p in playbooks},
+            notify=runner.notify,
+            max_attempts=settings.job_max_attempts,
+            approval_timeout=settings.approval_timeout,
+            orphans="report" if settings.orphans == "report" else "destroy",
+            orphan_age=settings.orphan_age,
+            interval=settings.reaper_interval,
+            orphan_interval=settings.orphan_sweep_interval,
+            clock=clock,
         )
         daemon = Daemon(
             settings,
@@ -86,6 +113,7 @@ def _daemon(
             store,
             ops,
             runner,
+            reaper,
             redactor,
             webhook_secrets,
             api_token,
@@ -94,6 +122,7 @@ def _daemon(
         )
         app[DAEMON] = daemon
         await runner.start()
+        reaper.start()
         daemon.ready = True
         log.info(
             "daemon.started",
@@ -106,6 +135,7 @@ def _daemon(
             yield
         finally:
             daemon.ready = False
+            await reaper.stop()
             await runner.stop(settings.shutdown_grace)
             await ops.close()
             await store.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from responder.config import Settings
+from responder.lifecycle import Reaper
 from responder.logs import Redactor
 from responder.playbook import Playbook
 from responder.runner import Runner
@@ -21,6 +22,7 @@ class Daemon:
     store: SQLiteStore
     ops: StackOperations
     runner: Runner
+    reaper: Reaper
     redactor: Redactor
     webhook_secrets: tuple[str, ...]
     api_token: str

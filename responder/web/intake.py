@@ -36,6 +36,8 @@ async def accept(daemon: Daemon, delivery_id: str, body: bytes, event: Event) ->
             event=event_to_dict(event),
             max_attempts=daemon.settings.job_max_attempts,
             coalesce=p.coalesce,
+            delay=p.delay,
+            cancel_on=p.cancel_on,
         )
         for p in matched
     ]
@@ -48,6 +50,7 @@ async def accept(daemon: Daemon, delivery_id: str, body: bytes, event: Event) ->
         status=status,
         body=body,
         received_at=daemon.clock(),
+        incident_status=event.incident.status if event.incident else "",
     )
     try:
         recorded = await daemon.store.record_delivery(delivery, jobs)
