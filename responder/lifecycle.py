@@ -67,6 +67,7 @@ class Reaper:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        self._last_sweep = time.monotonic()  # the first sweep comes one interval after start
         self._task = asyncio.create_task(self._loop(), name="reaper")
 
     async def stop(self) -> None:
