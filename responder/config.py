@@ -49,6 +49,14 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _routing_keys(raw: str) -> tuple[str, ...]:
+    """comma-separated 32-character alphanumeric integration keys"""
+    keys = _csv(raw)
+    if not keys or any(len(k) != 32 or not k.isalnum() for k in keys):
+        raise ValueError("each key must be 32 letters or digits")
+    return keys
+
+
 def _level(raw: str) -> str:
     """one of DEBUG, INFO, WARNING, ERROR"""
     level = raw.strip().upper()
@@ -84,6 +92,9 @@ class Settings:
     pagerduty_secrets: tuple[str, ...] = _setting((), _csv, secret=True)
     verify_signatures: bool = _setting(True, _bool)
     max_body_bytes: int = _setting(512 * 1024, _int_range(1024, 64 * 1024 * 1024))
+    # Events API v2 integration keys (32 letters/digits each) and the Alertmanager bearer token
+    events_v2_routing_keys: tuple[str, ...] = _setting((), _routing_keys, secret=True)
+    alertmanager_token: str = _setting("", secret=True)
     # HTTP API
     api_token: str = _setting("", secret=True)
     # Jobs

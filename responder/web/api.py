@@ -129,7 +129,7 @@ async def list_stacks(request: web.Request) -> web.Response:
 async def decide_job(request: web.Request) -> web.Response:
     """POST /jobs/{id}/approve or /reject: decide a job waiting in `awaiting_approval`."""
     daemon = request.app[DAEMON]
-    require_token(request, daemon.api_token)
+    require_token(request, daemon.credentials.api_token)
     job_id = _int(request.match_info["id"], "job id")
     approve = request.match_info["decision"] == "approve"
     job = await _store_call(
@@ -147,7 +147,7 @@ async def decide_job(request: web.Request) -> web.Response:
 
 async def cancel_job(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    require_token(request, daemon.api_token)
+    require_token(request, daemon.credentials.api_token)
     job_id = _int(request.match_info["id"], "job id")
     try:
         job = await daemon.runner.cancel(job_id)
@@ -202,7 +202,7 @@ async def list_playbooks(request: web.Request) -> web.Response:
 async def run_playbook(request: web.Request) -> web.Response:
     """Run a playbook by hand with a synthetic event; `?wait=SECONDS` waits for its outputs."""
     daemon = request.app[DAEMON]
-    require_token(request, daemon.api_token)
+    require_token(request, daemon.credentials.api_token)
     playbook = daemon.playbooks.get(request.match_info["name"])
     if playbook is None:
         raise ApiError(404, f"no playbook named {request.match_info['name']!r}")

@@ -1,5 +1,6 @@
 """The application factory: settings in, a ready aiohttp app out (no module-level state)."""
 
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from responder.stacks import PulumiEnvironment, StackOperations
 from responder.store import Caps
 from responder.store.sqlite import SQLiteStore
 from responder.web import api, webhooks
-from responder.web.daemon import DAEMON, SETTINGS, Daemon
+from responder.web.daemon import DAEMON, SETTINGS, Credentials, Daemon
 from responder.web.errors import Handler, json_errors
 
 log = get_logger("responder.app")
@@ -56,11 +57,8 @@ def _daemon(
         settings = app[SETTINGS]
         data_dir = settings.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        webhook_secrets = settings.pagerduty_secrets or (
-            _generated(data_dir / "pagerduty-webhook-secret", "webhook"),
-        )
-        api_token = settings.api_token or _generated(data_dir / "api-token", "api token")
-        redactor.add(*webhook_secrets, api_token)
+        credentials = _credentials(settings, data_dir)
+        redactor.add(*credentials.all())
         if not settings.verify_signatures:
             log.warning(
                 "webhook.verification_disabled",
@@ -115,8 +113,7 @@ def _daemon(
             runner,
             reaper,
             redactor,
-            webhook_secrets,
-            api_token,
+            credentials,
             clock,
             playbook_order=playbooks,
         )
@@ -149,9 +146,27 @@ async def _stop_accepting(app: web.Application) -> None:
         app[DAEMON].accepting = False
 
 
-def _generated(path: Path, what: str) -> str:
+def _credentials(settings: Settings, data_dir: Path) -> Credentials:
+    return Credentials(
+        pagerduty_secrets=settings.pagerduty_secrets
+        or (_generated(data_dir / "pagerduty-webhook-secret", "pagerduty webhook secret"),),
+        events_v2_routing_keys=settings.events_v2_routing_keys
+        or (
+            _generated(
+                data_dir / "events-v2-routing-key",
+                "events v2 routing key",
+                lambda: secrets.token_hex(16),
+            ),
+        ),
+        alertmanager_token=settings.alertmanager_token
+        or _generated(data_dir / "alertmanager-token", "alertmanager token"),
+        api_token=settings.api_token or _generated(data_dir / "api-token", "api token"),
+    )
+
+
+def _generated(path: Path, what: str, make: Callable[[], str] | None = None) -> str:
     existed = path.exists()
-    value = ensure_secret_file(path)
+    value = ensure_secret_file(path, make) if make else ensure_secret_file(path)
     log.info("secret.generated" if not existed else "secret.loaded", secret=what, path=str(path))
     return value
 

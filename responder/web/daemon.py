@@ -15,6 +15,24 @@ from responder.stacks import StackOperations
 from responder.store.sqlite import SQLiteStore
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """What callers must present: configured, or generated once into the data dir (mode 0600)."""
+
+    pagerduty_secrets: tuple[str, ...]
+    events_v2_routing_keys: tuple[str, ...]
+    alertmanager_token: str
+    api_token: str
+
+    def all(self) -> tuple[str, ...]:
+        return (
+            *self.pagerduty_secrets,
+            *self.events_v2_routing_keys,
+            self.alertmanager_token,
+            self.api_token,
+        )
+
+
 @dataclass
 class Daemon:
     settings: Settings
@@ -24,8 +42,7 @@ class Daemon:
     runner: Runner
     reaper: Reaper
     redactor: Redactor
-    webhook_secrets: tuple[str, ...]
-    api_token: str
+    credentials: Credentials
     clock: Callable[[], float] = time.time
     accepting: bool = True
     ready: bool = False

@@ -15,11 +15,18 @@ KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
 class ApiError(Exception):
     """Raised by handlers; answered as a JSON error with this status."""
 
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        body: Mapping[str, object] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+        self.body = body  # a source-specific error shape (the Events API's), else ours
 
 
 def error_response(
@@ -33,6 +40,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ApiError as e:
+        if e.body is not None:
+            return web.json_response(dict(e.body), status=e.status, headers=e.headers)
         return error_response(e.status, e.message, e.headers)
     except (
         web.HTTPException

@@ -1,11 +1,15 @@
 """Webhook endpoints: verify and parse each source's deliveries, then hand them to intake."""
 
+import hashlib
+import hmac
+
 import structlog
 from aiohttp import web
 
 from responder.logs import get_logger
-from responder.sources import InvalidPayload, pagerduty
+from responder.sources import InvalidPayload, alertmanager, events_v2, pagerduty
 from responder.web import intake
+from responder.web.auth import require_token
 from responder.web.daemon import DAEMON, Daemon
 from responder.web.errors import ApiError
 
@@ -39,7 +43,7 @@ async def pagerduty_v3(request: web.Request) -> web.Response:
     body = await read_json_body(request, daemon)
     if daemon.settings.verify_signatures:
         signature = request.headers.get(pagerduty.SIGNATURE_HEADER)
-        if not pagerduty.verify_signature(body, signature, daemon.webhook_secrets):
+        if not pagerduty.verify_signature(body, signature, daemon.credentials.pagerduty_secrets):
             reason = "missing signature" if not signature else "signature does not match"
             log.warning("delivery.rejected", reason=reason)
             raise ApiError(401, f"{reason} ({pagerduty.SIGNATURE_HEADER})")
@@ -56,8 +60,84 @@ async def pagerduty_v3(request: web.Request) -> web.Response:
         event_type=event.type,
         incident_id=event.incident_id or None,
     )
-    return await intake.accept(daemon, delivery_id, body, event)
+    return intake.answer(await intake.record(daemon, delivery_id, body, event))
 
 
 def setup(app: web.Application) -> None:
     app.router.add_post("/webhooks/pagerduty", pagerduty_v3)
+    app.router.add_post("/v2/enqueue", events_v2_enqueue)
+    app.router.add_post("/webhooks/alertmanager", alertmanager_webhook)
+
+
+async def events_v2_enqueue(request: web.Request) -> web.Response:
+    """PagerDuty Events API v2, answered as PagerDuty answers (so its clients need no changes)."""
+    daemon = request.app[DAEMON]
+    structlog.contextvars.bind_contextvars(source=events_v2.SOURCE)
+    try:
+        body = await read_json_body(request, daemon)
+    except ApiError as e:
+        if e.status == 415:  # PagerDuty answers a non-JSON content type as an invalid event
+            raise _invalid_event(400, [e.message]) from None
+        raise
+    try:
+        enqueued = events_v2.parse(body)
+    except events_v2.InvalidEvent as e:
+        log.warning("delivery.rejected", reason="invalid event", errors=e.errors)
+        raise _invalid_event(400, e.errors) from None
+    if not any(
+        hmac.compare_digest(enqueued.routing_key.encode(), k.encode())
+        for k in daemon.credentials.events_v2_routing_keys
+    ):
+        log.warning("delivery.rejected", reason="unknown routing key")
+        raise _invalid_event(
+            401, ["'routing_key' is not a configured integration key"], "Unknown routing key"
+        )
+    # Events carry no delivery id: an identical body is a redelivery.
+    delivery_id = "ev2-" + hashlib.sha256(body).hexdigest()[:32]
+    structlog.contextvars.bind_contextvars(delivery_id=delivery_id)
+    log.info("delivery.verified")
+    await intake.record(daemon, delivery_id, body, enqueued.event, updates_need_open_incident=True)
+    return web.json_response(
+        {"status": "success", "message": "Event processed", "dedup_key": enqueued.dedup_key},
+        status=202,
+    )
+
+
+def _invalid_event(
+    status: int, errors: list[str], message: str = "Event object is invalid"
+) -> ApiError:
+    return ApiError(
+        status, message, body={"status": "invalid event", "message": message, "errors": errors}
+    )
+
+
+async def alertmanager_webhook(request: web.Request) -> web.Response:
+    """Alertmanager `webhook_configs` notifications, authenticated with a bearer token."""
+    daemon = request.app[DAEMON]
+    structlog.contextvars.bind_contextvars(source=alertmanager.SOURCE)
+    try:
+        require_token(request, daemon.credentials.alertmanager_token)
+    except ApiError:
+        log.warning("delivery.rejected", reason="missing or wrong bearer token")
+        raise
+    body = await read_json_body(request, daemon)
+    try:
+        events = alertmanager.parse(body)
+    except InvalidPayload as e:
+        log.warning("delivery.rejected", reason=str(e))
+        raise ApiError(400, str(e)) from None
+    log.info("delivery.verified", alerts=len(events))
+    results = []
+    for event in events:  # each alert's delivery is committed before the answer goes out
+        recorded = await intake.record(
+            daemon, event.id, body, event, updates_need_open_incident=True
+        )
+        results.append(
+            {
+                "incident_id": event.incident_id,
+                "event_type": event.type,
+                "status": recorded.status,
+                "jobs": recorded.job_ids,
+            }
+        )
+    return web.json_response({"status": "accepted", "alerts": results}, status=202)
