@@ -39,8 +39,12 @@ class Delivery:
 
     def headers(self) -> dict[str, str]:
         # adnanh/webhook cannot parse `v1=`, so its hook reads the same digest from X-Signature.
-        return {"Content-Type": "application/json", "X-Webhook-Id": self.webhook_id,
-                "X-PagerDuty-Signature": f"v1={self.signature_hex}", "X-Signature": f"sha256={self.signature_hex}"}
+        return {
+            "Content-Type": "application/json",
+            "X-Webhook-Id": self.webhook_id,
+            "X-PagerDuty-Signature": f"v1={self.signature_hex}",
+            "X-Signature": f"sha256={self.signature_hex}",
+        }
 
 
 def deliveries(count: int, incident_prefix: str = "QBENCH") -> list[Delivery]:
@@ -59,7 +63,9 @@ def deliveries(count: int, incident_prefix: str = "QBENCH") -> list[Delivery]:
 class Server:
     """A server process under test: started, waited for, measured, stopped."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], ready_url: str, url: str) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], ready_url: str, url: str
+    ) -> None:
         self.name, self.argv, self.env, self.ready_url, self.url = name, argv, env, ready_url, url
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready_seconds = 0.0
@@ -67,7 +73,9 @@ class Server:
     async def start(self, log: Path) -> None:
         started = time.monotonic()
         with log.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+            )
         async with aiohttp.ClientSession() as session:
             while time.monotonic() - started < 60:
                 with contextlib.suppress(aiohttp.ClientError):
@@ -95,12 +103,23 @@ class Server:
 
 def responder_server(data_dir: Path, playbooks: Path, **env: str) -> Server:
     port = free_port()
-    environment = {**os.environ, "RESPONDER_DATA_DIR": str(data_dir), "RESPONDER_PORT": str(port),
-                   "RESPONDER_PAGERDUTY_SECRETS": SECRET, "RESPONDER_PLAYBOOKS_DIR": str(playbooks),
-                   "RESPONDER_LOG_LEVEL": "WARNING", **env}
+    environment = {
+        **os.environ,
+        "RESPONDER_DATA_DIR": str(data_dir),
+        "RESPONDER_PORT": str(port),
+        "RESPONDER_PAGERDUTY_SECRETS": SECRET,
+        "RESPONDER_PLAYBOOKS_DIR": str(playbooks),
+        "RESPONDER_LOG_LEVEL": "WARNING",
+        **env,
+    }
     url = f"http://127.0.0.1:{port}"
-    return Server("responder", [sys.executable, "-m", "responder", "serve"], environment, f"{url}/readyz",
-                  f"{url}/webhooks/pagerduty")
+    return Server(
+        "responder",
+        [sys.executable, "-m", "responder", "serve"],
+        environment,
+        f"{url}/readyz",
+        f"{url}/webhooks/pagerduty",
+    )
 
 
 def webhook_server(workdir: Path) -> Server:
@@ -133,23 +152,40 @@ def _descendants(pid: int) -> list[int]:
 
 def summary(values: list[float]) -> dict[str, float]:
     """Median and spread (min, max) of several runs."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": len(values),
+    }
 
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def machine() -> dict[str, str]:
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal:"))
-    pulumi = subprocess.run([str(Path(sys.executable).parent / "pulumi"), "version"], capture_output=True,
-                            text=True).stdout.strip()
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    pulumi = subprocess.run(
+        [str(Path(sys.executable).parent / "pulumi"), "version"], capture_output=True, text=True
+    ).stdout.strip()
     webhook = subprocess.run(["webhook", "-version"], capture_output=True, text=True).stdout.strip()
-    return {"cores": str(os.cpu_count()), "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
-            "kernel": platform.release(), "python": platform.python_version(), "pulumi": pulumi,
-            "webhook": webhook, "cpu": _cpu_model()}
+    return {
+        "cores": str(os.cpu_count()),
+        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "pulumi": pulumi,
+        "webhook": webhook,
+        "cpu": _cpu_model(),
+    }
 
 
 def _cpu_model() -> str:

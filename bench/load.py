@@ -23,8 +23,13 @@ class LoadResult:
         return self.ok / self.seconds if self.seconds else 0.0
 
 
-async def _send(session: aiohttp.ClientSession, url: str, delivery: Delivery, result: LoadResult,
-                scheduled: float) -> None:
+async def _send(
+    session: aiohttp.ClientSession,
+    url: str,
+    delivery: Delivery,
+    result: LoadResult,
+    scheduled: float,
+) -> None:
     result.sent += 1
     try:
         async with session.post(url, data=delivery.body, headers=delivery.headers()) as response:
@@ -40,7 +45,9 @@ async def _send(session: aiohttp.ClientSession, url: str, delivery: Delivery, re
         result.errors += 1
 
 
-async def closed_loop(url: str, pool: list[Delivery], concurrency: int, seconds: float) -> LoadResult:
+async def closed_loop(
+    url: str, pool: list[Delivery], concurrency: int, seconds: float
+) -> LoadResult:
     """`concurrency` clients each send the next delivery as soon as the last was answered."""
     result = LoadResult()
     queue = iter(pool)

@@ -10,7 +10,6 @@ the median of the runs, their spread (min–max), and the ratio computed run by 
 import argparse
 import asyncio
 import datetime
-import shlex
 import sqlite3
 import sys
 import tempfile
@@ -22,13 +21,42 @@ from typing import Any
 import aiohttp
 
 from bench import stacks
-from bench.common import REPO, Server, deliveries, machine, percentile, responder_server, summary, webhook_server
+from bench.common import (
+    REPO,
+    Server,
+    deliveries,
+    machine,
+    percentile,
+    responder_server,
+    summary,
+    webhook_server,
+)
 from bench.load import closed_loop, open_loop
 
-FULL = {"runs": 3, "closed_seconds": 10.0, "concurrency": 32, "rate": 200.0, "open_seconds": 10.0,
-        "e2e_runs": 5, "tutorial_runs": 3, "concurrent_runs": 2, "incidents": 8, "footprint_deliveries": 10_000}
-SMOKE = {"runs": 1, "closed_seconds": 1.0, "concurrency": 4, "rate": 20.0, "open_seconds": 1.0,
-         "e2e_runs": 1, "tutorial_runs": 1, "concurrent_runs": 1, "incidents": 2, "footprint_deliveries": 50}
+FULL = {
+    "runs": 3,
+    "closed_seconds": 10.0,
+    "concurrency": 32,
+    "rate": 200.0,
+    "open_seconds": 10.0,
+    "e2e_runs": 5,
+    "tutorial_runs": 3,
+    "concurrent_runs": 2,
+    "incidents": 8,
+    "footprint_deliveries": 10_000,
+}
+SMOKE = {
+    "runs": 1,
+    "closed_seconds": 1.0,
+    "concurrency": 4,
+    "rate": 20.0,
+    "open_seconds": 1.0,
+    "e2e_runs": 1,
+    "tutorial_runs": 1,
+    "concurrent_runs": 1,
+    "incidents": 2,
+    "footprint_deliveries": 50,
+}
 NOOP_PLAYBOOKS = REPO / "bench" / "playbooks"
 BUILTIN_PLAYBOOKS = REPO / "playbooks"
 
@@ -38,7 +66,8 @@ def log(message: str) -> None:
 
 
 async def intake(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
-    pool_size = int(cfg["concurrency"] * cfg["closed_seconds"] * 400 + cfg["rate"] * cfg["open_seconds"] + 100)
+    # Enough for far more than either server answers: every delivery is sent at most once.
+    pool_size = int(5000 * cfg["closed_seconds"] + cfg["rate"] * cfg["open_seconds"] + 100)
     runs: dict[str, list[dict[str, float]]] = {"responder": [], "adnanh/webhook": []}
     lost = 0
     for run in range(cfg["runs"]):
@@ -46,24 +75,49 @@ async def intake(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
         for name in order:
             data_dir = work / f"intake-{run}-{name.replace('/', '-')}"
             data_dir.mkdir()
-            server = (responder_server(data_dir, NOOP_PLAYBOOKS) if name == "responder"
-                      else webhook_server(data_dir))
+            server = (
+                responder_server(data_dir, NOOP_PLAYBOOKS)
+                if name == "responder"
+                else webhook_server(data_dir)
+            )
             pool = deliveries(pool_size)
             await server.start(data_dir / "server.log")
             try:
-                closed = await closed_loop(server.url, pool, cfg["concurrency"], cfg["closed_seconds"])
-                opened = await open_loop(server.url, pool[closed.sent:], cfg["rate"], cfg["open_seconds"])
+                closed = await closed_loop(
+                    server.url, pool, cfg["concurrency"], cfg["closed_seconds"]
+                )
+                opened = await open_loop(
+                    server.url, pool[closed.sent :], cfg["rate"], cfg["open_seconds"]
+                )
             finally:
                 server.stop()
             if name == "responder":
-                stored = {r[0] for r in sqlite3.connect(data_dir / "responder.db").execute("SELECT id FROM deliveries")}
+                stored = {
+                    r[0]
+                    for r in sqlite3.connect(data_dir / "responder.db").execute(
+                        "SELECT id FROM deliveries"
+                    )
+                }
                 missing = set(closed.acknowledged + opened.acknowledged) - stored
                 lost += len(missing)
-            runs[name].append({"throughput": closed.throughput, "errors": closed.errors + opened.errors,
-                               "p50": percentile(opened.latencies_ms, 50), "p99": percentile(opened.latencies_ms, 99),
-                               "max": max(opened.latencies_ms), "open_ok": opened.ok, "open_sent": opened.sent})
-            log(f"intake run {run} {name}: {closed.throughput:.0f}/s closed, p99 {runs[name][-1]['p99']:.1f} ms open")
-    ratios = [r["throughput"] / b["throughput"] for r, b in zip(runs["responder"], runs["adnanh/webhook"], strict=True)]
+            runs[name].append(
+                {
+                    "throughput": closed.throughput,
+                    "errors": closed.errors + opened.errors,
+                    "p50": percentile(opened.latencies_ms, 50),
+                    "p99": percentile(opened.latencies_ms, 99),
+                    "max": max(opened.latencies_ms),
+                    "open_ok": opened.ok,
+                    "open_sent": opened.sent,
+                }
+            )
+            log(
+                f"intake run {run} {name}: {closed.throughput:.0f}/s closed, p99 {runs[name][-1]['p99']:.1f} ms open"
+            )
+    ratios = [
+        r["throughput"] / b["throughput"]
+        for r, b in zip(runs["responder"], runs["adnanh/webhook"], strict=True)
+    ]
     return {"runs": runs, "throughput_ratio": summary(ratios), "lost": lost}
 
 
@@ -97,20 +151,39 @@ async def end_to_end(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
         async with aiohttp.ClientSession() as session:
             for run in range(cfg["e2e_runs"]):
                 started = time.monotonic()
-                await wait_job(session, base, await post_trigger(session, server.url, f"QE2E{run}-"))
+                await wait_job(
+                    session, base, await post_trigger(session, server.url, f"QE2E{run}-")
+                )
                 times["responder"].append(time.monotonic() - started)
-                times["floor"].append(await asyncio.to_thread(stacks.floor_up, data_dir, f"floor-{run}", target))
+                times["floor"].append(
+                    await asyncio.to_thread(stacks.floor_up, data_dir, f"floor-{run}", target)
+                )
                 if run < cfg["tutorial_runs"]:
-                    times["tutorial"].append(await asyncio.to_thread(
-                        stacks.tutorial_request, data_dir, f"tutorial-{run}", target))
-                log(f"e2e run {run}: responder {times['responder'][-1]:.2f}s floor {times['floor'][-1]:.2f}s"
-                    + (f" tutorial {times['tutorial'][-1]:.2f}s" if run < cfg["tutorial_runs"] else ""))
+                    times["tutorial"].append(
+                        await asyncio.to_thread(
+                            stacks.tutorial_request, data_dir, f"tutorial-{run}", target
+                        )
+                    )
+                log(
+                    f"e2e run {run}: responder {times['responder'][-1]:.2f}s floor {times['floor'][-1]:.2f}s"
+                    + (
+                        f" tutorial {times['tutorial'][-1]:.2f}s"
+                        if run < cfg["tutorial_runs"]
+                        else ""
+                    )
+                )
     finally:
         server.stop()
     n = len(times["tutorial"])
-    return {"times": {k: summary(v) for k, v in times.items()},
-            "vs_floor": summary([r / f for r, f in zip(times["responder"], times["floor"], strict=True)]),
-            "tutorial_vs_responder": summary([t / r for t, r in zip(times["tutorial"], times["responder"][:n], strict=True)])}
+    return {
+        "times": {k: summary(v) for k, v in times.items()},
+        "vs_floor": summary(
+            [r / f for r, f in zip(times["responder"], times["floor"], strict=True)]
+        ),
+        "tutorial_vs_responder": summary(
+            [t / r for t, r in zip(times["tutorial"], times["responder"][:n], strict=True)]
+        ),
+    }
 
 
 async def concurrency(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -123,22 +196,36 @@ async def concurrency(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     try:
         async with aiohttp.ClientSession() as session:
             for run in range(cfg["concurrent_runs"]):
-                for mode in (["concurrent", "sequential"] if run % 2 == 0 else ["sequential", "concurrent"]):
+                for mode in (
+                    ["concurrent", "sequential"] if run % 2 == 0 else ["sequential", "concurrent"]
+                ):
                     prefix = f"Q{mode[:3].upper()}{run}-{uuid.uuid4().hex[:4]}-"
                     started = time.monotonic()
                     if mode == "concurrent":
-                        ids = await asyncio.gather(*(post_trigger(session, server.url, f"{prefix}{i}-")
-                                                     for i in range(cfg["incidents"])))
+                        ids = await asyncio.gather(
+                            *(
+                                post_trigger(session, server.url, f"{prefix}{i}-")
+                                for i in range(cfg["incidents"])
+                            )
+                        )
                         await asyncio.gather(*(wait_job(session, base, i) for i in ids))
                     else:
                         for i in range(cfg["incidents"]):
-                            await wait_job(session, base, await post_trigger(session, server.url, f"{prefix}{i}-"))
+                            await wait_job(
+                                session,
+                                base,
+                                await post_trigger(session, server.url, f"{prefix}{i}-"),
+                            )
                     walls[mode].append(time.monotonic() - started)
                     log(f"concurrency run {run} {mode}: {walls[mode][-1]:.1f}s")
     finally:
         server.stop()
-    return {"walls": {k: summary(v) for k, v in walls.items()},
-            "speedup": summary([s / c for s, c in zip(walls["sequential"], walls["concurrent"], strict=True)])}
+    return {
+        "walls": {k: summary(v) for k, v in walls.items()},
+        "speedup": summary(
+            [s / c for s, c in zip(walls["sequential"], walls["concurrent"], strict=True)]
+        ),
+    }
 
 
 async def footprint(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -161,8 +248,15 @@ async def footprint(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
         after, after_total = server.rss_mb(), server.rss_mb(children=True)
     finally:
         server.stop()
-    return {"ready_seconds": server.ready_seconds, "idle_mb": idle, "idle_total_mb": idle_total,
-            "after_mb": after, "after_total_mb": after_total, "deliveries": result.ok, "errors": result.errors}
+    return {
+        "ready_seconds": server.ready_seconds,
+        "idle_mb": idle,
+        "idle_total_mb": idle_total,
+        "after_mb": after,
+        "after_total_mb": after_total,
+        "deliveries": result.ok,
+        "errors": result.errors,
+    }
 
 
 def report(cfg: dict[str, Any], results: dict[str, Any], command: str, smoke: bool) -> str:
@@ -189,24 +283,31 @@ def report(cfg: dict[str, Any], results: dict[str, Any], command: str, smoke: bo
         "",
         f"Closed loop, {cfg['concurrency']} concurrent clients for {cfg['closed_seconds']:g} s (deliveries/s):",
         "",
-        "| system | median | spread |", "|---|---|---|",
-        row("responder", r, "throughput"), row("adnanh/webhook 2.8 + /bin/true", b, "throughput"),
+        "| system | median | spread |",
+        "|---|---|---|",
+        row("responder", r, "throughput"),
+        row("adnanh/webhook 2.8 + /bin/true", b, "throughput"),
         "",
         f"Throughput ratio responder / adnanh/webhook: **{i['throughput_ratio']['median']:.2f}×** "
         f"(spread {i['throughput_ratio']['min']:.2f}–{i['throughput_ratio']['max']:.2f}).",
         "",
         f"Open loop at {cfg['rate']:g} deliveries/s for {cfg['open_seconds']:g} s (latency from the scheduled send, ms):",
         "",
-        "| system | p50 | p99 | max |", "|---|---|---|---|",
-        *[f"| {name} | {summary([v['p50'] for v in vals])['median']:.1f} | {summary([v['p99'] for v in vals])['median']:.1f} "
-          f"| {summary([v['max'] for v in vals])['median']:.1f} |" for name, vals in (("responder", r), ("adnanh/webhook", b))],
+        "| system | p50 | p99 | max |",
+        "|---|---|---|---|",
+        *[
+            f"| {name} | {summary([v['p50'] for v in vals])['median']:.1f} | {summary([v['p99'] for v in vals])['median']:.1f} "
+            f"| {summary([v['max'] for v in vals])['median']:.1f} |"
+            for name, vals in (("responder", r), ("adnanh/webhook", b))
+        ],
         "",
         f"Errors: responder {sum(v['errors'] for v in r)}, adnanh/webhook {sum(v['errors'] for v in b)}. "
         f"Deliveries answered 2xx by responder but missing from its store afterwards: **{i['lost']}**.",
         "",
         f"## End to end (signed `incident.triggered` → burner stack `up` finished, {cfg['e2e_runs']} runs)",
         "",
-        "| path | median s | spread s |", "|---|---|---|",
+        "| path | median s | spread s |",
+        "|---|---|---|",
         f"| responder (webhook → job succeeded, seen by polling the API) | {t['responder']['median']:.2f} | {t['responder']['min']:.2f}–{t['responder']['max']:.2f} |",
         f"| floor: Automation API `up` alone, warm process, same program and backend | {t['floor']['median']:.2f} | {t['floor']['min']:.2f}–{t['floor']['max']:.2f} |",
         f"| tutorial: fresh venv + pip install + select + config + refresh + up | {t['tutorial']['median']:.2f} | {t['tutorial']['min']:.2f}–{t['tutorial']['max']:.2f} |",
@@ -217,8 +318,12 @@ def report(cfg: dict[str, Any], results: dict[str, Any], command: str, smoke: bo
         "",
         f"## Concurrency ({cfg['incidents']} incidents, {cfg['concurrent_runs']} runs each)",
         "",
-        "| mode | median s | spread s |", "|---|---|---|",
-        *[f"| {k} | {v['median']:.1f} | {v['min']:.1f}–{v['max']:.1f} |" for k, v in c["walls"].items()],
+        "| mode | median s | spread s |",
+        "|---|---|---|",
+        *[
+            f"| {k} | {v['median']:.1f} | {v['min']:.1f}–{v['max']:.1f} |"
+            for k, v in c["walls"].items()
+        ],
         "",
         f"Speed-up concurrent vs sequential: **{c['speedup']['median']:.2f}×** "
         f"(spread {c['speedup']['min']:.2f}–{c['speedup']['max']:.2f}).",
@@ -235,7 +340,9 @@ def report(cfg: dict[str, Any], results: dict[str, Any], command: str, smoke: bo
 
 
 async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny runs, to check the scripts work")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
     parser.add_argument("--only", nargs="*", choices=["intake", "e2e", "concurrency", "footprint"])
@@ -245,7 +352,12 @@ async def main() -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="responder-bench-") as tmp:
         work = Path(tmp)
-        for part, run in (("intake", intake), ("e2e", end_to_end), ("concurrency", concurrency), ("footprint", footprint)):
+        for part, run in (
+            ("intake", intake),
+            ("e2e", end_to_end),
+            ("concurrency", concurrency),
+            ("footprint", footprint),
+        ):
             if part in parts:
                 log(f"{part}...")
                 results[part] = await run(cfg, work)

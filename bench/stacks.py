@@ -17,8 +17,12 @@ PULUMI_SDK = "pulumi==3.272.0"
 
 def stack_config(incident: str, scratch: Path, target_url: str) -> dict[str, str]:
     """What the built-in provisioning playbook sets (the same program, the same resources)."""
-    return {"incident_id": incident, "incident": json.dumps({"title": "bench"}), "scratch_root": str(scratch),
-            "target_url": target_url}
+    return {
+        "incident_id": incident,
+        "incident": json.dumps({"title": "bench"}),
+        "scratch_root": str(scratch),
+        "target_url": target_url,
+    }
 
 
 def floor_up(data_dir: Path, stack: str, target_url: str) -> float:
@@ -33,12 +37,21 @@ def floor_up(data_dir: Path, stack: str, target_url: str) -> float:
     work_dir = data_dir / "bench-floor-workspace"
     work_dir.mkdir(exist_ok=True)
     opts = auto.LocalWorkspaceOptions(
-        work_dir=str(work_dir), pulumi_home=str(env.pulumi_home), secrets_provider="passphrase",
+        work_dir=str(work_dir),
+        pulumi_home=str(env.pulumi_home),
+        secrets_provider="passphrase",
         project_settings=auto.ProjectSettings(name="burner", runtime="python"),
         pulumi_command=auto.PulumiCommand(str(env.pulumi_command.parent.parent)),
     )
-    handle = auto.create_or_select_stack(stack_name=stack, project_name="burner", program=pulumi_program, opts=opts)
-    handle.set_all_config({k: auto.ConfigValue(v) for k, v in stack_config(stack, data_dir / "scratch", target_url).items()})
+    handle = auto.create_or_select_stack(
+        stack_name=stack, project_name="burner", program=pulumi_program, opts=opts
+    )
+    handle.set_all_config(
+        {
+            k: auto.ConfigValue(v)
+            for k, v in stack_config(stack, data_dir / "scratch", target_url).items()
+        }
+    )
     started = time.monotonic()
     handle.up()
     return time.monotonic() - started
@@ -66,12 +79,25 @@ def tutorial_request(data_dir: Path, stack: str, target_url: str) -> float:
     with tempfile.TemporaryDirectory(prefix="tutorial-") as tmp:
         venv = Path(tmp) / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", PULUMI_SDK],
-                       check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", PULUMI_SDK],
+            check=True,
+        )
         work_dir = Path(tmp) / "workspace"
         work_dir.mkdir()
         config = stack_config(stack, data_dir / "scratch", target_url)
-        subprocess.run([str(venv / "bin" / "python"), "-c", TUTORIAL, stack, str(work_dir), json.dumps(config)],
-                       check=True, cwd=REPO, stdout=subprocess.DEVNULL,
-                       env={**os.environ, **env.variables(), "PYTHONPATH": str(REPO)})
+        subprocess.run(
+            [
+                str(venv / "bin" / "python"),
+                "-c",
+                TUTORIAL,
+                stack,
+                str(work_dir),
+                json.dumps(config),
+            ],
+            check=True,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, **env.variables(), "PYTHONPATH": str(REPO)},
+        )
     return time.monotonic() - started

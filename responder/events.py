@@ -1,6 +1,6 @@
 """The typed event and incident model every source normalises into."""
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -71,8 +71,29 @@ class Event:
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:
-    """A JSON-ready form of the event, for the job store."""
-    return asdict(event)
+    """A JSON-ready form of the event, for the job store (what `dataclasses.asdict` gives, without
+    its generic recursion, which showed in the intake profile)."""
+    incident = event.incident
+    return {
+        **vars(event),
+        "agent": _ref_dict(event.agent),
+        "client": dict(event.client) if event.client is not None else None,
+        "incident": None
+        if incident is None
+        else {
+            **vars(incident),
+            "priority": _ref_dict(incident.priority),
+            "service": _ref_dict(incident.service),
+            "escalation_policy": _ref_dict(incident.escalation_policy),
+            "teams": [_ref_dict(t) for t in incident.teams],
+            "assignees": [_ref_dict(a) for a in incident.assignees],
+            "labels": dict(incident.labels),
+        },
+    }
+
+
+def _ref_dict(ref: Reference | None) -> dict[str, str] | None:
+    return None if ref is None else dict(vars(ref))
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:

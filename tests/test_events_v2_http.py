@@ -91,7 +91,7 @@ async def test_repeats_create_nothing(client: Client, logs: LogCapture) -> None:
     jobs = await client.wait_for_jobs()
     assert len([j for j in jobs if j.playbook == "record"]) == 1
     reasons = [line.get("reason") for line in logs.events("delivery.deduplicated")]
-    assert "delivery id already recorded" in reasons and "incident already triggered" in reasons
+    assert "delivery id already recorded" in reasons and "incident already open" in reasons
 
 
 async def test_updates_for_unknown_incidents_are_dropped(client: Client) -> None:

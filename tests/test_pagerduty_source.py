@@ -146,3 +146,21 @@ def test_annotated_event_refers_to_its_incident() -> None:
 def test_invalid_payloads_name_the_problem(body: bytes, message: str) -> None:
     with pytest.raises(InvalidPayload, match=message):
         pagerduty.parse(body)
+
+
+def test_events_round_trip_through_the_store_form() -> None:
+    import dataclasses
+
+    from responder.events import event_from_dict, event_to_dict
+
+    for name in (
+        "pd_v3_incident_triggered.json",
+        "pd_v3_incident_resolved.json",
+        "pd_v3_pagey_ping.json",
+    ):
+        event = pagerduty.parse(fixture_bytes(name))
+        as_dict = event_to_dict(event)
+        assert as_dict == json.loads(
+            json.dumps(dataclasses.asdict(event))
+        )  # same as the generic form
+        assert event_from_dict(json.loads(json.dumps(as_dict))) == event

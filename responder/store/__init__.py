@@ -53,6 +53,8 @@ class NewDelivery:
     body: bytes
     received_at: float
     incident_status: str = ""  # the incident's status as this event reports it
+    # Acknowledge/resolve for an incident that is not open is dropped (the Events API's rule).
+    updates_need_open_incident: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,9 @@ class Caps:
 class RecordedDelivery:
     created: bool  # False: a redelivery, nothing new was stored
     job_ids: list[int]
+    status: str = (
+        ""  # the delivery's recorded status; a repeat for an open incident is "deduplicated"
+    )
 
 
 class Store(Protocol):
@@ -188,7 +193,6 @@ class Store(Protocol):
         offset: int = 0,
     ) -> list[Job]: ...
     async def incident(self, incident_id: str) -> dict[str, Any] | None: ...
-    async def known_incident(self, incident_id: str) -> tuple[str, float | None] | None: ...
 
     async def reserve_stack(self, record: StackRecord, caps: Caps) -> str | None:
         """Record a stack about to be created, unless a cap forbids it: then name the cap."""

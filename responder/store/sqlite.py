@@ -5,6 +5,7 @@ with another coroutine's statements and the event loop never waits on the disk.
 """
 
 import asyncio
+import functools
 import json
 import sqlite3
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from responder.store import (
 )
 
 T = TypeVar("T")
+_Pending = tuple[NewDelivery, list[NewJob], "asyncio.Future[RecordedDelivery]"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -65,6 +67,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     outputs TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, project, stack, id);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, id);
 CREATE INDEX IF NOT EXISTS jobs_incident ON jobs (incident_id, id);
 CREATE TABLE IF NOT EXISTS steps (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -103,23 +106,26 @@ CREATE TABLE IF NOT EXISTS incidents (
 """
 
 # The first queued job of each stack, provided nothing runs on that stack: strict arrival order.
+# Two NOT EXISTS, each answered from the (status, project, stack, id) index; one with an OR would
+# scan the table for every queued job.
 CLAIMABLE = """
 SELECT * FROM jobs AS j
 WHERE j.status = 'queued'
-  AND NOT EXISTS (
-    SELECT 1 FROM jobs AS o
-    WHERE o.project = j.project AND o.stack = j.stack
-      AND (o.status = 'running' OR (o.status = 'queued' AND o.id < j.id)))
+  AND NOT EXISTS (SELECT 1 FROM jobs AS r
+                  WHERE r.status = 'running' AND r.project = j.project AND r.stack = j.stack)
+  AND NOT EXISTS (SELECT 1 FROM jobs AS q
+                  WHERE q.status = 'queued' AND q.project = j.project AND q.stack = j.stack AND q.id < j.id)
 ORDER BY j.id
 """
 
 
 class SQLiteStore:
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
+        self._pending: list[_Pending] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await self._call(self._open)
@@ -129,8 +135,10 @@ class SQLiteStore:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed delivery survives power loss too, not only a crash of this process.
-        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        # NORMAL for job bookkeeping: in WAL mode a commit survives a crash of this process, and a job
+        # whose last state is lost to a power cut is simply recovered and run again. Deliveries are
+        # committed with FULL (see `_transaction`): a 2xx survives power loss too.
+        db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(SCHEMA)
         self._db = db
@@ -155,21 +163,57 @@ class SQLiteStore:
             raise sqlite3.ProgrammingError("store is closed")
         return self._db
 
-    def _transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
+        """Run `fn` in one transaction; `durable` commits with an fsync (and so also makes every
+        earlier NORMAL commit durable, since they precede it in the WAL)."""
         db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
+        if durable:
+            db.execute("PRAGMA synchronous=FULL")
         try:
-            result = fn(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            if durable:
+                db.execute("PRAGMA synchronous=NORMAL")
         return result
 
     # -- intake ---------------------------------------------------------------------------------
 
     async def record_delivery(self, delivery: NewDelivery, jobs: list[NewJob]) -> RecordedDelivery:
-        return await self._call(lambda: self._transaction(lambda db: _record(db, delivery, jobs)))
+        """Group commit: deliveries arriving while a commit is on the disk wait for the next one, and
+        all of them share it. Each caller still returns only after its own delivery is durable."""
+        future: asyncio.Future[RecordedDelivery] = asyncio.get_running_loop().create_future()
+        self._pending.append((delivery, jobs, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending())
+        return await future
+
+    async def _commit_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+
+            def commit(
+                db: sqlite3.Connection, batch: list[_Pending] = batch
+            ) -> list[RecordedDelivery]:
+                return [_record(db, delivery, jobs) for delivery, jobs, _ in batch]
+
+            try:
+                results = await self._call(
+                    functools.partial(self._transaction, commit, durable=True)
+                )
+            except StoreUnavailable as e:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (*_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -367,19 +411,6 @@ class SQLiteStore:
             ]
         )
 
-    async def known_incident(self, incident_id: str) -> tuple[str, float | None] | None:
-        """The incident's status and resolution time, or None when no event named it."""
-
-        def get() -> tuple[str, float | None] | None:
-            row = (
-                self._conn()
-                .execute("SELECT status, resolved_at FROM incidents WHERE id = ?", (incident_id,))
-                .fetchone()
-            )
-            return (row["status"], row["resolved_at"]) if row else None
-
-        return await self._call(get)
-
     async def operations_since(self, since: float) -> int:
         return await self._call(
             lambda: int(
@@ -557,9 +588,13 @@ def _record(db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJob]) -
         ),
     ).rowcount
     if not inserted:
-        return RecordedDelivery(created=False, job_ids=[])
+        return RecordedDelivery(created=False, job_ids=[], status="duplicate")
     now = delivery.received_at
+    status = delivery.status
     if delivery.incident_id and delivery.source != "responder":
+        status, jobs = _against_incident(db, delivery, jobs)
+        if status != delivery.status:
+            db.execute("UPDATE deliveries SET status = ? WHERE id = ?", (status, delivery.id))
         _note_incident(db, delivery)
         # A later event of a listed type cancels a scheduled job for the same incident (a reopen
         # inside the grace period keeps the stack).
@@ -607,7 +642,30 @@ def _record(db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJob]) -
                 (job_id, now, job.playbook, job.project, job.stack, job_id),
             )
         ids.append(job_id)
-    return RecordedDelivery(created=True, job_ids=ids)
+    return RecordedDelivery(created=True, job_ids=ids, status=status)
+
+
+OPEN = ("triggered", "acknowledged")
+
+
+def _against_incident(
+    db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJob]
+) -> tuple[str, list[NewJob]]:
+    """Checked in the same transaction as the insert, so two concurrent repeats cannot both pass:
+    a trigger for an incident already open is a repeat; updates may need an open incident."""
+    row = db.execute(
+        "SELECT status FROM incidents WHERE id = ?", (delivery.incident_id,)
+    ).fetchone()
+    known = row["status"] if row else None
+    if delivery.event_type == "incident.triggered" and known in OPEN:
+        return "deduplicated", []
+    if (
+        delivery.updates_need_open_incident
+        and delivery.event_type != "incident.triggered"
+        and known not in OPEN
+    ):
+        return "ignored", []
+    return delivery.status, jobs
 
 
 def _note_incident(db: sqlite3.Connection, delivery: NewDelivery) -> None:

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from responder.events import Event, event_to_dict
 from responder.logs import get_logger
-from responder.playbook import Playbook, match
+from responder.playbook import match
 from responder.store import NewDelivery, NewJob, StoreUnavailable
 from responder.web.daemon import Daemon
 from responder.web.errors import ApiError
@@ -19,7 +19,6 @@ from responder.web.errors import ApiError
 log = get_logger("responder.intake")
 
 PING_TYPES = ("pagey.ping",)
-OPEN = ("triggered", "acknowledged")
 
 
 @dataclass(frozen=True)
@@ -46,14 +45,19 @@ async def record(
         event_type=event.type,
         incident_id=event.incident_id or None,
     )
-    status, matched = await _classify(daemon, event, updates_need_open_incident)
-    log_.info("delivery.matched", playbooks=[p.name for p in matched], outcome=status)
+    if event.type in PING_TYPES:
+        log_.info("delivery.ping")
+        status, matched = "ping", []
+    else:
+        matched = match(daemon.playbook_order, event)
+        status = "accepted" if matched else "ignored"
+    stored_event = event_to_dict(event)
     jobs = [
         NewJob(
             playbook=p.name,
             project=p.project,
             stack=p.stack_name(event),
-            event=event_to_dict(event),
+            event=stored_event,
             max_attempts=daemon.settings.job_max_attempts,
             coalesce=p.coalesce,
             delay=p.delay,
@@ -71,6 +75,7 @@ async def record(
         body=body,
         received_at=daemon.clock(),
         incident_status=event.incident.status if event.incident else "",
+        updates_need_open_incident=updates_need_open_incident,
     )
     try:
         recorded = await daemon.store.record_delivery(delivery, jobs)
@@ -80,40 +85,18 @@ async def record(
     if not recorded.created:
         log_.info("delivery.deduplicated", reason="delivery id already recorded")
         return Intake(delivery_id, event, "duplicate")
-    for job_id, job in zip(recorded.job_ids, jobs, strict=True):
+    if recorded.status == "deduplicated":
+        log_.info("delivery.deduplicated", reason="incident already open")
+    log_.info(
+        "delivery.matched",
+        playbooks=[p.name for p in matched] if recorded.job_ids else [],
+        outcome=recorded.status,
+    )
+    for job_id, job in zip(recorded.job_ids, jobs, strict=False):
         log_.info("job.queued", job_id=job_id, playbook=job.playbook, stack=job.stack)
-    if jobs:
+    if recorded.job_ids:
         daemon.runner.notify()
-    return Intake(delivery_id, event, status, recorded.job_ids)
-
-
-async def _classify(
-    daemon: Daemon, event: Event, updates_need_open_incident: bool
-) -> tuple[str, list[Playbook]]:
-    if event.type in PING_TYPES:
-        log.info("delivery.ping")
-        return "ping", []
-    if event.incident is not None and event.type.startswith("incident."):
-        known = await _known(daemon, event.incident_id)
-        if event.type == "incident.triggered" and known in OPEN:
-            log.info(
-                "delivery.deduplicated",
-                reason=f"incident already {known}",
-                incident_id=event.incident_id,
-            )
-            return "deduplicated", []
-        if updates_need_open_incident and event.type != "incident.triggered" and known not in OPEN:
-            return "ignored", []
-    matched = match(daemon.playbook_order, event)
-    return ("accepted" if matched else "ignored"), matched
-
-
-async def _known(daemon: Daemon, incident_id: str) -> str | None:
-    try:
-        known = await daemon.store.known_incident(incident_id)
-    except StoreUnavailable as e:
-        raise ApiError(503, "job store unavailable; retry later", {"Retry-After": "5"}) from e
-    return known[0] if known else None
+    return Intake(delivery_id, event, recorded.status, recorded.job_ids)
 
 
 def answer(intake: Intake) -> web.Response:
