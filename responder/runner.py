@@ -28,7 +28,7 @@ from responder.stacks import (
     StepResult,
 )
 from responder.stacks.operations import config_values
-from responder.stacks.protocol import Step
+from responder.stacks.protocol import ConfigValue, Step
 from responder.store import Caps, Job, JobStatus, StackRecord, StepRecord, Store, StoreUnavailable
 
 log = get_logger("responder.runner")
@@ -180,6 +180,7 @@ class Runner:
         try:
             async with self.ops.locked(handle.target):
                 await playbook(ctx)
+                await handle.flush()
         except Refused as e:
             await self.store.finish(job.id, JobStatus.REFUSED, self.clock(), error=str(e))
             log.warning("job.refused", cap=e.cap, duration_ms=_ms(started))
@@ -257,11 +258,18 @@ class JobStack:
         self.last_outputs: dict[str, Any] | None = None  # masked; what the job record shows
         self.cancelled = False
         self._known = False  # the store has a live record of this stack
+        self._exists: bool | None = None  # whether the backend has it, as far as the store knows
+        self._pending_config: dict[str, ConfigValue] = {}
 
     async def set_config(self, config: Mapping[str, object]) -> StepResult:
-        return await self._one(
-            {"op": "set_config", "create": True, "config": config_values(config)}
-        )
+        """Deferred: the config travels with the next operation, in the same worker and CLI session
+        (one process start instead of two). `flush()` applies what is left when the playbook ends."""
+        self._pending_config.update(config_values(config))
+        return StepResult("set_config", self.name, 0.0, details={"deferred": True})
+
+    async def flush(self) -> None:
+        if self._pending_config:
+            await self._run([])
 
     async def up(self) -> StepResult:
         if self.playbook.approve_changes:
@@ -325,6 +333,9 @@ class JobStack:
         return (await self._run([step]))[-1]
 
     async def _run(self, steps: list[Step]) -> list[StepResult]:
+        if self._pending_config:
+            config, self._pending_config = self._pending_config, {}
+            steps = [{"op": "set_config", "create": True, "config": config}, *steps]
         names = "+".join(s["op"] for s in steps)
         if self.cancelled:
             raise OperationCancelled("job cancelled", stack=self.name, step=names)
@@ -334,6 +345,9 @@ class JobStack:
                 "job timeout reached before this step", stack=self.name, step=names
             )
         tags = await self._reserve() if any(s.get("create") for s in steps) else None
+        if self._exists is None:
+            record = await self.store.get_stack(self.target.project, self.name)
+            self._exists = record is not None and record.status == "live"
         await self._check_rate()
         started_at = self.runner.clock()
         started = time.monotonic()
@@ -341,7 +355,7 @@ class JobStack:
             log.info("job.step_started", step=step["op"])
         try:
             results = await self.runner.ops.run(
-                self.target, steps, timeout=remaining, hold=True, tags=tags
+                self.target, steps, timeout=remaining, hold=True, tags=tags, exists=self._exists
             )
         except StackError as e:
             await self.store.add_step(
@@ -380,6 +394,8 @@ class JobStack:
         if result.outputs:
             self.last_outputs = result.masked_outputs()
         status = {"up": "live", "refresh": "live", "destroy": "destroyed"}.get(result.step)
+        if status:
+            self._exists = status == "live"
         await self.store.touch_stack(
             self.target.project,
             self.name,
@@ -398,6 +414,7 @@ class JobStack:
         existing = await self.store.get_stack(self.target.project, self.name)
         if existing is not None and existing.status != "destroyed":
             self._known = True
+            self._exists = existing.status == "live"
             return None
         now = self.runner.clock()
         event = self.job.event
@@ -421,6 +438,7 @@ class JobStack:
         if cap:
             raise Refused(cap)
         self._known = True
+        self._exists = False
         return {
             "responder:incident": self.job.incident_id,
             "responder:playbook": self.playbook.name,

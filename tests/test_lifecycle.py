@@ -11,7 +11,7 @@ import pytest
 from responder.playbook import Context, Playbook, on
 from responder.stacks import PulumiEnvironment, StackOperations
 from responder.store import JobStatus
-from tests.conftest import API_TOKEN, Client, FakeClock, ProbeTarget, pd_event
+from tests.conftest import API_TOKEN, Client, FakeClock, LogCapture, ProbeTarget, pd_event
 
 pytestmark = pytest.mark.pulumi
 
@@ -254,7 +254,9 @@ async def test_an_update_that_deletes_waits_while_create_only_proceeds(
     assert (await client.daemon.store.get_job(late.id)).status == JobStatus.REJECTED  # type: ignore[union-attr]
 
 
-async def test_cancel_a_running_up(make_client: MakeClient, data_dir: Path) -> None:
+async def test_cancel_a_running_up(
+    make_client: MakeClient, data_dir: Path, logs: LogCapture
+) -> None:
     @on(
         "incident.triggered",
         "incident.acknowledged",
@@ -271,12 +273,11 @@ async def test_cancel_a_running_up(make_client: MakeClient, data_dir: Path) -> N
     client = await make_client([slow])
     await client.deliver(pd_event("incident.triggered", "QCANCEL"), "QCANCEL-t")
     job_id = 1
-    while True:
-        job = await client.daemon.store.get_job(job_id)
-        if job is not None and any(s.step == "set_config" for s in job.steps):
-            break
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(2)  # `up` is now creating the slow resource
+    while not any(
+        e.get("op") == "create" and "Slow" in str(e.get("urn"))
+        for e in logs.events("pulumi.engine")
+    ):
+        await asyncio.sleep(0.1)  # wait until `up` is creating the slow resource
     response = await client.http.post(f"/jobs/{job_id}/cancel", headers=AUTH)
     assert response.status == 202
     [job] = await client.wait_for_jobs()

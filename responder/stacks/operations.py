@@ -77,6 +77,7 @@ class StackOperations:
         self.pulumi_version = ""
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._running: dict[str, asyncio.subprocess.Process] = {}
+        self._projects: set[str] = set()
         self._workers = _WorkerPool(self._worker_env(), warm_workers)
         if redactor:
             redactor.add(env.passphrase())
@@ -126,15 +127,20 @@ class StackOperations:
         timeout: float | None = None,
         hold: bool = False,
         tags: dict[str, str] | None = None,
+        exists: bool = False,
     ) -> list[StepResult]:
         """Run steps in one worker. `hold=True` means the caller already holds `locked(target)`.
 
-        `tags` are set on the stack if one of the steps creates it.
+        `tags` are set on the stack if one of the steps creates it; `exists=True` says the caller
+        knows the stack exists, which saves the worker a `pulumi stack select`.
         """
+        hints: dict[str, Any] = {"tags": tags} if tags else {}
+        if exists:
+            hints["exists"] = True
         if hold:
-            return await self._run_unlocked(target, steps, timeout or self.timeout, tags)
+            return await self._run_unlocked(target, steps, timeout or self.timeout, hints)
         async with self.locked(target):
-            return await self._run_unlocked(target, steps, timeout or self.timeout, tags)
+            return await self._run_unlocked(target, steps, timeout or self.timeout, hints)
 
     async def list_stacks(self, project: str, program: str = DEFAULT_PROGRAM) -> list[str]:
         """Every stack of the project in the backend (read-only: takes no stack lock)."""
@@ -157,9 +163,10 @@ class StackOperations:
         target: StackTarget,
         steps: list[Step],
         timeout: float,
-        tags: dict[str, str] | None = None,
+        hints: dict[str, Any] | None = None,
     ) -> list[StepResult]:
         repairing = steps == [{"op": "repair"}]
+        self._ensure_project(target.project)
         for step in steps:
             if step["op"] == "set_config" and self.redactor:
                 self.redactor.add(*(v["value"] for v in step["config"].values() if v["secret"]))
@@ -172,8 +179,7 @@ class StackOperations:
             "pulumi_version": self.pulumi_version,
             "steps": steps,
         }
-        if tags:
-            request["tags"] = tags
+        request.update(hints or {})  # type: ignore[typeddict-item]
         proc = await self._workers.acquire()
         self._running[target.key] = proc
         pid_file = (
@@ -224,6 +230,20 @@ class StackOperations:
                 await self._run_unlocked(target, [{"op": "refresh"}], self.timeout)
             except StackError as e:
                 log.warning("stack.recover_refresh_failed", stack=target.name, error=str(e))
+
+    def _ensure_project(self, project: str) -> None:
+        """Write the workspace's Pulumi.yaml once, atomically. Workers must not write it: concurrent
+        rewrites of one file let a CLI read it half-written."""
+        if project in self._projects:
+            return
+        work_dir = self.env.workspace_dir(project)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        tmp = work_dir / f".Pulumi.yaml.{os.getpid()}"
+        # main: the program's directory, where dynamic providers start; like the SDK's default, our
+        # working directory, so modules importable here are importable there.
+        tmp.write_text(f"name: {project}\nruntime: python\nmain: {json.dumps(os.getcwd())}\n")
+        os.replace(tmp, work_dir / "Pulumi.yaml")
+        self._projects.add(project)
 
     def _pid_file(self, target: StackTarget) -> Path:
         run_dir = self.env.data_dir / "run"

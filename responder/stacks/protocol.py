@@ -48,6 +48,7 @@ class Request(TypedDict):
     pulumi_version: str
     steps: list[Step]
     tags: NotRequired[dict[str, str]]  # set once, when a step creates the stack
+    exists: NotRequired[bool]  # the daemon knows the stack exists: skip `pulumi stack select`
 
 
 class Message(TypedDict):

@@ -48,7 +48,7 @@ def run(request: Request, sink: "_Sink") -> int:
         work_dir=str(workspace_dir),
         pulumi_home=os.environ.get("PULUMI_HOME"),
         secrets_provider="passphrase",
-        project_settings=auto.ProjectSettings(name=request["project"], runtime="python"),
+        project_settings=None,  # Pulumi.yaml is written once by the daemon (see StackOperations)
         pulumi_command=command,
     )
     stack: Any = None
@@ -78,6 +78,8 @@ def run(request: Request, sink: "_Sink") -> int:
 
 
 def _open_stack(auto: Any, request: Request, program: Any, opts: Any, *, create: bool) -> Any:
+    if request.get("exists"):
+        return _known_stack(auto, request, program, opts)
     names = {
         "stack_name": request["stack"],
         "project_name": request["project"],
@@ -90,10 +92,31 @@ def _open_stack(auto: Any, request: Request, program: Any, opts: Any, *, create:
         if not create:
             raise
     stack = auto.create_stack(**names)
+    # Ownership: which incident, playbook and delivery made it, and when.
     for key, value in (request.get("tags") or {}).items():
-        stack.set_tag(
-            key, value
-        )  # ownership: which incident, playbook and delivery made it, and when
+        stack.set_tag(key, value)
+    return stack
+
+
+def _known_stack(auto: Any, request: Request, program: Any, opts: Any) -> Any:
+    """A handle on a stack the daemon knows exists, without `pulumi stack select`: every command
+    names the stack with --stack anyway, so the select is one CLI process spent on nothing."""
+    from pulumi.automation._stack import StackInitMode  # not exported by pulumi.automation
+
+    workspace = auto.LocalWorkspace(
+        work_dir=opts.work_dir,
+        pulumi_home=opts.pulumi_home,
+        program=program,
+        secrets_provider=opts.secrets_provider,
+        project_settings=opts.project_settings,
+        pulumi_command=opts.pulumi_command,
+    )
+    stack = object.__new__(auto.Stack)
+    stack.name, stack.workspace, stack._mode = (
+        request["stack"],
+        workspace,
+        StackInitMode.SELECT,
+    )
     return stack
 
 
