@@ -110,6 +110,11 @@ def responder_server(data_dir: Path, playbooks: Path, **env: str) -> Server:
         "RESPONDER_PAGERDUTY_SECRETS": SECRET,
         "RESPONDER_PLAYBOOKS_DIR": str(playbooks),
         "RESPONDER_LOG_LEVEL": "WARNING",
+        # No blast-radius caps: the benchmarks create many stacks for one service.
+        "RESPONDER_MAX_LIVE_STACKS": "0",
+        "RESPONDER_MAX_STACKS_PER_SERVICE": "0",
+        "RESPONDER_MAX_STACKS_PER_PLAYBOOK": "0",
+        "RESPONDER_MAX_OPERATIONS_PER_MINUTE": "0",
         **env,
     }
     url = f"http://127.0.0.1:{port}"

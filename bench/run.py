@@ -86,6 +86,10 @@ async def intake(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
                 closed = await closed_loop(
                     server.url, pool, cfg["concurrency"], cfg["closed_seconds"]
                 )
+                if name == "responder":
+                    await drained(
+                        server
+                    )  # latency at the fixed rate, not behind the flood's backlog
                 opened = await open_loop(
                     server.url, pool[closed.sent :], cfg["rate"], cfg["open_seconds"]
                 )
@@ -119,6 +123,17 @@ async def intake(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
         for r, b in zip(runs["responder"], runs["adnanh/webhook"], strict=True)
     ]
     return {"runs": runs, "throughput_ratio": summary(ratios), "lost": lost}
+
+
+async def drained(server: Server) -> None:
+    """Wait until the daemon has run every job the closed loop queued."""
+    base = server.url.removesuffix("/webhooks/pagerduty")
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{base}/jobs?status=queued&limit=1") as response:
+                if not (await response.json())["jobs"]:
+                    return
+            await asyncio.sleep(0.2)
 
 
 async def post_trigger(session: aiohttp.ClientSession, url: str, incident: str) -> int:
@@ -238,13 +253,7 @@ async def footprint(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
         idle, idle_total = server.rss_mb(), server.rss_mb(children=True)
         pool = deliveries(cfg["footprint_deliveries"])
         result = await closed_loop(server.url, pool, 16, 3600)
-        base = server.url.removesuffix("/webhooks/pagerduty")
-        async with aiohttp.ClientSession() as session:
-            while True:
-                async with session.get(f"{base}/jobs?status=queued&limit=1") as response:
-                    if not (await response.json())["jobs"]:
-                        break
-                await asyncio.sleep(0.5)
+        await drained(server)
         after, after_total = server.rss_mb(), server.rss_mb(children=True)
     finally:
         server.stop()
