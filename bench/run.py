@@ -372,7 +372,10 @@ async def main() -> int:
                 results[part] = await run(cfg, work)
     if set(parts) == {"intake", "e2e", "concurrency", "footprint"}:
         command = "python -m bench.run" + (" --smoke" if args.smoke else "")
-        args.out.write_text(report(cfg, results, command, args.smoke))
+        analysis = ""  # the hand-written analysis below the figures survives a re-run
+        if args.out.exists() and "\n## Analysis" in args.out.read_text():
+            analysis = args.out.read_text()[args.out.read_text().index("\n## Analysis") :]
+        args.out.write_text(report(cfg, results, command, args.smoke) + analysis)
         log(f"wrote {args.out}")
     else:
         print(results)
