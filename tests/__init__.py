@@ -1,0 +1,1 @@
+"""The test suite: real pulumi CLI, real SQLite, a real Alertmanager; see conftest.py for fixtures."""
