@@ -13,7 +13,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -86,16 +87,29 @@ def _open_stack(auto: Any, request: Request, program: Any, opts: Any, *, create:
         "program": program,
         "opts": opts,
     }
+    if create and request.get("tags"):
+        # The daemon expects a new stack (it sends tags only then): init first, select only if it
+        # exists after all. A failing `stack select` would be one CLI process spent on nothing.
+        try:
+            stack = auto.create_stack(**names)
+        except auto.errors.StackAlreadyExistsError:
+            return auto.select_stack(**names)
+        _tag(stack, request)
+        return stack
     try:
         return auto.select_stack(**names)
     except auto.errors.StackNotFoundError:
         if not create:
             raise
     stack = auto.create_stack(**names)
+    _tag(stack, request)
+    return stack
+
+
+def _tag(stack: Any, request: Request) -> None:
     # Ownership: which incident, playbook and delivery made it, and when.
     for key, value in (request.get("tags") or {}).items():
         stack.set_tag(key, value)
-    return stack
 
 
 def _known_stack(auto: Any, request: Request, program: Any, opts: Any) -> Any:
@@ -148,7 +162,8 @@ def _run_step(auto: Any, stack: Any, step: Step, on_event: Callable[[Any], None]
             stack.set_tag(key, value)
         return {"tags": sorted(step["tags"])}
     if op == "up":
-        up = stack.up(on_event=on_event, show_secrets=False)
+        with _summary_from_events(stack, on_event) as events:
+            up = stack.up(on_event=events, show_secrets=False)
         return {"outputs": _outputs(up.outputs), "changes": up.summary.resource_changes or {}}
     if op in ("preview", "preview_destroy"):
         planned: list[dict[str, str]] = []
@@ -169,14 +184,16 @@ def _run_step(auto: Any, stack: Any, step: Step, on_event: Callable[[Any], None]
         }
     if op == "refresh":
         # run_program: the program re-registers its outputs, so stack outputs show the refreshed state.
-        refresh = stack.refresh(on_event=on_event, show_secrets=False, run_program=True)
+        with _summary_from_events(stack, on_event) as events:
+            refresh = stack.refresh(on_event=events, show_secrets=False, run_program=True)
         return {
             "changes": refresh.summary.resource_changes or {},
             "outputs": _outputs(stack.outputs()),
         }
     if op == "destroy":
         remove = step.get("remove", False)
-        destroy = stack.destroy(on_event=on_event, show_secrets=False, remove=remove)
+        with _summary_from_events(stack, on_event) as events:
+            destroy = stack.destroy(on_event=events, show_secrets=False, remove=remove)
         return {"changes": destroy.summary.resource_changes or {}, "removed": remove}
     if op == "outputs":
         return {"outputs": _outputs(stack.outputs())}
@@ -187,6 +204,27 @@ def _run_step(auto: Any, stack: Any, step: Step, on_event: Callable[[Any], None]
     if op == "repair":
         return _repair(auto, stack)
     raise ValueError(f"unknown step {op!r}")
+
+
+@contextlib.contextmanager
+def _summary_from_events(
+    stack: Any, on_event: Callable[[Any], None]
+) -> Iterator[Callable[[Any], None]]:
+    """The SDK runs `pulumi stack history` after up, refresh and destroy only to build a summary; the
+    engine's summary event already carries the same change counts. One CLI process fewer each time."""
+    changes: dict[str, int] = {}
+
+    def capture(event: Any) -> None:
+        summary = getattr(event, "summary_event", None)
+        if summary is not None:
+            changes.update(summary.resource_changes or {})
+        on_event(event)
+
+    stack.info = lambda *_args, **_kwargs: types.SimpleNamespace(resource_changes=changes)
+    try:
+        yield capture
+    finally:
+        del stack.info
 
 
 def _repair(auto: Any, stack: Any) -> dict[str, Any]:
