@@ -149,16 +149,8 @@ class Reaper:
             incident=Incident(id=incident_id) if incident_id else None,
             data={"reason": reason},
         )
-        delivery = NewDelivery(
-            id=event.id,
-            source="responder",
-            event_id=event.id,
-            event_type=REAP_EVENT,
-            incident_id=incident_id,
-            status="accepted",
-            body=json.dumps({"project": project, "stack": stack, "reason": reason}).encode(),
-            received_at=self.clock(),
-        )
+        body = json.dumps({"project": project, "stack": stack, "reason": reason}).encode()
+        delivery = NewDelivery.of(event, id=event.id, body=body, received_at=self.clock())
         job = NewJob(
             playbook=reap_stack.name,
             project=project,

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from responder.events import Event
+
 
 class StoreUnavailable(Exception):
     """The store cannot be reached or written; webhook answers become 503 so the sender retries."""
@@ -55,6 +57,31 @@ class NewDelivery:
     incident_status: str = ""  # the incident's status as this event reports it
     # Acknowledge/resolve for an incident that is not open is dropped (the Events API's rule).
     updates_need_open_incident: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        event: Event,
+        *,
+        id: str,
+        body: bytes,
+        received_at: float,
+        status: str = "accepted",
+        updates_need_open_incident: bool = False,
+    ) -> "NewDelivery":
+        """The delivery record of one event, whichever source (or responder itself) produced it."""
+        return cls(
+            id=id,
+            source=event.source,
+            event_id=event.id,
+            event_type=event.type,
+            incident_id=event.incident_id,
+            status=status,
+            body=body,
+            received_at=received_at,
+            incident_status=event.incident.status if event.incident else "",
+            updates_need_open_incident=updates_need_open_incident,
+        )
 
 
 @dataclass(frozen=True)

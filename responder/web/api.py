@@ -12,7 +12,15 @@ from aiohttp import web
 from responder.events import Event, Incident, event_to_dict
 from responder.logs import get_logger
 from responder.stacks import StackError
-from responder.store import Job, JobStatus, NewDelivery, NewJob, StackRecord, StoreUnavailable
+from responder.store import (
+    Job,
+    JobStatus,
+    NewDelivery,
+    NewJob,
+    StackRecord,
+    Store,
+    StoreUnavailable,
+)
 from responder.web.auth import require_token
 from responder.web.daemon import DAEMON
 from responder.web.errors import ApiError
@@ -238,16 +246,7 @@ async def run_playbook(request: web.Request) -> web.Response:
         max_attempts=daemon.settings.job_max_attempts,
         params=params,
     )
-    delivery = NewDelivery(
-        id=event.id,
-        source="manual",
-        event_id=event.id,
-        event_type=event.type,
-        incident_id=incident_id,
-        status="accepted",
-        body=body,
-        received_at=daemon.clock(),
-    )
+    delivery = NewDelivery.of(event, id=event.id, body=body, received_at=daemon.clock())
     recorded = await _store_call(daemon.store.record_delivery(delivery, [job]))
     job_id = recorded.job_ids[0]
     log.info("job.queued", job_id=job_id, manual=True)
@@ -262,7 +261,7 @@ async def run_playbook(request: web.Request) -> web.Response:
     return web.json_response(job_json(final))  # a failed job is still a complete answer
 
 
-async def _wait_for_job(store: Any, job_id: int, seconds: float) -> Job | None:
+async def _wait_for_job(store: Store, job_id: int, seconds: float) -> Job | None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while loop.time() < deadline:

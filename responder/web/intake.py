@@ -65,16 +65,12 @@ async def record(
         )
         for p in matched
     ]
-    delivery = NewDelivery(
+    delivery = NewDelivery.of(
+        event,
         id=delivery_id,
-        source=event.source,
-        event_id=event.id,
-        event_type=event.type,
-        incident_id=event.incident_id,
-        status=status,
         body=body,
         received_at=daemon.clock(),
-        incident_status=event.incident.status if event.incident else "",
+        status=status,
         updates_need_open_incident=updates_need_open_incident,
     )
     try:
