@@ -443,7 +443,7 @@ class _WorkerSession:
                     changes=result.changes,
                     outputs=result.masked_outputs() or None,
                 )
-                self.current_step = next(steps, {"op": "select"})["op"]
+                self.current_step = next((s["op"] for s in steps), self.current_step)
                 started = time.monotonic()
             elif kind == "error":
                 error_cls = ERRORS_BY_KIND.get(message["error"], StackError)
