@@ -13,17 +13,6 @@ class Reference:
     summary: str = ""
     html_url: str = ""
 
-    @classmethod
-    def parse(cls, data: Any) -> "Reference | None":
-        if not isinstance(data, dict) or not data.get("id"):
-            return None
-        return cls(
-            id=str(data["id"]),
-            type=str(data.get("type") or ""),
-            summary=str(data.get("summary") or ""),
-            html_url=str(data.get("html_url") or ""),
-        )
-
 
 @dataclass(frozen=True)
 class Incident:

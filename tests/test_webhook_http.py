@@ -26,7 +26,7 @@ MakeClient = Callable[..., Awaitable[Client]]
 
 
 def recording_playbooks(calls: list[Context]) -> list[Playbook]:
-    @on("incident.triggered", "incident.acknowledged")
+    @on("incident.triggered", "incident.acknowledged", params=("request",))
     async def record(ctx: Context) -> None:
         """Remember the context."""
         calls.append(ctx)

@@ -5,34 +5,38 @@ alert (its fingerprint within its group), so the same playbooks answer Alertmana
 """
 
 import hashlib
-import json
 from typing import Any
 
 from responder.events import Event, Incident, Reference
 from responder.sources import InvalidPayload
+from responder.sources.parsing import decode_json, json_type, optional, quoted, string_map, text
 
 SOURCE = "alertmanager"
 STATUSES = {"firing": "incident.triggered", "resolved": "incident.resolved"}
+MAX_FINGERPRINT = 64  # Alertmanager's are 16 hex digits
 
 
 def parse(body: bytes) -> list[Event]:
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidPayload(f"body is not valid JSON: {e}") from None
+    document = decode_json(body)
     if not isinstance(document, dict):
         raise InvalidPayload("not an Alertmanager notification: expected a JSON object")
     if document.get("version") != "4":
         raise InvalidPayload(
-            f'unsupported notification version {document.get("version")!r} (expected "4")'
+            f'unsupported notification version {quoted(document.get("version"))} (expected "4")'
         )
     group_key = document.get("groupKey")
     if not isinstance(group_key, str):
-        raise InvalidPayload("groupKey must be a string")
+        raise InvalidPayload(f"groupKey must be a string, not {json_type(group_key)}")
     alerts = document.get("alerts")
     if not isinstance(alerts, list) or not alerts:
         raise InvalidPayload("alerts must be a non-empty list")
-    common = {k: v for k, v in (document.get("commonLabels") or {}).items() if isinstance(v, str)}
+    _status(document.get("status"), "status", required=False)
+    for key in ("receiver", "externalURL"):
+        text(document, key, "")
+    optional(document, "truncatedAlerts", "", int, 0)
+    for key in ("groupLabels", "commonAnnotations"):
+        string_map(document.get(key), key)
+    common = string_map(document.get("commonLabels"), "commonLabels")
     return [_event(alert, i, group_key, common, document) for i, alert in enumerate(alerts)]
 
 
@@ -41,47 +45,58 @@ def incident_id(group_key: str, fingerprint: str) -> str:
     return f"am-{group}-{fingerprint}"
 
 
+def _status(value: Any, where: str, *, required: bool) -> str:
+    if (value is None and not required) or (isinstance(value, str) and value in STATUSES):
+        return value or ""
+    raise InvalidPayload(f"{where} must be firing or resolved, not {quoted(value)}")
+
+
 def _event(
     alert: Any, index: int, group_key: str, common: dict[str, str], document: dict[str, Any]
 ) -> Event:
     where = f"alerts[{index}]"
     if not isinstance(alert, dict):
-        raise InvalidPayload(f"{where} must be an object")
-    status = alert.get("status")
-    if status not in STATUSES:
-        raise InvalidPayload(f"{where}.status must be firing or resolved, not {status!r}")
+        raise InvalidPayload(f"{where} must be an object, not {json_type(alert)}")
+    status = _status(alert.get("status"), f"{where}.status", required=True)
     labels = alert.get("labels")
-    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+    if labels is None:
         raise InvalidPayload(f"{where}.labels must be an object of strings")
+    labels = string_map(labels, f"{where}.labels")
     fingerprint = alert.get("fingerprint")
-    if not isinstance(fingerprint, str) or not fingerprint.isalnum():
-        raise InvalidPayload(f"{where}.fingerprint must be an alphanumeric string")
-    annotations: dict[str, Any] = (
-        alert["annotations"] if isinstance(alert.get("annotations"), dict) else {}
-    )
+    if (
+        not isinstance(fingerprint, str)
+        or not (fingerprint.isascii() and fingerprint.isalnum())
+        or len(fingerprint) > MAX_FINGERPRINT
+    ):
+        raise InvalidPayload(
+            f"{where}.fingerprint must be an alphanumeric string of at most {MAX_FINGERPRINT}"
+            f" characters, not {quoted(fingerprint)}"
+        )
+    annotations = string_map(alert.get("annotations"), f"{where}.annotations")
+    starts_at = text(alert, "startsAt", where)
+    ends_at = text(alert, "endsAt", where)
+    generator_url = text(alert, "generatorURL", where)
     name = labels.get("alertname", "")
     service = labels.get("service") or labels.get("job") or ""
-    title = str(annotations.get("summary") or annotations.get("description") or name)
     severity = labels.get("severity", "")
     incident = Incident(
         id=incident_id(group_key, fingerprint),
-        title=title,
+        title=annotations.get("summary") or annotations.get("description") or name,
         status="resolved" if status == "resolved" else "triggered",
         urgency="high" if severity in ("critical", "page", "error") else "low" if severity else "",
         service=Reference(id=service, type="service", summary=service) if service else None,
         incident_key=fingerprint,
-        html_url=str(alert.get("generatorURL") or ""),
-        created_at=str(alert.get("startsAt") or ""),
+        html_url=generator_url,
+        created_at=starts_at,
         severity=severity,
         labels={**common, **labels},
     )
-    occurred = alert.get("endsAt") if status == "resolved" else alert.get("startsAt")
     return Event(
-        id=f"{incident.id}:{status}:{alert.get('startsAt', '')}",
+        id=f"{incident.id}:{status}:{starts_at}",
         source=SOURCE,
         type=STATUSES[status],
         resource_type="incident",
-        occurred_at=str(occurred or ""),
+        occurred_at=ends_at if status == "resolved" else starts_at,
         client={"name": "Alertmanager", "url": document.get("externalURL")},
         incident=incident,
         data={"alert": alert, "receiver": document.get("receiver"), "groupKey": group_key},

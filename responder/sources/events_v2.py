@@ -7,12 +7,12 @@ routing key and `dedup_key`, so the same playbooks answer whichever pager sent t
 
 import datetime
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from responder.events import Event, Incident, Reference
+from responder.sources.parsing import InvalidJson, Problems, decode_json, json_type
 
 SOURCE = "events_v2"
 ACTIONS = {
@@ -23,10 +23,16 @@ ACTIONS = {
 SEVERITIES = ("critical", "error", "warning", "info")
 MAX_SUMMARY = 1024
 MAX_DEDUP_KEY = 255
+ROUTING_KEY_LENGTH = 32
+# Events carry no delivery id, so an identical body is taken for a redelivery, but only this long
+# (seconds) and only while its incident's status is unchanged: an alert that fires again later, or
+# after a resolve, with the very same body, is a new alert.
+REDELIVERY_WINDOW = 300.0
 
 
 class InvalidEvent(ValueError):
-    """The event breaks the API's rules; `errors` names each bad field, as PagerDuty does."""
+    """The event breaks the API's rules; `errors` names each bad field (at most `MAX_ERRORS` and a
+    count of the rest), as PagerDuty does."""
 
     def __init__(self, errors: list[str]) -> None:
         super().__init__("; ".join(errors))
@@ -43,41 +49,40 @@ class EnqueuedEvent:
 def parse(body: bytes) -> EnqueuedEvent:
     """Validate and parse one event; raise `InvalidEvent` with every problem found."""
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidEvent([f"Invalid JSON: {e}"]) from None
+        document = decode_json(body)
+    except InvalidJson as e:
+        raise InvalidEvent([f"Invalid JSON: {e.problem}"]) from None
     if not isinstance(document, dict):
         raise InvalidEvent(["Event must be a JSON object"])
-    errors: list[str] = []
+    problems = Problems()
     routing_key = document.get("routing_key")
     if not isinstance(routing_key, str) or not routing_key:
-        errors.append("'routing_key' is missing or blank")
-    elif len(routing_key) != 32:
-        errors.append("Length of 'routing_key' is incorrect (should be 32 characters)")
-    elif not routing_key.isalnum():
-        errors.append("'routing_key' cannot contain non-alphanumeric characters.")
+        problems.add("'routing_key' is missing or blank")
+    elif len(routing_key) != ROUTING_KEY_LENGTH:
+        problems.add("Length of 'routing_key' is incorrect (should be 32 characters)")
+    elif not (routing_key.isascii() and routing_key.isalnum()):
+        problems.add("'routing_key' cannot contain non-alphanumeric characters.")
     action = document.get("event_action")
-    if action not in ACTIONS:
-        errors.append(f"'event_action' is invalid (must be one of {', '.join(ACTIONS)})")
+    if not isinstance(action, str) or action not in ACTIONS:
+        problems.add(f"'event_action' is invalid (must be one of {', '.join(ACTIONS)})")
     dedup_key = document.get("dedup_key")
     if dedup_key is not None and (
         not isinstance(dedup_key, str) or not dedup_key or len(dedup_key) > MAX_DEDUP_KEY
     ):
-        errors.append(
+        problems.add(
             f"'dedup_key' must be a non-empty string of at most {MAX_DEDUP_KEY} characters"
         )
     elif dedup_key is None and action in ("acknowledge", "resolve"):
-        errors.append(f"'dedup_key' is required for event_action '{action}'")
+        problems.add(f"'dedup_key' is required for event_action '{action}'")
     payload = document.get("payload")
     if action == "trigger" or payload is not None:
-        errors += _payload_errors(payload, required=action == "trigger")
-    errors += _list_errors(document.get("links"), "links", "href")
-    errors += _list_errors(document.get("images"), "images", "src")
+        _check_payload(payload, problems, required=action == "trigger")
+    _check_list(document.get("links"), "links", "href", ("text",), problems)
+    _check_list(document.get("images"), "images", "src", ("href", "alt"), problems)
     for key in ("client", "client_url"):
-        if key in document and not isinstance(document[key], str):
-            errors.append(f"'{key}' must be a string")
-    if errors:
-        raise InvalidEvent(errors)
+        _check_string(document, key, key, problems)
+    if problems:
+        raise InvalidEvent(problems.messages())
     assert isinstance(routing_key, str) and isinstance(action, str)
     if dedup_key is None:
         dedup_key = uuid.uuid4().hex  # as PagerDuty does for a trigger without one
@@ -86,50 +91,61 @@ def parse(body: bytes) -> EnqueuedEvent:
     )
 
 
-def _payload_errors(payload: Any, *, required: bool) -> list[str]:
+def _check_payload(payload: Any, problems: Problems, *, required: bool) -> None:
     if not isinstance(payload, dict):
-        return (
-            ["'payload' is missing or not an object"]
-            if required
-            else ["'payload' must be an object"]
+        problems.add(
+            "'payload' is missing or not an object" if required else "'payload' must be an object"
         )
-    errors = []
+        return
+    for key in ("summary", "source"):
+        value = payload.get(key)
+        if required and (not isinstance(value, str) or not value.strip()):
+            problems.add(f"'payload.{key}' is missing or blank")
+        else:
+            _check_string(payload, key, f"payload.{key}", problems)
     summary = payload.get("summary")
-    if required and (not isinstance(summary, str) or not summary.strip()):
-        errors.append("'payload.summary' is missing or blank")
-    elif isinstance(summary, str) and len(summary) > MAX_SUMMARY:
-        errors.append(
+    if isinstance(summary, str) and len(summary) > MAX_SUMMARY:
+        problems.add(
             f"'payload.summary' is too long (at most {MAX_SUMMARY} characters, got {len(summary)})"
         )
-    source = payload.get("source")
-    if required and (not isinstance(source, str) or not source.strip()):
-        errors.append("'payload.source' is missing or blank")
     severity = payload.get("severity")
-    if (required or severity is not None) and severity not in SEVERITIES:
-        errors.append(f"'payload.severity' is invalid (must be one of {', '.join(SEVERITIES)})")
+    if (required or severity is not None) and (
+        not isinstance(severity, str) or severity not in SEVERITIES
+    ):
+        problems.add(f"'payload.severity' is invalid (must be one of {', '.join(SEVERITIES)})")
     timestamp = payload.get("timestamp")
     if timestamp is not None and not _is_timestamp(timestamp):
-        errors.append("'payload.timestamp' is not a valid ISO 8601 timestamp")
+        problems.add("'payload.timestamp' is not a valid ISO 8601 timestamp")
     for key in ("component", "group", "class"):
-        if key in payload and not isinstance(payload[key], str):
-            errors.append(f"'payload.{key}' must be a string")
-    if "custom_details" in payload and not isinstance(payload["custom_details"], dict | str):
-        errors.append("'payload.custom_details' must be an object")
-    return errors
+        _check_string(payload, key, f"payload.{key}", problems)
+    details = payload.get("custom_details")
+    if details is not None and not isinstance(details, dict | str):
+        problems.add(f"'payload.custom_details' must be an object, not {json_type(details)}")
 
 
-def _list_errors(items: Any, name: str, required_key: str) -> list[str]:
+def _check_string(document: dict[str, Any], key: str, name: str, problems: Problems) -> None:
+    value = document.get(key)
+    if value is not None and not isinstance(value, str):
+        problems.add(f"'{name}' must be a string, not {json_type(value)}")
+
+
+def _check_list(
+    items: Any, name: str, required: str, optional: tuple[str, ...], problems: Problems
+) -> None:
     if items is None:
-        return []
+        return
     if not isinstance(items, list):
-        return [f"'{name}' must be a list"]
-    return [
-        f"'{name}[{i}].{required_key}' is missing"
-        for i, item in enumerate(items)
-        if not isinstance(item, dict)
-        or not isinstance(item.get(required_key), str)
-        or not item[required_key]
-    ]
+        problems.add(f"'{name}' must be a list, not {json_type(items)}")
+        return
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            problems.add(f"'{name}[{i}]' must be an object, not {json_type(item)}")
+            continue
+        value = item.get(required)
+        if not isinstance(value, str) or not value:
+            problems.add(f"'{name}[{i}].{required}' is missing")
+        for key in optional:
+            _check_string(item, key, f"{name}[{i}].{key}", problems)
 
 
 def _is_timestamp(value: Any) -> bool:
@@ -152,17 +168,15 @@ def incident_id(routing_key: str, dedup_key: str) -> str:
 def _event(
     document: dict[str, Any], routing_key: str, dedup_key: str, action: str, payload: dict[str, Any]
 ) -> Event:
-    severity = payload.get("severity") or ""
+    severity: str = payload.get("severity") or ""
     details = payload.get("custom_details")
-    labels = {
-        k: str(payload[k]) for k in ("source", "component", "group", "class") if payload.get(k)
-    }
+    labels = {k: payload[k] for k in ("source", "component", "group", "class") if payload.get(k)}
     if isinstance(details, dict):
-        labels.update({str(k): v for k, v in details.items() if isinstance(v, str)})
-    source = str(payload.get("source") or "")
+        labels.update({k: v for k, v in details.items() if isinstance(v, str)})
+    source: str = payload.get("source") or ""
     incident = Incident(
         id=incident_id(routing_key, dedup_key),
-        title=str(payload.get("summary") or ""),
+        title=payload.get("summary") or "",
         status=ACTIONS[action].rpartition(".")[2],
         urgency="high" if severity in ("critical", "error") else "low" if severity else "",
         service=Reference(id=source, type="source", summary=source) if source else None,
@@ -180,7 +194,7 @@ def _event(
         source=SOURCE,
         type=ACTIONS[action],
         resource_type="incident",
-        occurred_at=str(payload.get("timestamp") or ""),
+        occurred_at=payload.get("timestamp") or "",
         client={"name": document["client"]} if isinstance(document.get("client"), str) else None,
         incident=incident,
         data=data,

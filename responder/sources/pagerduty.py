@@ -2,12 +2,12 @@
 
 import hashlib
 import hmac
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from responder.events import Event, Incident, Reference
 from responder.sources import InvalidPayload
+from responder.sources.parsing import decode_json, json_type, optional, text
 
 SOURCE = "pagerduty"
 SIGNATURE_HEADER = "X-PagerDuty-Signature"
@@ -24,12 +24,14 @@ def verify_signature(body: bytes, header: str | None, secrets: Sequence[str]) ->
     """True when any `v1=` entry of the header matches the body under any configured secret.
 
     During secret rotation PagerDuty sends several comma-separated entries; one match suffices.
-    Other versions are ignored. Every comparison is constant-time.
+    Other versions are ignored, and so is an empty secret (a body signed with an empty key proves
+    nothing). A header that is not ASCII matches nothing. Every comparison is constant-time.
     """
-    if not header or not secrets:
+    keys = [secret for secret in secrets if secret]
+    if not header or not keys or not header.isascii():
         return False
     offered = [part.strip()[3:] for part in header.split(",") if part.strip().startswith("v1=")]
-    expected = [sign(body, secret)[3:] for secret in secrets]
+    expected = [sign(body, key)[3:] for key in keys]
     matched = False
     for candidate in offered:
         for digest in expected:
@@ -40,10 +42,7 @@ def verify_signature(body: bytes, header: str | None, secrets: Sequence[str]) ->
 
 def parse(body: bytes) -> Event:
     """Parse a V3 envelope into an `Event`; raise `InvalidPayload` naming what is wrong."""
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidPayload(f"body is not valid JSON: {e}") from None
+    document = decode_json(body)
     if not isinstance(document, dict) or not isinstance(document.get("event"), dict):
         raise InvalidPayload(
             'not a PagerDuty V3 webhook: expected an object with an "event" object'
@@ -57,16 +56,15 @@ def parse(body: bytes) -> Event:
             raise InvalidPayload(f"event.{key} must be a non-empty string")
     data = event["data"]
     if not isinstance(data, dict):
-        raise InvalidPayload("event.data must be an object")
-    client = event.get("client")
+        raise InvalidPayload(f"event.data must be an object, not {json_type(data)}")
     return Event(
         id=event["id"],
         source=SOURCE,
         type=event["event_type"],
         resource_type=event["resource_type"],
-        occurred_at=str(event.get("occurred_at") or ""),
-        agent=Reference.parse(event.get("agent")),
-        client=client if isinstance(client, dict) else None,
+        occurred_at=text(event, "occurred_at", "event"),
+        agent=_reference(event, "agent", "event"),
+        client=optional(event, "client", "event", dict, None),
         incident=_incident(data),
         data=data,
     )
@@ -76,38 +74,61 @@ def _incident(data: dict[str, Any]) -> Incident | None:
     """The incident an event is about: the data itself, or the reference inside a note/responder/..."""
     if data.get("type") == "incident":
         return _full_incident(data)
-    ref = data.get("incident")
-    if isinstance(ref, dict) and ref.get("id"):
-        return Incident(
-            id=str(ref["id"]),
-            title=str(ref.get("summary") or ""),
-            html_url=str(ref.get("html_url") or ""),
-        )
-    return None
+    ref = _reference(data, "incident", "event.data")
+    if ref is None:
+        return None
+    return Incident(id=ref.id, title=ref.summary, html_url=ref.html_url)
 
 
 def _full_incident(data: dict[str, Any]) -> Incident:
-    if not data.get("id"):
+    where = "event.data"
+    if not text(data, "id", where):
         raise InvalidPayload("event.data.id is required for an incident")
     number = data.get("number")
+    if number is not None and (not isinstance(number, int) or isinstance(number, bool)):
+        raise InvalidPayload(f"event.data.number must be a whole number, not {json_type(number)}")
     return Incident(
-        id=str(data["id"]),
-        title=str(data.get("title") or ""),
-        status=str(data.get("status") or ""),
-        number=number if isinstance(number, int) else None,
-        urgency=str(data.get("urgency") or ""),
-        priority=Reference.parse(data.get("priority")),
-        service=Reference.parse(data.get("service")),
-        escalation_policy=Reference.parse(data.get("escalation_policy")),
-        teams=_references(data.get("teams")),
-        assignees=_references(data.get("assignees")),
-        incident_key=str(data.get("incident_key") or ""),
-        html_url=str(data.get("html_url") or ""),
-        created_at=str(data.get("created_at") or ""),
+        id=data["id"],
+        title=text(data, "title", where),
+        status=text(data, "status", where),
+        number=number,
+        urgency=text(data, "urgency", where),
+        priority=_reference(data, "priority", where),
+        service=_reference(data, "service", where),
+        escalation_policy=_reference(data, "escalation_policy", where),
+        teams=_references(data, "teams", where),
+        assignees=_references(data, "assignees", where),
+        incident_key=text(data, "incident_key", where),
+        html_url=text(data, "html_url", where),
+        created_at=text(data, "created_at", where),
     )
 
 
-def _references(items: Any) -> tuple[Reference, ...]:
-    if not isinstance(items, list):
-        return ()
-    return tuple(ref for ref in map(Reference.parse, items) if ref is not None)
+def _reference(document: dict[str, Any], key: str, where: str) -> Reference | None:
+    """A reference object (service, user, team, ...); None when absent, null or without an id."""
+    value = optional(document, key, where, dict, None)
+    return None if value is None else _reference_of(value, f"{where}.{key}")
+
+
+def _reference_of(value: dict[str, Any], where: str) -> Reference | None:
+    ref_id = text(value, "id", where)
+    if not ref_id:
+        return None
+    return Reference(
+        id=ref_id,
+        type=text(value, "type", where),
+        summary=text(value, "summary", where),
+        html_url=text(value, "html_url", where),
+    )
+
+
+def _references(document: dict[str, Any], key: str, where: str) -> tuple[Reference, ...]:
+    items = optional(document, key, where, list, [])
+    refs = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidPayload(f"{where}.{key}[{i}] must be an object, not {json_type(item)}")
+        ref = _reference_of(item, f"{where}.{key}[{i}]")
+        if ref is not None:
+            refs.append(ref)
+    return tuple(refs)

@@ -4,6 +4,7 @@ SQLite is the embedded implementation; a PostgreSQL one (for several replicas) i
 `Store` protocol.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -13,6 +14,10 @@ from responder.events import Event
 
 class StoreUnavailable(Exception):
     """The store cannot be reached or written; webhook answers become 503 so the sender retries."""
+
+
+class RecordRejected(ValueError):
+    """The store cannot hold this delivery (a value it cannot encode); it alone fails, with this reason."""
 
 
 class JobStatus(StrEnum):
@@ -57,6 +62,11 @@ class NewDelivery:
     incident_status: str = ""  # the incident's status as this event reports it
     # Acknowledge/resolve for an incident that is not open is dropped (the Events API's rule).
     updates_need_open_incident: bool = False
+    # A source without delivery ids (Events v2) recognises repeats by content: an earlier delivery
+    # with the same `dedupe_key`, received less than `dedupe_window` seconds before and with no change
+    # of its incident's status since, makes this one a redelivery.
+    dedupe_key: str = ""
+    dedupe_window: float = 0.0
 
     @classmethod
     def of(
@@ -68,6 +78,8 @@ class NewDelivery:
         received_at: float,
         status: str = "accepted",
         updates_need_open_incident: bool = False,
+        dedupe_key: str = "",
+        dedupe_window: float = 0.0,
     ) -> "NewDelivery":
         """The delivery record of one event, whichever source (or responder itself) produced it."""
         return cls(
@@ -81,6 +93,8 @@ class NewDelivery:
             received_at=received_at,
             incident_status=event.incident.status if event.incident else "",
             updates_need_open_incident=updates_need_open_incident,
+            dedupe_key=dedupe_key,
+            dedupe_window=dedupe_window,
         )
 
 
@@ -150,7 +164,7 @@ class StackRecord:
     incident_id: str
     playbook: str
     service: str
-    status: str  # provisioning | live | destroyed
+    status: str  # provisioning | live | failed (its first `up` failed) | destroyed
     created_at: float
     last_activity_at: float
     last_operation: str
@@ -177,9 +191,9 @@ class Caps:
 class RecordedDelivery:
     created: bool  # False: a redelivery, nothing new was stored
     job_ids: list[int]
-    status: str = (
-        ""  # the delivery's recorded status; a repeat for an open incident is "deduplicated"
-    )
+    # The delivery's recorded status; a repeat for an open incident is "deduplicated".
+    status: str = ""
+    duplicate_of: str = ""  # for a redelivery: the earlier delivery it repeats
 
 
 class Store(Protocol):
@@ -190,7 +204,15 @@ class Store(Protocol):
     async def ping(self) -> None: ...
 
     async def record_delivery(self, delivery: NewDelivery, jobs: list[NewJob]) -> RecordedDelivery:
-        """Store the delivery and its jobs in one transaction, unless the delivery id is known."""
+        """Store the delivery and its jobs in one transaction, unless it repeats an earlier one: the
+        same id, the same source and event id, or the same `dedupe_key` within its window.
+        Raise `RecordRejected` when it cannot be stored (no other delivery is affected)."""
+
+    async def record_deliveries(
+        self, deliveries: Sequence[tuple[NewDelivery, list[NewJob]]]
+    ) -> list[RecordedDelivery]:
+        """`record_delivery` for several deliveries of one request, all in one transaction (all
+        stored or none); a body they share is stored once."""
 
     async def claim_next(self, now: float) -> Job | None:
         """Mark the oldest runnable job running: the first queued job of a stack with none running."""
@@ -246,3 +268,8 @@ class Store(Protocol):
     ) -> Job | None: ...
     async def expired_approvals(self, older_than: float) -> list[int]: ...
     async def request_cancel(self, job_id: int, now: float) -> Job | None: ...
+
+    async def prune(self, before: float) -> dict[str, int]:
+        """Delete what finished before `before`: final jobs with their steps, deliveries left without
+        jobs, and bodies, resolved incidents and destroyed stack records nothing refers to any more.
+        Never anything unfinished. Returns the number of rows deleted per table."""

@@ -7,8 +7,9 @@ with another coroutine's statements and the event loop never waits on the disk.
 import asyncio
 import functools
 import json
+import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,90 +21,16 @@ from responder.store import (
     NewDelivery,
     NewJob,
     RecordedDelivery,
+    RecordRejected,
     StackRecord,
     StepRecord,
     StoreUnavailable,
 )
+from responder.store import deliveries as delivery_sql
+from responder.store.schema import ensure_schema
 
 T = TypeVar("T")
-_Pending = tuple[NewDelivery, list[NewJob], "asyncio.Future[RecordedDelivery]"]
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS deliveries (
-    id TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    incident_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    body BLOB NOT NULL,
-    received_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_incident ON deliveries (incident_id);
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    delivery_id TEXT NOT NULL REFERENCES deliveries (id),
-    playbook TEXT NOT NULL,
-    project TEXT NOT NULL,
-    stack TEXT NOT NULL,
-    event TEXT NOT NULL,
-    incident_id TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    status TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL,
-    not_before REAL NOT NULL DEFAULT 0,
-    coalesce INTEGER NOT NULL DEFAULT 0,
-    coalesced_into INTEGER,
-    cancel_on TEXT NOT NULL DEFAULT '[]',
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    plan TEXT,
-    approved_plan TEXT,
-    params TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    error TEXT,
-    outputs TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, project, stack, id);
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, id);
-CREATE INDEX IF NOT EXISTS jobs_incident ON jobs (incident_id, id);
-CREATE TABLE IF NOT EXISTS steps (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id INTEGER NOT NULL REFERENCES jobs (id),
-    step TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    duration_ms REAL NOT NULL,
-    outcome TEXT NOT NULL,
-    error TEXT,
-    changes TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS steps_job ON steps (job_id, id);
-CREATE TABLE IF NOT EXISTS stacks (
-    project TEXT NOT NULL,
-    stack TEXT NOT NULL,
-    program TEXT NOT NULL,
-    incident_id TEXT NOT NULL,
-    playbook TEXT NOT NULL,
-    service TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    last_activity_at REAL NOT NULL,
-    last_operation TEXT NOT NULL,
-    outputs TEXT,
-    export_path TEXT,
-    idle_ttl REAL,
-    max_age REAL,
-    PRIMARY KEY (project, stack)
-);
-CREATE TABLE IF NOT EXISTS incidents (
-    id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    last_event_at REAL NOT NULL,
-    resolved_at REAL
-);
-"""
+_Pending = tuple[delivery_sql.Request, "asyncio.Future[list[RecordedDelivery]]"]
 
 # The first queued job of each stack, provided nothing runs on that stack: strict arrival order.
 # Two NOT EXISTS, each answered from the (status, project, stack, id) index; one with an OR would
@@ -124,14 +51,16 @@ class SQLiteStore:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
-        self._pending: list[_Pending] = []
+        self._pending: list[_Pending] = []  # waiting for the next commit
+        self._committing: list[_Pending] = []  # in the commit on the disk now
         self._committer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await self._call(self._open)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_file(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
@@ -140,7 +69,7 @@ class SQLiteStore:
         # committed with FULL (see `_transaction`): a 2xx survives power loss too.
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
-        db.executescript(SCHEMA)
+        ensure_schema(db)
         self._db = db
 
     async def close(self) -> None:
@@ -185,35 +114,52 @@ class SQLiteStore:
     # -- intake ---------------------------------------------------------------------------------
 
     async def record_delivery(self, delivery: NewDelivery, jobs: list[NewJob]) -> RecordedDelivery:
-        """Group commit: deliveries arriving while a commit is on the disk wait for the next one, and
-        all of them share it. Each caller still returns only after its own delivery is durable."""
-        future: asyncio.Future[RecordedDelivery] = asyncio.get_running_loop().create_future()
-        self._pending.append((delivery, jobs, future))
+        return (await self.record_deliveries([(delivery, jobs)]))[0]
+
+    async def record_deliveries(
+        self, deliveries: Sequence[tuple[NewDelivery, list[NewJob]]]
+    ) -> list[RecordedDelivery]:
+        """Group commit: requests arriving while a commit is on the disk wait for the next one, and
+        all of them share it. Each caller still returns only after its own request is durable."""
+        future: asyncio.Future[list[RecordedDelivery]] = asyncio.get_running_loop().create_future()
+        self._pending.append((deliveries, future))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending())
+            self._committer.add_done_callback(self._committer_stopped)
         return await future
 
     async def _commit_pending(self) -> None:
+        """Commit batches until none is pending, resolving each caller's future with its result,
+        its request's rejection, or the error that failed the whole commit."""
         while self._pending:
-            batch, self._pending = self._pending, []
-
-            def commit(
-                db: sqlite3.Connection, batch: list[_Pending] = batch
-            ) -> list[RecordedDelivery]:
-                return [_record(db, delivery, jobs) for delivery, jobs, _ in batch]
-
+            self._committing, self._pending = self._pending, []
+            requests = [request for request, _ in self._committing]
             try:
-                results = await self._call(
-                    functools.partial(self._transaction, commit, durable=True)
+                outcomes = await self._call(
+                    functools.partial(
+                        self._transaction,
+                        functools.partial(delivery_sql.record_requests, requests=requests),
+                        durable=True,
+                    )
                 )
-            except StoreUnavailable as e:
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
-                continue
-            for (*_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            except Exception as e:  # handed to every waiting caller
+                _fail(self._committing, e)
+            else:
+                for (_, future), outcome in zip(self._committing, outcomes, strict=True):
+                    if future.done():
+                        continue  # its caller went away
+                    if isinstance(outcome, RecordRejected):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+            self._committing = []
+
+    def _committer_stopped(self, task: "asyncio.Task[None]") -> None:
+        """The committer was cancelled (the loop is closing; perhaps before it even started) or
+        broke: whatever it held or had yet to take, nobody may wait for it forever."""
+        if task.cancelled() or task.exception() is not None:
+            leftover, self._committing, self._pending = self._committing + self._pending, [], []
+            _fail(leftover, StoreUnavailable("the job store stopped committing; retry later"))
 
     # -- running --------------------------------------------------------------------------------
 
@@ -314,9 +260,10 @@ class SQLiteStore:
                 "SELECT status FROM stacks WHERE project = ? AND stack = ?",
                 (record.project, record.stack),
             ).fetchone()
-            if row is not None and row["status"] != "destroyed":
+            if row is not None and row["status"] not in RELEASED:
                 return None  # already ours and alive: no new stack
-            live = "status != 'destroyed'"
+            # A destroyed stack, or one whose first `up` failed, holds no cap slot.
+            live = "status NOT IN ('destroyed', 'failed')"
             for cap, limit, where, args in (
                 ("max_live_stacks", caps.live_stacks, live, ()),
                 (
@@ -559,6 +506,11 @@ class SQLiteStore:
 
         return await self._call(get)
 
+    async def prune(self, before: float) -> dict[str, int]:
+        return await self._call(
+            lambda: self._transaction(lambda db: delivery_sql.prune(db, before))
+        )
+
     async def counts(self) -> dict[str, int]:
         def count() -> dict[str, int]:
             rows = self._conn().execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
@@ -572,112 +524,22 @@ class SQLiteStore:
         )
 
 
-def _record(db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJob]) -> RecordedDelivery:
-    inserted = db.execute(
-        "INSERT INTO deliveries (id, source, event_id, event_type, incident_id, status, body, received_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        (
-            delivery.id,
-            delivery.source,
-            delivery.event_id,
-            delivery.event_type,
-            delivery.incident_id,
-            delivery.status,
-            delivery.body,
-            delivery.received_at,
-        ),
-    ).rowcount
-    if not inserted:
-        return RecordedDelivery(created=False, job_ids=[], status="duplicate")
-    now = delivery.received_at
-    status = delivery.status
-    if delivery.incident_id and delivery.source != "responder":
-        status, jobs = _against_incident(db, delivery, jobs)
-        if status != delivery.status:
-            db.execute("UPDATE deliveries SET status = ? WHERE id = ?", (status, delivery.id))
-        _note_incident(db, delivery)
-        # A later event of a listed type cancels a scheduled job for the same incident (a reopen
-        # inside the grace period keeps the stack).
-        db.execute(
-            "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?"
-            " WHERE status = 'scheduled' AND incident_id = ?"
-            " AND EXISTS (SELECT 1 FROM json_each(jobs.cancel_on) WHERE value = ?)",
-            (
-                now,
-                f"cancelled by {delivery.event_type} (delivery {delivery.id})",
-                delivery.incident_id,
-                delivery.event_type,
-            ),
-        )
-    ids: list[int] = []
-    for job in jobs:
-        cursor = db.execute(
-            "INSERT INTO jobs (delivery_id, playbook, project, stack, event, incident_id, event_type,"
-            " status, max_attempts, coalesce, params, created_at, not_before, cancel_on)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                delivery.id,
-                job.playbook,
-                job.project,
-                job.stack,
-                json.dumps(job.event),
-                delivery.incident_id,
-                delivery.event_type,
-                "scheduled" if job.delay > 0 else "queued",
-                job.max_attempts,
-                int(job.coalesce),
-                json.dumps(job.params),
-                now,
-                now + job.delay if job.delay > 0 else 0,
-                json.dumps(list(job.cancel_on)),
-            ),
-        )
-        job_id = int(cursor.lastrowid or 0)
-        if job.coalesce:
-            # Older queued runs of this playbook on this stack are superseded by this newer one.
-            db.execute(
-                "UPDATE jobs SET status = 'coalesced', coalesced_into = ?, finished_at = ?"
-                " WHERE status = 'queued' AND coalesce = 1 AND playbook = ? AND project = ? AND stack = ?"
-                " AND id < ? AND attempts = 0",
-                (job_id, now, job.playbook, job.project, job.stack, job_id),
-            )
-        ids.append(job_id)
-    return RecordedDelivery(created=True, job_ids=ids, status=status)
+RELEASED = ("destroyed", "failed")  # stack statuses a new reservation may take over
 
 
-OPEN = ("triggered", "acknowledged")
+def _fail(batch: list[_Pending], error: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)
 
 
-def _against_incident(
-    db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJob]
-) -> tuple[str, list[NewJob]]:
-    """Checked in the same transaction as the insert, so two concurrent repeats cannot both pass:
-    a trigger for an incident already open is a repeat; updates may need an open incident."""
-    row = db.execute(
-        "SELECT status FROM incidents WHERE id = ?", (delivery.incident_id,)
-    ).fetchone()
-    known = row["status"] if row else None
-    if delivery.event_type == "incident.triggered" and known in OPEN:
-        return "deduplicated", []
-    if (
-        delivery.updates_need_open_incident
-        and delivery.event_type != "incident.triggered"
-        and known not in OPEN
-    ):
-        return "ignored", []
-    return delivery.status, jobs
-
-
-def _note_incident(db: sqlite3.Connection, delivery: NewDelivery) -> None:
-    status = delivery.incident_status or delivery.event_type.rpartition(".")[2]
-    resolved_at = delivery.received_at if status == "resolved" else None
-    db.execute(
-        "INSERT INTO incidents (id, status, last_event_at, resolved_at) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (id) DO UPDATE SET status = excluded.status, last_event_at = excluded.last_event_at,"
-        " resolved_at = CASE WHEN excluded.status = 'resolved'"
-        "   THEN COALESCE(incidents.resolved_at, excluded.resolved_at) ELSE NULL END",
-        (delivery.incident_id, status, delivery.received_at, resolved_at),
-    )
+def _private_file(path: Path) -> None:
+    """Create the database file (and tighten an existing one) to 0600 whatever the umask: it holds
+    every webhook body. SQLite gives its -wal and -shm files the database file's mode."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists():
+            file.chmod(0o600)
 
 
 def _job(row: sqlite3.Row, steps: tuple[StepRecord, ...] = ()) -> Job:

@@ -1,0 +1,258 @@
+"""The SQL of recording deliveries (dedupe, incident state, jobs) and of pruning what has finished.
+
+Each function runs inside the caller's transaction on the store's connection.
+"""
+
+import json
+import sqlite3
+from collections.abc import Sequence
+
+from responder.store import (
+    FINAL_STATUSES,
+    JobStatus,
+    NewDelivery,
+    NewJob,
+    RecordedDelivery,
+    RecordRejected,
+)
+from responder.store.schema import payload_digest
+
+OPEN = ("triggered", "acknowledged")
+Request = Sequence[tuple[NewDelivery, list[NewJob]]]
+
+# A value of one request that the store cannot encode fails that request alone. Anything else
+# (the disk, a lock, a bug) fails the whole commit and reaches every waiting caller.
+REJECTIONS = (ValueError, TypeError, OverflowError, sqlite3.IntegrityError, sqlite3.DataError)
+
+
+def record_requests(
+    db: sqlite3.Connection, requests: Sequence[Request]
+) -> list[list[RecordedDelivery] | RecordRejected]:
+    """Record each request's deliveries under its own savepoint: a rejected request is rolled back
+    and reported, the others stay in the transaction."""
+    outcomes: list[list[RecordedDelivery] | RecordRejected] = []
+    for request in requests:
+        # The deliveries of one notification share one body object: hashed and stored once. Per
+        # request, since a rejected request takes its stored bodies with it.
+        digests: dict[bytes, str] = {}
+        db.execute("SAVEPOINT request")
+        try:
+            outcomes.append([record(db, d, jobs, digests) for d, jobs in request])
+        except REJECTIONS as e:
+            db.execute("ROLLBACK TO request")
+            outcomes.append(e if isinstance(e, RecordRejected) else RecordRejected(_reason(e)))
+        db.execute("RELEASE request")
+    return outcomes
+
+
+def _reason(error: Exception) -> str:
+    text = str(error)
+    return f"the store refused the delivery ({type(error).__name__}: {text[:200]})"
+
+
+def record(
+    db: sqlite3.Connection,
+    delivery: NewDelivery,
+    jobs: list[NewJob],
+    digests: dict[bytes, str],
+) -> RecordedDelivery:
+    """Store one delivery and its jobs, unless it repeats an earlier delivery; `digests` caches
+    the body digests of the request."""
+    _check_text(delivery, jobs)
+    earlier = _repeated(db, delivery)
+    if earlier is not None:
+        return RecordedDelivery(created=False, job_ids=[], status="duplicate", duplicate_of=earlier)
+    status = delivery.status
+    if delivery.incident_id and delivery.source != "responder":
+        row = db.execute(
+            "SELECT status FROM incidents WHERE id = ?", (delivery.incident_id,)
+        ).fetchone()
+        known = row["status"] if row else None
+        status, jobs = _against_incident(delivery, known, jobs)
+        _note_incident(db, delivery, known)
+        # A later event of a listed type cancels a scheduled job for the same incident (a reopen
+        # inside the grace period keeps the stack).
+        db.execute(
+            "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?"
+            " WHERE status = 'scheduled' AND incident_id = ?"
+            " AND EXISTS (SELECT 1 FROM json_each(jobs.cancel_on) WHERE value = ?)",
+            (
+                delivery.received_at,
+                f"cancelled by {delivery.event_type} (delivery {delivery.id})",
+                delivery.incident_id,
+                delivery.event_type,
+            ),
+        )
+    digest = digests.get(delivery.body)
+    if digest is None:
+        digest = digests[delivery.body] = payload_digest(delivery.body)
+        db.execute(
+            "INSERT INTO payloads (digest, body) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (digest, delivery.body),
+        )
+    db.execute(
+        "INSERT INTO deliveries (id, source, event_id, event_type, incident_id, status, payload,"
+        " received_at, dedupe_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            delivery.id,
+            delivery.source,
+            delivery.event_id,
+            delivery.event_type,
+            delivery.incident_id,
+            status,
+            digest,
+            delivery.received_at,
+            delivery.dedupe_key or None,
+        ),
+    )
+    return RecordedDelivery(created=True, job_ids=_insert_jobs(db, delivery, jobs), status=status)
+
+
+def _check_text(delivery: NewDelivery, jobs: list[NewJob]) -> None:
+    """Refuse text SQLite cannot store (lone surrogates, e.g. from a header decoded with
+    surrogateescape), naming the field; every source validates first, this is the last line."""
+    fields = [
+        ("delivery id", delivery.id),
+        ("source", delivery.source),
+        ("event id", delivery.event_id),
+        ("event type", delivery.event_type),
+        ("incident id", delivery.incident_id),
+        ("incident status", delivery.incident_status),
+        ("dedupe key", delivery.dedupe_key),
+    ]
+    for job in jobs:
+        fields += [("playbook", job.playbook), ("project", job.project), ("stack", job.stack)]
+    for name, value in fields:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise RecordRejected(f"the {name} is not valid Unicode text") from None
+
+
+def _repeated(db: sqlite3.Connection, delivery: NewDelivery) -> str | None:
+    """The earlier delivery this one repeats: same id, same source and event id (a PagerDuty event
+    replayed under a new X-Webhook-Id), or same dedupe key within its window."""
+    row = db.execute("SELECT id FROM deliveries WHERE id = ?", (delivery.id,)).fetchone()
+    if row is None:
+        row = db.execute(
+            "SELECT id FROM deliveries WHERE source = ? AND event_id = ? LIMIT 1",
+            (delivery.source, delivery.event_id),
+        ).fetchone()
+    if row is None and delivery.dedupe_key:
+        row = db.execute(
+            "SELECT id FROM deliveries WHERE dedupe_key = ? AND received_at > ? LIMIT 1",
+            (delivery.dedupe_key, delivery.received_at - delivery.dedupe_window),
+        ).fetchone()
+    return str(row[0]) if row else None
+
+
+def _against_incident(
+    delivery: NewDelivery, known: str | None, jobs: list[NewJob]
+) -> tuple[str, list[NewJob]]:
+    """Checked in the same transaction as the insert, so two concurrent repeats cannot both pass:
+    a trigger for an incident already open is a repeat; updates may need an open incident."""
+    if delivery.event_type == "incident.triggered" and known in OPEN:
+        return "deduplicated", []
+    if (
+        delivery.updates_need_open_incident
+        and delivery.event_type != "incident.triggered"
+        and known not in OPEN
+    ):
+        return "ignored", []
+    return delivery.status, jobs
+
+
+def _note_incident(db: sqlite3.Connection, delivery: NewDelivery, known: str | None) -> None:
+    status = delivery.incident_status or delivery.event_type.rpartition(".")[2]
+    if known is not None and status != known:
+        # A change of the incident's state ends content dedupe of its earlier deliveries: an alert
+        # re-fired after resolve, with the very same body, is a new alert.
+        db.execute(
+            "UPDATE deliveries SET dedupe_key = NULL WHERE incident_id = ? AND dedupe_key IS NOT NULL",
+            (delivery.incident_id,),
+        )
+    resolved_at = delivery.received_at if status == "resolved" else None
+    db.execute(
+        "INSERT INTO incidents (id, status, last_event_at, resolved_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET status = excluded.status, last_event_at = excluded.last_event_at,"
+        " resolved_at = CASE WHEN excluded.status = 'resolved'"
+        "   THEN COALESCE(incidents.resolved_at, excluded.resolved_at) ELSE NULL END",
+        (delivery.incident_id, status, delivery.received_at, resolved_at),
+    )
+
+
+def _insert_jobs(db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJob]) -> list[int]:
+    now = delivery.received_at
+    ids: list[int] = []
+    for job in jobs:
+        cursor = db.execute(
+            "INSERT INTO jobs (delivery_id, playbook, project, stack, event, incident_id, event_type,"
+            " status, max_attempts, coalesce, params, created_at, not_before, cancel_on)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                delivery.id,
+                job.playbook,
+                job.project,
+                job.stack,
+                json.dumps(job.event),
+                delivery.incident_id,
+                delivery.event_type,
+                "scheduled" if job.delay > 0 else "queued",
+                job.max_attempts,
+                int(job.coalesce),
+                json.dumps(job.params),
+                now,
+                now + job.delay if job.delay > 0 else 0,
+                json.dumps(list(job.cancel_on)),
+            ),
+        )
+        job_id = int(cursor.lastrowid or 0)
+        if job.coalesce:
+            # Older queued runs of this playbook on this stack are superseded by this newer one.
+            db.execute(
+                "UPDATE jobs SET status = 'coalesced', coalesced_into = ?, finished_at = ?"
+                " WHERE status = 'queued' AND coalesce = 1 AND playbook = ? AND project = ? AND stack = ?"
+                " AND id < ? AND attempts = 0",
+                (job_id, now, job.playbook, job.project, job.stack, job_id),
+            )
+        ids.append(job_id)
+    return ids
+
+
+def prune(db: sqlite3.Connection, before: float) -> dict[str, int]:
+    """See `Store.prune`. Children first, so no foreign key is ever left dangling."""
+    final = sorted(FINAL_STATUSES)
+    marks = ", ".join("?" * len(final))
+    unfinished = sorted(set(JobStatus) - FINAL_STATUSES)
+    old_jobs = (
+        f"SELECT id FROM jobs WHERE status IN ({marks}) AND COALESCE(finished_at, created_at) < ?"
+    )
+    counts = {
+        "steps": db.execute(f"DELETE FROM steps WHERE job_id IN ({old_jobs})", (*final, before)),
+        "jobs": db.execute(f"DELETE FROM jobs WHERE id IN ({old_jobs})", (*final, before)),
+        "deliveries": db.execute(
+            "DELETE FROM deliveries WHERE received_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.delivery_id = deliveries.id)",
+            (before,),
+        ),
+        "payloads": db.execute(
+            "DELETE FROM payloads"
+            " WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.payload = payloads.digest)"
+        ),
+        "stacks": db.execute(
+            "DELETE FROM stacks WHERE status = 'destroyed' AND last_activity_at < ?"
+            f" AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.status IN ({', '.join('?' * len(unfinished))})"
+            " AND jobs.project = stacks.project AND jobs.stack = stacks.stack)",
+            (before, *unfinished),
+        ),
+        # An incident nothing refers to any more, resolved before the cutoff, is forgotten: a later
+        # event for it is handled as for an unknown incident, which for a resolved one is the same.
+        "incidents": db.execute(
+            "DELETE FROM incidents WHERE status = 'resolved' AND last_event_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.incident_id = incidents.id)"
+            " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.incident_id = incidents.id)"
+            " AND NOT EXISTS (SELECT 1 FROM stacks WHERE stacks.incident_id = incidents.id)",
+            (before,),
+        ),
+    }
+    return {table: cursor.rowcount for table, cursor in counts.items()}

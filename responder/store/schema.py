@@ -1,0 +1,143 @@
+"""The SQLite store's tables, and the upgrade of a store written by an earlier version."""
+
+import hashlib
+import sqlite3
+
+VERSION = 1  # PRAGMA user_version of a store with this schema
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS payloads (
+    digest TEXT PRIMARY KEY,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    payload TEXT NOT NULL REFERENCES payloads (digest),
+    received_at REAL NOT NULL,
+    dedupe_key TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_incident ON deliveries (incident_id);
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (source, event_id);
+CREATE INDEX IF NOT EXISTS deliveries_payload ON deliveries (payload);
+CREATE INDEX IF NOT EXISTS deliveries_dedupe ON deliveries (dedupe_key, received_at)
+    WHERE dedupe_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries (received_at);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id TEXT NOT NULL REFERENCES deliveries (id),
+    playbook TEXT NOT NULL,
+    project TEXT NOT NULL,
+    stack TEXT NOT NULL,
+    event TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    not_before REAL NOT NULL DEFAULT 0,
+    coalesce INTEGER NOT NULL DEFAULT 0,
+    coalesced_into INTEGER,
+    cancel_on TEXT NOT NULL DEFAULT '[]',
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    plan TEXT,
+    approved_plan TEXT,
+    params TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    outputs TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, project, stack, id);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, id);
+CREATE INDEX IF NOT EXISTS jobs_incident ON jobs (incident_id, id);
+CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery_id);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs (id),
+    step TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    duration_ms REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    changes TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS steps_job ON steps (job_id, id);
+CREATE TABLE IF NOT EXISTS stacks (
+    project TEXT NOT NULL,
+    stack TEXT NOT NULL,
+    program TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    playbook TEXT NOT NULL,
+    service TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_activity_at REAL NOT NULL,
+    last_operation TEXT NOT NULL,
+    outputs TEXT,
+    export_path TEXT,
+    idle_ttl REAL,
+    max_age REAL,
+    PRIMARY KEY (project, stack)
+);
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    last_event_at REAL NOT NULL,
+    resolved_at REAL
+);
+"""
+
+# Version 0 kept each delivery's body in its own row: an Alertmanager notification was stored once per
+# alert. Bodies move to `payloads`, one row per distinct body, the way SQLite documents for a change
+# a plain ALTER TABLE cannot make (new table, copy, drop, rename; foreign keys off meanwhile).
+_FROM_V0 = (
+    "CREATE TABLE payloads (digest TEXT PRIMARY KEY, body BLOB NOT NULL)",
+    "INSERT OR IGNORE INTO payloads (digest, body) SELECT sha256(body), body FROM deliveries",
+    "CREATE TABLE deliveries_v1 (id TEXT PRIMARY KEY, source TEXT NOT NULL, event_id TEXT NOT NULL,"
+    " event_type TEXT NOT NULL, incident_id TEXT NOT NULL, status TEXT NOT NULL,"
+    " payload TEXT NOT NULL REFERENCES payloads (digest), received_at REAL NOT NULL, dedupe_key TEXT)",
+    "INSERT INTO deliveries_v1 (id, source, event_id, event_type, incident_id, status, payload,"
+    " received_at) SELECT id, source, event_id, event_type, incident_id, status, sha256(body),"
+    " received_at FROM deliveries",
+    "DROP TABLE deliveries",
+    "ALTER TABLE deliveries_v1 RENAME TO deliveries",
+    f"PRAGMA user_version = {VERSION}",  # in the same transaction: a crash leaves version 0 intact
+)
+
+
+def payload_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def ensure_schema(db: sqlite3.Connection) -> None:
+    """Create the tables, upgrading a version-0 store first. `db` is in autocommit mode."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > VERSION:
+        raise sqlite3.DatabaseError(
+            f"the store has schema version {version}; this responder knows up to {VERSION}"
+        )
+    has_deliveries = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'"
+    ).fetchone()
+    if version == 0 and has_deliveries:
+        db.create_function("sha256", 1, payload_digest, deterministic=True)
+        db.execute("PRAGMA foreign_keys=OFF")  # has no effect inside a transaction
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _FROM_V0:
+                    db.execute(statement)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.execute("PRAGMA foreign_keys=ON")
+    db.executescript(SCHEMA)
+    db.execute(f"PRAGMA user_version = {VERSION}")
