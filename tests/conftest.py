@@ -1,8 +1,11 @@
 """Shared fixtures: a temporary data dir with a real file backend, the real pulumi CLI, a probe target."""
 
 import asyncio
+import contextlib
 import io
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,6 +27,60 @@ from responder.web import create_app
 from responder.web.daemon import DAEMON, Daemon
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SESSION_VARIABLE = "PYTEST_RESPONDER_SESSION"  # not RESPONDER_*: settings refuse unknown ones
+LEAK_GRACE = 20.0  # seconds for stragglers, e.g. a worker ending after its daemon was killed
+
+
+def marked_processes(variable: str, value: str) -> dict[int, list[str]]:
+    """pid → argv of each live process whose environment holds `variable=value`; children inherit
+    it, so this finds every process started after the variable was set, whatever its parent."""
+    entry = f"{variable}={value}".encode()
+    found = {}
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()  # empty for a zombie
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if pid != os.getpid() and entry in environ.split(b"\0"):
+            found[pid] = cmdline.decode(errors="replace").rstrip("\0").split("\0")
+    return found
+
+
+def session_processes(tag: str) -> dict[int, str]:
+    """pid → command line of each live `pulumi`, plugin or stack worker process of this session."""
+    found = {}
+    for pid, args in marked_processes(SESSION_VARIABLE, tag).items():
+        program = os.path.basename(args[0])
+        if (
+            program == "pulumi"
+            or program.startswith("pulumi-")  # language hosts, provider plugins
+            or "pulumi.dynamic" in args
+            or "responder.stacks.worker" in args
+        ):
+            found[pid] = " ".join(args)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_suite() -> Iterator[None]:
+    """Fail the suite if a `pulumi`, plugin or worker process it started outlives it.
+
+    Other pytest sessions may run on this machine at the same time: every process this session
+    starts inherits its tag in the environment, and only those count.
+    """
+    tag = uuid.uuid4().hex
+    os.environ[SESSION_VARIABLE] = tag
+    yield
+    deadline = time.monotonic() + LEAK_GRACE
+    while (leaked := session_processes(tag)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    del os.environ[SESSION_VARIABLE]
+    for pid in leaked:  # ours, and already reported: do not leave them to the next session
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if leaked:
+        pytest.fail(f"processes outlived the test session: {leaked}", pytrace=False)
 
 
 @pytest.fixture

@@ -2,10 +2,20 @@
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from responder.secret_files import ensure_secret_file
+from responder.logs import get_logger
+from responder.secret_files import MIN_LENGTH, SecretFileError, ensure_secret_file
+
+log = get_logger("responder.stacks")
+
+# Losing the passphrase loses every stack's secrets, so its file is never replaced behind them.
+_KEEP_IT = (
+    "the stacks' secrets are encrypted with the passphrase it held: put that passphrase back into "
+    "it, or point PULUMI_CONFIG_PASSPHRASE_FILE at a file that holds it"
+)
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,8 @@ class PulumiEnvironment:
             passphrase_env: dict[str, str] = {}  # inherited from our own environment
         else:
             passphrase_file = data_dir / "pulumi-passphrase"
-            ensure_secret_file(passphrase_file)
+            local = backend_url == backend_dir.as_uri()
+            _ensure_passphrase_file(passphrase_file, lambda: not local or _has_stacks(backend_dir))
             passphrase_env = {"PULUMI_CONFIG_PASSPHRASE_FILE": str(passphrase_file)}
         return cls(data_dir, pulumi_command or find_pulumi(), backend_url, passphrase_env)
 
@@ -66,6 +77,38 @@ class PulumiEnvironment:
             "PULUMI_CONFIG_PASSPHRASE_FILE"
         )
         return Path(file).read_text().strip() if file else None
+
+
+def _ensure_passphrase_file(path: Path, stacks_may_exist: Callable[[], bool]) -> None:
+    """Create the generated passphrase file if it is missing (complete, fsynced, mode 0600).
+
+    An empty one is replaced only while no stack exists: a stack's secrets cannot be decrypted with
+    another passphrase. Otherwise an empty, short or unreadable file stops start-up, naming it.
+    """
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        ensure_secret_file(path)
+        return
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise SecretFileError(
+            f"{path}: cannot read the Pulumi passphrase file ({reason}); {_KEEP_IT}"
+        ) from None
+    if not value and not stacks_may_exist():
+        log.warning("pulumi.passphrase_regenerated", path=str(path), reason="empty, and no stacks")
+        path.unlink()
+        ensure_secret_file(path)
+        return
+    if len(value) < MIN_LENGTH:
+        problem = "empty" if not value else f"shorter than {MIN_LENGTH} characters"
+        raise SecretFileError(f"{path}: the Pulumi passphrase file is {problem}; {_KEEP_IT}")
+
+
+def _has_stacks(backend_dir: Path) -> bool:
+    """Whether the file backend holds a stack (each is bound to the passphrase by its salt)."""
+    stacks = backend_dir / ".pulumi" / "stacks"
+    return any(p.name.endswith((".json", ".json.gz")) for p in stacks.rglob("*"))
 
 
 def find_pulumi() -> Path:

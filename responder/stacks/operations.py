@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from responder.logs import Redactor, get_logger
+from responder.stacks import processes
 from responder.stacks.environment import PulumiEnvironment
 from responder.stacks.errors import (
     ERRORS_BY_KIND,
@@ -24,7 +26,7 @@ from responder.stacks.errors import (
     StackError,
     WorkerCrashed,
 )
-from responder.stacks.protocol import ConfigValue, Request, Step
+from responder.stacks.protocol import GRACE_VARIABLE, PARENT_VARIABLE, ConfigValue, Request, Step
 from responder.stacks.results import StepResult
 
 log = get_logger("responder.stacks")
@@ -76,9 +78,11 @@ class StackOperations:
         self.redactor = redactor
         self.pulumi_version = ""
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._running: dict[str, asyncio.subprocess.Process] = {}
+        self._cancels: dict[str, asyncio.Event] = {}  # per running stack operation
         self._projects: set[str] = set()
-        self._workers = _WorkerPool(self._worker_env(), warm_workers)
+        self._workers = _WorkerPool(
+            {**self._worker_env(), GRACE_VARIABLE: str(kill_grace)}, warm_workers
+        )
         if redactor:
             redactor.add(env.passphrase())
 
@@ -150,12 +154,12 @@ class StackOperations:
         return list(result[-1].details["stacks"])
 
     async def cancel(self, target: StackTarget) -> bool:
-        """Ask the running operation on this stack to stop (graceful signal to the CLI)."""
-        proc = self._running.get(target.key)
-        if proc is None or proc.returncode is not None:
+        """Stop the running operation on this stack: one SIGTERM, which the worker passes to the CLI
+        as a graceful cancel; after `kill_grace`, every process of the operation is killed."""
+        cancel = self._cancels.get(target.key)
+        if cancel is None or cancel.is_set():
             return False
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+        cancel.set()
         return True
 
     async def _run_unlocked(
@@ -180,51 +184,97 @@ class StackOperations:
             "steps": steps,
         }
         request.update(hints or {})  # type: ignore[typeddict-item]
-        proc = await self._workers.acquire()
-        self._running[target.key] = proc
-        pid_file = (
-            self._pid_file(target) if target.name else None
-        )  # read-only listings need no recovery
-        if pid_file:
-            pid_file.write_text(str(proc.pid))
-        session = _WorkerSession(proc, target, self.redactor)
         try:
-            reader = asyncio.create_task(session.communicate(request))
-            done, _ = await asyncio.wait({reader}, timeout=timeout)
-            if not done:
-                await self._stop(proc, reader)
-                if not repairing:
-                    await self._repair(target)
-                raise OperationTimeout(
-                    f"operation exceeded its {timeout:g}s timeout",
-                    stack=target.name,
-                    step=session.current_step,
-                )
-            results = reader.result()
+            return await self._in_worker(target, request, timeout)
+        except (OperationTimeout, OperationCancelled):
+            if not repairing:
+                await self._repair(target)
+            raise
         except asyncio.CancelledError:
             if not repairing:
-                await asyncio.shield(self._stop_and_repair(proc, target))
+                await asyncio.shield(self._repair(target))
             raise
+
+    async def _in_worker(
+        self, target: StackTarget, request: Request, timeout: float
+    ) -> list[StepResult]:
+        """Run the request in a worker; when this returns or raises, no process of it is alive."""
+        worker = await self._workers.acquire()
+        cancel = asyncio.Event()
+        record = None
+        if target.name:  # read-only listings (no stack name) need neither cancel nor recovery
+            self._cancels[target.key] = cancel
+            record = self._worker_record(target)
+            record.write_text(worker.marker)
+        session = _WorkerSession(worker.proc, target, self.redactor)
+        reader = asyncio.create_task(session.communicate(request))
+        cancelled = asyncio.create_task(cancel.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {reader, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            self._running.pop(target.key, None)
-            if pid_file:
-                pid_file.unlink(missing_ok=True)
-        if session.error and session.error.kind == OperationCancelled.kind and not repairing:
-            await self._repair(target)
-        if session.error:
-            raise session.error
-        return results
+            cancelled.cancel()
+            await asyncio.shield(self._end(worker, reader))
+            if self._cancels.get(target.key) is cancel:
+                del self._cancels[target.key]
+            if record:
+                record.unlink(missing_ok=True)
+        if reader in done:
+            results = reader.result()
+            if session.error:
+                raise session.error
+            return results
+        if cancel.is_set():
+            if isinstance(session.error, OperationCancelled):
+                raise session.error
+            raise OperationCancelled(
+                "operation cancelled", stack=target.name, step=session.current_step
+            )
+        raise OperationTimeout(
+            f"operation exceeded its {timeout:g}s timeout",
+            stack=target.name,
+            step=session.current_step,
+        )
+
+    async def _end(self, worker: "_Worker", reader: "asyncio.Task[Any]") -> None:
+        """End every process of the worker's operation, in whatever state it is.
+
+        A worker still running gets one SIGTERM (passed to the CLI as a graceful cancel) and
+        `kill_grace` seconds; then every process carrying its marker is killed, whatever its process
+        group or parent. One that has exited leaves nothing normally; anything it left anyway gets
+        SIGTERM, then SIGKILL after the grace.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.kill_grace
+        if worker.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.proc.wait(), self.kill_grace)
+            if worker.proc.returncode is None:
+                log.warning(
+                    "stack.worker_killed", pid=worker.proc.pid, grace_seconds=self.kill_grace
+                )
+        await processes.end_marked(worker.marker, max(0.0, deadline - loop.time()))
+        await worker.proc.wait()
+        with contextlib.suppress(Exception):  # its error, if any, is the session's to report
+            await reader
 
     async def recover(self, target: StackTarget) -> None:
-        """After a daemon crash: stop any CLI still working on the stack, then repair and refresh it.
+        """After a daemon crash: end every process left of the stack's last operation (worker, CLI,
+        plugins), then repair and refresh the stack.
 
-        The stale lock is cleared only once no worker or CLI for this stack is alive.
+        The stale lock is cleared only once none of those processes is alive.
         """
         async with self.locked(target):
-            for pid in _leftover_pids(self._pid_file(target), target.name):
-                log.warning("stack.leftover_process", stack=target.name, pid=pid)
-                await _terminate(pid, self.kill_grace)
-            self._pid_file(target).unlink(missing_ok=True)
+            record = self._worker_record(target)
+            with contextlib.suppress(FileNotFoundError):
+                marker = record.read_text()
+                for pid in processes.marked(marker):
+                    log.warning("stack.leftover_process", stack=target.name, pid=pid)
+                await processes.end_marked(marker, self.kill_grace)
+            record.unlink(missing_ok=True)
             await self._repair(target)
             try:
                 await self._run_unlocked(target, [{"op": "refresh"}], self.timeout)
@@ -245,34 +295,11 @@ class StackOperations:
         os.replace(tmp, work_dir / "Pulumi.yaml")
         self._projects.add(project)
 
-    def _pid_file(self, target: StackTarget) -> Path:
+    def _worker_record(self, target: StackTarget) -> Path:
+        """Where the marker of the stack's running worker is kept, for recovery after a crash."""
         run_dir = self.env.data_dir / "run"
         run_dir.mkdir(exist_ok=True)
-        return run_dir / f"{target.project}--{target.name}.pid"
-
-    async def _stop_and_repair(self, proc: asyncio.subprocess.Process, target: StackTarget) -> None:
-        if proc.returncode is None:
-            await self._stop(proc, None)
-        await self._repair(target)
-
-    async def _stop(
-        self, proc: asyncio.subprocess.Process, reader: "asyncio.Task[Any] | None"
-    ) -> None:
-        """One SIGTERM (forwarded to the CLI as a graceful cancel), then SIGKILL after the grace period."""
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self.kill_grace)
-        except TimeoutError:
-            log.warning("stack.worker_killed", pid=proc.pid, grace_seconds=self.kill_grace)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(
-                    proc.pid, signal.SIGKILL
-                )  # the worker leads its own group: CLI and plugins too
-            await proc.wait()
-        if reader is not None:
-            with contextlib.suppress(Exception):
-                await reader
+        return run_dir / f"{target.project}--{target.name}.worker"
 
     async def _repair(self, target: StackTarget) -> None:
         """Clear the lock and pending operations left by a stopped CLI (none is alive now)."""
@@ -283,46 +310,6 @@ class StackOperations:
 
     def _worker_env(self) -> dict[str, str]:
         return {**os.environ, **self.env.variables(), "PYTHONUNBUFFERED": "1"}
-
-
-def _leftover_pids(pid_file: Path, stack: str) -> list[int]:
-    """Our worker recorded for the stack, and any `pulumi` CLI still running with `--stack <name>`."""
-    pids: list[int] = []
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(pid_file.read_text())
-        if b"responder.stacks.worker" in _cmdline(pid):
-            pids.append(pid)
-    for proc_dir in Path("/proc").iterdir():
-        if not proc_dir.name.isdigit() or int(proc_dir.name) == os.getpid():
-            continue
-        args = _cmdline(int(proc_dir.name)).split(b"\0")
-        if args and args[0].endswith(b"pulumi") and b"--stack" in args:
-            i = args.index(b"--stack")
-            if i + 1 < len(args) and args[i + 1].decode(errors="replace") == stack:
-                pids.append(int(proc_dir.name))
-    return pids
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-async def _terminate(pid: int, grace: float) -> None:
-    """SIGTERM, then SIGKILL to its process group if it has not exited within `grace` seconds."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _cmdline(pid):
-            return
-        await asyncio.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(os.getpgid(pid), signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 class Stack:
@@ -488,6 +475,14 @@ class _WorkerSession:
             self.redactor.add(*(str(o.value) for o in result.outputs.values() if o.secret))
 
 
+@dataclass(frozen=True)
+class _Worker:
+    """A worker process and the marker every process it starts inherits (see processes.py)."""
+
+    proc: asyncio.subprocess.Process
+    marker: str
+
+
 class _WorkerPool:
     """Keeps warm worker processes (Python started, pulumi imported) waiting for a request.
 
@@ -497,22 +492,23 @@ class _WorkerPool:
     def __init__(self, env: dict[str, str], spares: int) -> None:
         self._env = env
         self._spares_wanted = spares
-        self._spares: deque[asyncio.Task[asyncio.subprocess.Process]] = deque()
+        self._spares: deque[asyncio.Task[_Worker]] = deque()
 
     def fill(self) -> None:
         while len(self._spares) < self._spares_wanted:
             self._spares.append(asyncio.ensure_future(self._spawn()))
 
-    async def acquire(self) -> asyncio.subprocess.Process:
+    async def acquire(self) -> _Worker:
         while self._spares:
-            proc = await self._spares.popleft()
+            worker = await self._spares.popleft()
             self.fill()
-            if proc.returncode is None:
-                return proc
+            if worker.proc.returncode is None:
+                return worker
         return await self._spawn()
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
+    async def _spawn(self) -> _Worker:
+        marker = uuid.uuid4().hex
+        proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "responder.stacks.worker",
@@ -520,16 +516,20 @@ class _WorkerPool:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=self._env,
-            start_new_session=True,  # own process group, so a kill reaches the CLI too
+            env={
+                **self._env,
+                processes.MARKER_VARIABLE: marker,
+                PARENT_VARIABLE: str(os.getpid()),
+            },
+            start_new_session=True,  # a Ctrl-C at the daemon's terminal is the daemon's to handle
             limit=2**22,
         )
+        return _Worker(proc, marker)
 
     async def close(self) -> None:
         while self._spares:
-            task = self._spares.popleft()
-            proc = await task
-            if proc.returncode is None:
+            worker = await self._spares.popleft()
+            if worker.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.communicate()
+                    worker.proc.kill()
+                await worker.proc.communicate()

@@ -5,9 +5,13 @@ its protocol stream, each with a `kind`:
   {"kind": "event", "step": ..., "event": {...}}        a Pulumi engine event, secrets already masked
   {"kind": "done", "step": ..., "result": {...}}        a step succeeded
   {"kind": "error", "step": ..., "error": KIND, "message": ...}   a step failed; no further steps run
+Its environment carries the daemon's pid and the grace between SIGTERM and SIGKILL.
 """
 
 from typing import Any, Literal, NotRequired, TypedDict
+
+PARENT_VARIABLE = "RESPONDER_WORKER_PARENT"
+GRACE_VARIABLE = "RESPONDER_KILL_GRACE"
 
 StepName = Literal[
     "select",

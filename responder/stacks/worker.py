@@ -2,7 +2,10 @@
 
 Started as `python -m responder.stacks.worker`. Isolation means a timeout or cancellation can stop it,
 a crash cannot take the daemon down, and concurrent programs never share Pulumi's process-global state.
-SIGTERM is forwarded once to the running `pulumi` CLI, which then cancels gracefully.
+SIGTERM is forwarded once to the running `pulumi` CLI, which then cancels gracefully; whatever is still
+running below the worker after the grace period is killed. The daemon's death counts as a SIGTERM.
+No process the worker starts outlives it: it is a child subreaper (orphaned plugins re-parent to it)
+and ends everything below it before it exits.
 """
 
 import contextlib
@@ -11,6 +14,7 @@ import importlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import types
@@ -19,18 +23,30 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from responder.stacks.protocol import Message, Request, Step
+from responder.stacks import processes
+from responder.stacks.protocol import GRACE_VARIABLE, PARENT_VARIABLE, Message, Request, Step
 
 _cancelled = threading.Event()
+_writing = threading.Lock()  # protocol lines go out whole, even across a forced exit
 
 
 def main() -> int:
+    processes.become_subreaper()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    processes.signal_on_parent_death(signal.SIGTERM)
+    if os.getppid() != int(os.environ[PARENT_VARIABLE]):
+        return 0  # the daemon died before the line above: nothing to run for
     protocol = _take_stdout()
-    signal.signal(signal.SIGTERM, _forward_sigterm)
-    request: Request = json.loads(sys.stdin.readline())
-    sink = _Sink(protocol)
-    # Imported after the request is read, so a warm, idle worker has already paid for the import.
-    return run(request, sink)
+    if "--warm" in sys.argv:
+        warm_up()
+    line = sys.stdin.readline()
+    if not line:
+        return 0  # the daemon went away without sending a request
+    request: Request = json.loads(line)
+    try:
+        return run(request, _Sink(protocol))
+    finally:
+        processes.end_descendants(_grace())
 
 
 def warm_up() -> None:
@@ -55,6 +71,10 @@ def run(request: Request, sink: "_Sink") -> int:
     stack: Any = None
     for step in request["steps"]:
         op = step["op"]
+        if _cancelled.is_set():  # a step that finished despite the cancel must not start another
+            message = "cancelled before this step started"
+            sink.send({"kind": "error", "step": op, "error": "cancelled", "message": message})
+            return 1
         try:
             if op == "list_stacks":
                 sink.send(
@@ -152,10 +172,13 @@ def _run_step(auto: Any, stack: Any, step: Step, on_event: Callable[[Any], None]
     if op == "select":
         return {"stack": stack.name}
     if op == "set_config":
-        config = {
-            k: auto.ConfigValue(v["value"], secret=v["secret"]) for k, v in step["config"].items()
-        }
-        stack.set_all_config(config)
+        config = step["config"]
+        plain = {k: auto.ConfigValue(v["value"]) for k, v in config.items() if not v["secret"]}
+        if plain:
+            stack.set_all_config(plain)
+        for key, entry in config.items():
+            if entry["secret"]:
+                _set_secret_config(auto, stack, key, entry["value"])
         return {"keys": sorted(config)}
     if op == "set_tags":
         for key, value in step["tags"].items():
@@ -204,6 +227,31 @@ def _run_step(auto: Any, stack: Any, step: Step, on_event: Callable[[Any], None]
     if op == "repair":
         return _repair(auto, stack)
     raise ValueError(f"unknown step {op!r}")
+
+
+def _set_secret_config(auto: Any, stack: Any, key: str, value: str) -> None:
+    """`pulumi config set --secret KEY` with the value on stdin. The SDK's set_config puts the value
+    in the CLI's argv, which any local user can read in /proc/<pid>/cmdline."""
+    from pulumi.automation._cmd import CommandResult  # not exported by pulumi.automation
+
+    workspace = stack.workspace
+    done = subprocess.run(
+        [
+            workspace.pulumi_command.command,
+            "--non-interactive",
+            *("config", "set", "--secret", "--stack", stack.name, "--", key),
+        ],
+        input=value + "\n",  # the CLI drops one trailing newline from what it reads
+        capture_output=True,
+        text=True,
+        cwd=workspace.work_dir,
+        env={**os.environ, "PULUMI_AUTOMATION_API": "true"},  # PULUMI_HOME is in ours already
+        check=False,
+    )
+    if done.returncode != 0:
+        raise auto.errors.create_command_error(
+            CommandResult(stdout=done.stdout, stderr=done.stderr, code=done.returncode)
+        )
 
 
 @contextlib.contextmanager
@@ -333,11 +381,10 @@ class _Sink:
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._lock = threading.Lock()
 
     def send(self, message: Message) -> None:
         line = json.dumps(message, default=str)
-        with self._lock:
+        with _writing:
             self._stream.write(line + "\n")
             self._stream.flush()
 
@@ -355,25 +402,28 @@ def _take_stdout() -> TextIO:
     return protocol
 
 
-def _forward_sigterm(_signum: int, _frame: FrameType | None) -> None:
-    """Pass the first SIGTERM to the CLI (a graceful cancel); the daemon escalates if it must."""
+def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    """Pass the first SIGTERM to the CLI (a graceful cancel); end everything left after the grace."""
     if _cancelled.is_set():
         return
     _cancelled.set()
-    for pid in _children():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    me = os.getpid()
+    processes.signal_all(lambda: processes.children(me), signal.SIGTERM)
+    timer = threading.Timer(_grace(), _end_now)
+    timer.daemon = True
+    timer.start()
 
 
-def _children() -> list[int]:
-    pids: list[int] = []
-    for task in Path("/proc/self/task").iterdir():
-        with contextlib.suppress(OSError):
-            pids += [int(p) for p in (task / "children").read_text().split()]
-    return pids
+def _end_now() -> None:
+    """The grace is over (the daemon may be gone and cannot escalate): kill everything below, exit."""
+    processes.end_descendants(0)
+    with _writing:
+        os._exit(1)
+
+
+def _grace() -> float:
+    return float(os.environ[GRACE_VARIABLE])
 
 
 if __name__ == "__main__":
-    if "--warm" in sys.argv:
-        warm_up()
     sys.exit(main())

@@ -1,0 +1,201 @@
+"""No process of a stack operation outlives it: after a normal run, a timeout, a cancel, the daemon's
+death, and crash recovery, no worker, `pulumi` CLI or provider plugin of it is left.
+
+The provider used here (tests/programs/stubborn.py) ignores SIGTERM and runs in a process group of its
+own, as Pulumi starts plugins: only a SIGKILL found by more than the worker's process group ends it.
+"""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from responder.stacks import (
+    OperationCancelled,
+    OperationTimeout,
+    PulumiEnvironment,
+    Stack,
+    StackOperations,
+    StackTarget,
+)
+from tests.conftest import REPO, LogCapture, marked_processes
+
+pytestmark = pytest.mark.pulumi
+
+CASE_VARIABLE = "PYTEST_RESPONDER_CASE"
+KILL_GRACE = 3.0
+STUBBORN = "tests.programs.stubborn:pulumi_program"
+
+
+def case_processes(case: str) -> dict[int, str]:
+    """pid → command line of each live process started for this test: all inherit its marker."""
+    return {pid: " ".join(args) for pid, args in marked_processes(CASE_VARIABLE, case).items()}
+
+
+def kinds(processes: dict[int, str]) -> set[str]:
+    """Which of worker, CLI and dynamic provider are among the processes."""
+    named = {
+        "worker": "responder.stacks.worker",
+        "pulumi": "/pulumi ",
+        "pulumi.dynamic": "-m pulumi.dynamic",
+    }
+    return {kind for kind, part in named.items() for cmd in processes.values() if part in cmd}
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting until {what}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def case(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A marker in the environment of every process this test starts from now on."""
+    value = uuid.uuid4().hex
+    monkeypatch.setenv(CASE_VARIABLE, value)
+    return value
+
+
+@pytest.fixture
+async def ops(
+    case: str, pulumi_env: PulumiEnvironment, logs: LogCapture
+) -> AsyncIterator[StackOperations]:
+    # No warm spare: after an operation, no process of this test should be alive at all.
+    ops = StackOperations(
+        pulumi_env, timeout=180, kill_grace=KILL_GRACE, redactor=logs.redactor, warm_workers=0
+    )
+    await ops.start()
+    yield ops
+    await ops.close()
+
+
+async def stubborn_stack(ops: StackOperations, name: str, started: Path) -> Stack:
+    stack = ops.stack(name, project="stubborn", program=STUBBORN)
+    await stack.set_config({"started_file": str(started), "sleep_seconds": "120"})
+    return stack
+
+
+async def wait_stubborn(started: Path, case: str) -> None:
+    """Until the provider is creating the resource (ignoring SIGTERM) under worker and CLI."""
+    await wait_until(started.exists, 90, "the stubborn provider started creating")
+    assert kinds(case_processes(case)) == {"worker", "pulumi", "pulumi.dynamic"}
+
+
+def lock_files(env: PulumiEnvironment) -> list[Path]:
+    return list((env.data_dir / "pulumi-state" / ".pulumi" / "locks").rglob("*.json"))
+
+
+async def test_normal_operations_leave_no_process(
+    ops: StackOperations, case: str, tmp_path: Path
+) -> None:
+    stack = ops.stack("inc-normal", project="stubborn", program=STUBBORN)
+    await stack.set_config({"started_file": str(tmp_path / "started"), "sleep_seconds": "0"})
+    await stack.up()
+    assert case_processes(case) == {}
+    await stack.destroy(allow=True, remove=True)
+    assert case_processes(case) == {}
+
+
+async def test_timeout_ends_every_process(
+    ops: StackOperations, case: str, pulumi_env: PulumiEnvironment, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    stack = await stubborn_stack(ops, "inc-timeout", started)
+    up = asyncio.create_task(stack.up(timeout=20))
+    await wait_stubborn(started, case)
+    with pytest.raises(OperationTimeout):
+        await up
+    assert case_processes(case) == {}
+    assert lock_files(pulumi_env) == []  # repaired once nothing was left to hold the lock
+
+
+async def test_cancel_escalates_and_ends_every_process(
+    ops: StackOperations, case: str, pulumi_env: PulumiEnvironment, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    stack = await stubborn_stack(ops, "inc-cancel", started)
+    up = asyncio.create_task(stack.up())
+    await wait_stubborn(started, case)
+    cancelled_at = asyncio.get_running_loop().time()
+    assert await stack.cancel()
+    assert not await stack.cancel()  # one SIGTERM only: a second would make the CLI abandon it
+    # The provider ignores SIGTERM, so the CLI's graceful cancel cannot finish: only the SIGKILL
+    # after the grace ends the operation (the provider would sleep for 120 s).
+    with pytest.raises(OperationCancelled):
+        await asyncio.wait_for(up, KILL_GRACE + 40)
+    assert asyncio.get_running_loop().time() - cancelled_at < KILL_GRACE + 40
+    assert case_processes(case) == {}
+    assert lock_files(pulumi_env) == []
+
+
+def start_daemon(data_dir: Path, started: Path) -> "subprocess.Popen[bytes]":
+    """A stand-in daemon (tests/programs/run_up.py) running `up` of the stubborn stack."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.programs.run_up",
+            *(str(data_dir), "stubborn", "inc-crash", STUBBORN),
+            *(f"started_file={started}", "sleep_seconds=120"),
+        ],
+        cwd=REPO,
+    )
+
+
+async def test_daemon_death_ends_every_process(
+    case: str, pulumi_env: PulumiEnvironment, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    daemon = start_daemon(pulumi_env.data_dir, started)
+    try:
+        await wait_stubborn(started, case)
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        # The worker learns of it (PR_SET_PDEATHSIG), cancels, and kills what is left after the grace.
+        await wait_until(
+            lambda: case_processes(case) == {}, KILL_GRACE + 20, "the operation's processes ended"
+        )
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+async def test_recover_ends_a_dead_operations_processes(
+    case: str, pulumi_env: PulumiEnvironment, logs: LogCapture, tmp_path: Path
+) -> None:
+    """Daemon and worker killed together: the provider is an orphan only recovery ends."""
+    started = tmp_path / "started"
+    daemon = start_daemon(pulumi_env.data_dir, started)
+    try:
+        await wait_stubborn(started, case)
+        (worker,) = [p for p, cmd in case_processes(case).items() if "stacks.worker" in cmd]
+        os.kill(worker, signal.SIGSTOP)  # so it cannot react to the daemon's death
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        os.kill(worker, signal.SIGKILL)
+        await wait_until(lambda: worker not in case_processes(case), 10, "the worker died")
+    finally:
+        daemon.kill()
+        daemon.wait()
+    # The CLI may exit by itself, losing the program's server in the worker; the provider does not.
+    orphans = {pid for pid, cmd in case_processes(case).items() if "-m pulumi.dynamic" in cmd}
+    assert orphans
+
+    ops = StackOperations(pulumi_env, kill_grace=KILL_GRACE, redactor=logs.redactor, warm_workers=0)
+    await ops.start()
+    try:
+        await ops.recover(StackTarget("inc-crash", "stubborn", STUBBORN))
+    finally:
+        await ops.close()
+    assert case_processes(case) == {}
+    reported = {line["pid"] for line in logs.events("stack.leftover_process")}
+    assert orphans <= reported
+    assert lock_files(pulumi_env) == []
