@@ -1,9 +1,10 @@
 """Declare the burner stack's resources from stack config.
 
 Config keys (all optional except where noted):
-  incident_id      the incident the stack belongs to (names the scratch directory)
+  incident_id      the incident the stack belongs to (recorded in the scratch directory's context)
   incident         JSON object with the incident context written into the scratch directory
-  scratch_root     where scratch directories live (default: $TMPDIR/responder-scratch)
+  scratch_root     where scratch directories live (default: $TMPDIR/responder-scratch); each stack's
+                   is `<scratch_root>/<project>/<stack>`, refused if it resolves outside the root
   target_url       URL to probe; no probe resource when unset
   request          "timezone" or "location": the original tutorial's host diagnostics
 
@@ -17,7 +18,7 @@ import tempfile
 
 import pulumi
 
-from burner_program.providers import HostDiagnostics, HttpProbe, ScratchDirectory
+from burner_program.providers import HostDiagnostics, HttpProbe, ScratchDirectory, scratch_path
 
 
 def pulumi_program() -> None:
@@ -25,13 +26,15 @@ def pulumi_program() -> None:
     config = pulumi.Config()
     incident_id = config.get("incident_id") or pulumi.get_stack()
     incident = json.loads(config.get("incident") or "{}")
-    scratch_root = config.get("scratch_root") or os.path.join(
-        tempfile.gettempdir(), "responder-scratch"
+    scratch_root = os.path.realpath(
+        config.get("scratch_root") or os.path.join(tempfile.gettempdir(), "responder-scratch")
     )
 
+    # Named by project and stack, which together name one stack only (incident ids may not be safe).
     scratch = ScratchDirectory(
         "scratch",
-        path=os.path.join(scratch_root, _safe_name(incident_id)),
+        path=scratch_path(scratch_root, pulumi.get_project(), pulumi.get_stack()),
+        root=scratch_root,
         context={"incident_id": incident_id, **incident},
     )
     pulumi.export("scratch_dir", scratch.path)
@@ -54,7 +57,3 @@ def pulumi_program() -> None:
     token = config.get_secret("access_token")
     if token is not None:
         pulumi.export("access_token", token)
-
-
-def _safe_name(value: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)[:100] or "incident"

@@ -7,6 +7,7 @@ the provider process (`python -m pulumi.dynamic`) imports them again on refresh 
 import datetime
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -28,29 +29,61 @@ from pulumi.dynamic import (
 PROBE_TIMEOUT_SECONDS = 5.0
 
 
+class UnsafeScratchPathError(ValueError):
+    """A scratch directory that would not be strictly inside its scratch root: never made or removed."""
+
+
+# Pulumi's own rule for project and stack names; `.` and `..` pass it, so they are refused apart.
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def scratch_path(root: str, project: str, stack: str) -> str:
+    """`<root>/<project>/<stack>`: one directory per stack, refused unless it stays inside the root."""
+    for name in (project, stack):
+        if not _NAME.fullmatch(name) or name in (".", ".."):
+            raise UnsafeScratchPathError(f"{name!r} cannot name a scratch directory")
+    path = os.path.join(root, project, stack)
+    check_inside(path, root)
+    return path
+
+
+def check_inside(path: str, root: str) -> None:
+    """Raise unless `path`, with every symlink resolved, is strictly inside `root` and not a symlink."""
+    real_root = os.path.realpath(root)
+    real_path = os.path.realpath(path)
+    inside = real_path != real_root and os.path.commonpath([real_path, real_root]) == real_root
+    if not inside or os.path.islink(path):
+        raise UnsafeScratchPathError(
+            f"refusing scratch directory {path!r}: it is not strictly inside its root {root!r}"
+        )
+
+
 class _ScratchDirectoryProvider(ResourceProvider):
     """A directory holding `context.json`; deleting the resource removes the directory."""
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        path = props["path"]
+        path, root = props["path"], props["root"]
+        check_inside(path, root)
         _write_context(path, props["context"])
         # A burner credential for whoever works in the directory; exported as a secret output.
         access_key = secrets.token_hex(16)
-        return CreateResult(
-            id_=path, outs={"path": path, "context": props["context"], "access_key": access_key}
-        )
+        outs = {"path": path, "root": root, "context": props["context"], "access_key": access_key}
+        return CreateResult(id_=path, outs=outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [k for k in ("path", "root", "context") if olds.get(k) != news[k]]
         return DiffResult(
-            changes=olds.get("path") != news["path"] or olds.get("context") != news["context"],
-            replaces=["path"] if olds.get("path") != news["path"] else [],
+            changes=bool(changed),
+            replaces=["path"] if "path" in changed else [],
             delete_before_replace=False,
         )
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        check_inside(news["path"], news["root"])
         _write_context(news["path"], news["context"])
         outs = {
             "path": news["path"],
+            "root": news["root"],
             "context": news["context"],
             "access_key": olds.get("access_key"),
         }
@@ -61,17 +94,28 @@ class _ScratchDirectoryProvider(ResourceProvider):
         if not os.path.exists(context_file):
             return ReadResult()  # gone: refresh drops it from state
         with open(context_file, encoding="utf-8") as f:
-            outs = {"path": id_, "context": json.load(f), "access_key": props.get("access_key")}
+            outs = {
+                "path": id_,
+                "root": props.get("root"),
+                "context": json.load(f),
+                "access_key": props.get("access_key"),
+            }
         return ReadResult(id_=id_, outs=outs)
 
-    def delete(self, id_: str, _props: dict[str, Any]) -> None:
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        # State written before the root was recorded named the directory `<root>/<name>`.
+        root = props.get("root") or os.path.dirname(id_)
+        check_inside(id_, root)
         shutil.rmtree(id_, ignore_errors=True)
 
 
 def _write_context(path: str, context: Any) -> None:
-    os.makedirs(path, exist_ok=True)
+    # Private: the context holds incident details; the directory may hold the responder's work.
+    os.makedirs(path, mode=0o700, exist_ok=True)
     tmp = os.path.join(path, ".context.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(
+        os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8"
+    ) as f:
         json.dump(context, f, indent=2, sort_keys=True)
     os.replace(tmp, os.path.join(path, "context.json"))
 
@@ -165,16 +209,22 @@ DIAGNOSTICS = {"timezone": timezone_data, "location": location_data}
 
 class ScratchDirectory(Resource, module="responder", name="ScratchDirectory"):
     path: pulumi.Output[str]
+    root: pulumi.Output[str]
     context: pulumi.Output[Any]
     access_key: pulumi.Output[str]
 
     def __init__(
-        self, name: str, path: str, context: Any, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        path: str,
+        root: str,
+        context: Any,
+        opts: pulumi.ResourceOptions | None = None,
     ):
         opts = pulumi.ResourceOptions.merge(
             opts, pulumi.ResourceOptions(additional_secret_outputs=["access_key"])
         )
-        props = {"path": path, "context": context, "access_key": None}
+        props = {"path": path, "root": root, "context": context, "access_key": None}
         super().__init__(_ScratchDirectoryProvider(), name, props, opts)
 
 

@@ -2,17 +2,19 @@
 
 from responder.playbook import Context, on
 
+REQUESTS = ("timezone", "location")  # what the burner program's HostDiagnostics can report
 
-@on("responder.diagnostics", allow_destroy=True)
+
+@on("responder.diagnostics", allow_destroy=True, params=("request",))
 async def host_diagnostics(ctx: Context) -> None:
     """Report the host's clock (`request=timezone`) or identity (`request=location`), then clean up.
 
     Run it by hand: POST /playbooks/host_diagnostics/run?wait=60 with {"params": {"request": "timezone"}}.
     """
     request = ctx.params.get("request", "timezone")
-    await ctx.stack.set_config(
-        {"request": request, "scratch_root": ctx.params.get("scratch_root", "")}
-    )
+    if request not in REQUESTS:
+        raise ValueError(f"request must be one of {list(REQUESTS)}, not {request!r}")
+    await ctx.stack.set_config({"request": request, "scratch_root": ctx.params["scratch_root"]})
     result = await ctx.stack.up()
     ctx.log.info("diagnostics.reported", request=request, data=result.outputs[request].value)
     await ctx.stack.destroy(remove=True)

@@ -13,7 +13,7 @@ MAX_AGE = 24 * HOUR  # no burner stack lives longer than a day, whatever the act
 
 @on("incident.triggered", "incident.reopened", idle_ttl=IDLE_TTL, max_age=MAX_AGE)
 async def provision_diagnostics(ctx: Context) -> None:
-    """Provision the incident's diagnostics stack: scratch directory, HTTP probe, host diagnostics."""
+    """Provision the incident's diagnostics stack: a scratch directory and an HTTP probe."""
     await ctx.stack.set_config(stack_config(ctx))
     result = await ctx.stack.up()
     ctx.log.info("diagnostics.provisioned", outputs=result.masked_outputs())
@@ -57,7 +57,10 @@ async def destroy_diagnostics(ctx: Context) -> None:
 
 
 def stack_config(ctx: Context) -> dict[str, object]:
-    """The burner program's config for this incident, with the operator's defaults."""
+    """The burner program's config for this incident, with the operator's defaults.
+
+    None of these playbooks declares run params, so `ctx.params` holds only the operator's defaults.
+    """
     incident = ctx.incident
     context: dict[str, object] = {}
     if incident is not None:
@@ -76,7 +79,7 @@ def stack_config(ctx: Context) -> dict[str, object]:
         "incident_id": ctx.event.incident_id or ctx.event.id,
         "incident": json.dumps({k: v for k, v in context.items() if v not in (None, "")}),
     }
-    for key in ("target_url", "scratch_root", "request"):
+    for key in ("target_url", "scratch_root"):
         if ctx.params.get(key):
             config[key] = ctx.params[key]
     return config

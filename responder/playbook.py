@@ -9,11 +9,12 @@
         await ctx.stack.up()
 
 Stack several `@on` decorators to fire on any of them. Options that describe the playbook rather than
-a trigger (project, program, coalesce, allow_destroy, lifecycle and approval options) may be given on
-any one of them.
+a trigger (project, program, coalesce, allow_destroy, lifecycle, approval options and params) may be
+given on any one of them; giving one option two different values is a declaration error.
 """
 
 import fnmatch
+import hashlib
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +29,15 @@ from responder.stacks.results import StepResult
 
 DEFAULT_PROJECT = "burner"
 DEFAULT_PROGRAM = "burner_program:pulumi_program"
+# Run parameters only the operator sets: a playbook cannot let a manual run choose them.
+OPERATOR_PARAMS = frozenset({"program", "scratch_root"})
+
+STACK_PREFIX = "incident-"
+# Ids kept verbatim in their stack name (the names stacks had before ids were hashed). No `.`, so
+# a verbatim name never contains one and cannot equal a hashed name, which always does.
+_VERBATIM_ID = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,78}[A-Za-z0-9_])?")
+_READABLE_LENGTH = 40
+_HASH_LENGTH = 16  # hex digits of SHA-256: 64 bits, so distinct ids never meet in practice
 
 
 class PlaybookError(ValueError):
@@ -57,7 +67,7 @@ class Context:
     stack: StackHandle
     playbook: str
     job_id: int | None = None
-    # Operator defaults (e.g. target_url) overlaid with a manual run's parameters.
+    # Operator defaults (target_url, scratch_root) overlaid with the playbook's declared run params.
     params: dict[str, str] = field(default_factory=dict)
 
 
@@ -137,7 +147,11 @@ class Playbook:
     # `awaiting_approval` until POST /jobs/{id}/approve.
     approve_destroy: bool = False
     approve_changes: bool = False
+    # The run parameters a manual run (POST /playbooks/{name}/run) may pass.
+    params: tuple[str, ...] = ()
     file: Path | None = None
+    # Options given explicitly by some `@on`, so a second `@on` giving another value is refused.
+    declared: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def doc(self) -> str:
@@ -155,8 +169,17 @@ class Playbook:
 
 
 def stack_name_for(incident_id: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", incident_id).strip("-.")[:80]
-    return f"incident-{safe or 'unknown'}"
+    """The incident's stack name: distinct ids get distinct names, each a valid Pulumi stack name.
+
+    A plain id (letters, digits, `_`, inner `-`, at most 80 characters) is kept as it is. Any other
+    id gets a readable part and a hash of the whole id after a `.`, which no plain name contains.
+    """
+    if _VERBATIM_ID.fullmatch(incident_id):
+        return STACK_PREFIX + incident_id
+    readable = re.sub(r"[^A-Za-z0-9_]+", "-", incident_id).strip("-")[:_READABLE_LENGTH]
+    # surrogatepass: every str has a byte form, even one holding a lone surrogate.
+    digest = hashlib.sha256(incident_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{STACK_PREFIX}{readable}.{digest[:_HASH_LENGTH]}"
 
 
 def on(
@@ -179,6 +202,7 @@ def on(
     cancel_on: tuple[str, ...] | None = None,
     approve_destroy: bool | None = None,
     approve_changes: bool | None = None,
+    params: tuple[str, ...] | None = None,
 ) -> Callable[[PlaybookFunc | Playbook], Playbook]:
     """Declare that the decorated async function runs for events matching these conditions."""
     if not events or not all(isinstance(e, str) and e for e in events):
@@ -192,6 +216,8 @@ def on(
     for name, seconds in (("idle_ttl", idle_ttl), ("max_age", max_age), ("delay", delay)):
         if seconds is not None and (not isinstance(seconds, int | float) or seconds < 0):
             raise PlaybookError(f"{name}= must be a number of seconds >= 0, not {seconds!r}")
+    if params is not None:
+        _check_params(params)
     trigger = Trigger(
         events=tuple(events),
         source=source,
@@ -207,13 +233,10 @@ def on(
     def decorate(target: PlaybookFunc | Playbook) -> Playbook:
         playbook = target if isinstance(target, Playbook) else _new_playbook(target)
         playbook.triggers.insert(0, trigger)  # decorators apply bottom-up; keep reading order
-        if project is not None:
-            playbook.project = project
-        if program is not None:
-            playbook.program = program
-        if coalesce is not None:
-            playbook.coalesce = coalesce
         options = {
+            "project": project,
+            "program": program,
+            "coalesce": coalesce,
             "allow_destroy": allow_destroy,
             "idle_ttl": idle_ttl,
             "max_age": max_age,
@@ -221,13 +244,28 @@ def on(
             "cancel_on": cancel_on,
             "approve_destroy": approve_destroy,
             "approve_changes": approve_changes,
+            "params": params,
         }
         for name, value in options.items():
-            if value is not None:
-                setattr(playbook, name, value)
+            if value is None:
+                continue
+            if name in playbook.declared and playbook.declared[name] != value:
+                raise PlaybookError(
+                    f"{playbook.name}: {name}= is given twice, as {playbook.declared[name]!r}"
+                    f" and {value!r}; give it on one @on only"
+                )
+            playbook.declared[name] = value
+            setattr(playbook, name, value)
         return playbook
 
     return decorate
+
+
+def _check_params(params: object) -> None:
+    if not isinstance(params, tuple) or not all(isinstance(p, str) and p for p in params):
+        raise PlaybookError(f"params= must be a tuple of parameter names, not {params!r}")
+    if reserved := sorted(OPERATOR_PARAMS.intersection(params)):
+        raise PlaybookError(f"params= cannot include {reserved}: only the operator sets them")
 
 
 def _new_playbook(func: Any) -> Playbook:
