@@ -65,18 +65,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(settings: Settings, redactor: Redactor) -> int:
     from responder.web import create_app
+    from responder.web.app import server_options
 
     log.info("daemon.starting", settings=settings.public())
     app = create_app(settings, redactor=redactor)
-    web.run_app(
-        app,
-        loop=uvloop.new_event_loop(),  # measured: intake throughput, see bench/RESULTS.md
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_grace,
-    )
+    try:
+        web.run_app(
+            app,
+            loop=uvloop.new_event_loop(),  # measured: intake throughput, see bench/RESULTS.md
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            shutdown_timeout=settings.shutdown_grace,
+            **server_options(settings),
+        )
+    except ConfigError as e:  # found while starting, e.g. an unusable secret file
+        print(f"responder: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

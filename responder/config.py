@@ -1,5 +1,6 @@
 """Settings from RESPONDER_* environment variables (optionally a TOML file), validated at start."""
 
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -29,8 +30,8 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
 def _positive_float(raw: str) -> float:
     """a positive number of seconds"""
     value = float(raw)
-    if value <= 0:
-        raise ValueError("must be positive")
+    if not 0 < value < math.inf:  # also refuses NaN
+        raise ValueError("must be positive and finite")
     return value
 
 
@@ -51,10 +52,15 @@ def _csv(raw: str) -> tuple[str, ...]:
 
 def _routing_keys(raw: str) -> tuple[str, ...]:
     """comma-separated 32-character alphanumeric integration keys"""
-    keys = _csv(raw)
-    if not keys or any(len(k) != 32 or not k.isalnum() for k in keys):
+    keys = _csv(raw)  # none (an empty value) means not configured: a key is generated
+    if any(len(k) != 32 or not k.isalnum() or not k.isascii() for k in keys):
         raise ValueError("each key must be 32 letters or digits")
     return keys
+
+
+def _token(raw: str) -> str:
+    """a bearer token (empty: one is generated)"""
+    return raw.strip()
 
 
 def _level(raw: str) -> str:
@@ -94,9 +100,13 @@ class Settings:
     max_body_bytes: int = _setting(512 * 1024, _int_range(1024, 64 * 1024 * 1024))
     # Events API v2 integration keys (32 letters/digits each) and the Alertmanager bearer token
     events_v2_routing_keys: tuple[str, ...] = _setting((), _routing_keys, secret=True)
-    alertmanager_token: str = _setting("", secret=True)
+    alertmanager_token: str = _setting("", _token, secret=True)
     # HTTP API
-    api_token: str = _setting("", secret=True)
+    api_token: str = _setting("", _token, secret=True)
+    # Seconds a client may take to send a request's headers (also how long an idle keep-alive
+    # connection stays open), and to send its body once the headers are in.
+    header_timeout: float = _setting(15.0, _positive_float)
+    body_timeout: float = _setting(30.0, _positive_float)
     # Jobs
     workers: int = _setting(os.cpu_count() or 2, _int_range(1, 256))
     job_timeout: float = _setting(900.0, _positive_float)
@@ -116,6 +126,8 @@ class Settings:
     orphan_sweep_interval: float = _setting(600.0, _positive_float)
     orphans: str = _setting("destroy", _choice("destroy", "report"))
     orphan_age: float = _setting(86400.0, _positive_float)
+    # Finished deliveries, jobs and their steps older than this many seconds are deleted.
+    retention: float = _setting(30 * 86400.0, _positive_float)
 
     @classmethod
     def load(

@@ -1,4 +1,5 @@
-"""Stack lifecycle enforcement: idle TTLs, maximum ages, approval timeouts and the orphan sweep.
+"""Stack lifecycle enforcement: idle TTLs, maximum ages, failed stacks, approval timeouts, the
+orphan sweep and the retention of finished records.
 
 Deadlines live in the store, not in timers: each pass (`run_once`) reads them afresh, so a restart
 loses nothing. Expired stacks are destroyed by `reap_stack` jobs that queue like any other job.
@@ -7,30 +8,30 @@ loses nothing. Expired stacks are destroyed by `reap_stack` jobs that queue like
 import asyncio
 import contextlib
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Literal
 
 from responder.events import Event, Incident, event_to_dict
+from responder.health import StoreHealth
 from responder.logs import get_logger
 from responder.playbook import Context, Playbook, on
-from responder.stacks import StackError, StackNotFoundError, StackOperations
-from responder.store import NewDelivery, NewJob, StackRecord, Store
+from responder.stacks import StackError, StackOperations
+from responder.store import NewDelivery, NewJob, StackRecord, Store, StoreUnavailable
 
 log = get_logger("responder.lifecycle")
 
 REAP_EVENT = "responder.reap"
+PRUNE_INTERVAL = 3600.0  # seconds between two prunes of records older than the retention
 
 
 @on(REAP_EVENT, allow_destroy=True)
 async def reap_stack(ctx: Context) -> None:
-    """Destroy and remove a burner stack whose time is up (idle, too old, or orphaned)."""
-    ctx.log.warning("stack.reaping", reason=ctx.params.get("reason"))
-    try:
-        await ctx.stack.destroy(remove=True)
-    except StackNotFoundError:
-        ctx.log.info("stack.already_gone")
+    """Destroy and remove a burner stack whose time is up (idle, too old, failed, or orphaned)."""
+    ctx.log.warning("stack.reaping", reason=ctx.event.data.get("reason"))
+    await ctx.stack.destroy(remove=True)  # a stack already gone is recorded as destroyed
 
 
 SYSTEM_PLAYBOOKS: list[Playbook] = [reap_stack]
@@ -50,7 +51,9 @@ class Reaper:
         orphan_age: float = 86400.0,
         interval: float = 30.0,
         orphan_interval: float = 600.0,
+        retention: float = 30 * 86400.0,
         clock: Callable[[], float] = time.time,
+        health: StoreHealth | None = None,
     ) -> None:
         self.store = store
         self.ops = ops
@@ -62,8 +65,12 @@ class Reaper:
         self.orphan_age = orphan_age
         self.interval = interval
         self.orphan_interval = orphan_interval
+        self.retention = retention
         self.clock = clock
+        self.health = health or StoreHealth()
         self._last_sweep = 0.0
+        self._last_prune = -math.inf  # the first pass prunes
+        self._pass = asyncio.Lock()  # one pass at a time, so a stack never gets two reaps
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -77,38 +84,62 @@ class Reaper:
                 await self._task
 
     async def _loop(self) -> None:
+        """Never ends but by cancellation; while the store fails, passes are retried sooner and the
+        failure shows in readiness."""
         while True:
+            delay = self.interval
             try:
                 await self.run_once(
-                    sweep=time.monotonic() - self._last_sweep >= self.orphan_interval
+                    sweep=time.monotonic() - self._last_sweep >= self.orphan_interval,
+                    prune=time.monotonic() - self._last_prune >= PRUNE_INTERVAL,
                 )
+            except StoreUnavailable as e:
+                self.health.failed("reaper", str(e))
+                delay = min(self.interval, self.health.max_delay)
             except Exception:
                 log.exception("reaper.pass_failed")
-            await asyncio.sleep(self.interval)
+            else:
+                self.health.recovered("reaper")
+            await asyncio.sleep(delay)
 
-    async def run_once(self, *, sweep: bool = False) -> list[int]:
+    async def run_once(self, *, sweep: bool = False, prune: bool = False) -> list[int]:
         """One pass; returns the ids of the reap jobs it queued."""
-        now = self.clock()
-        for job_id in await self.store.expired_approvals(now - self.approval_timeout):
-            await self.store.decide(
-                job_id, False, now, f"approval timed out after {self.approval_timeout:g}s"
-            )
-            log.warning("job.rejected", job_id=job_id, reason="approval timed out")
-        queued: list[int] = []
-        for record in await self.store.list_stacks():
-            reason = _expired(record, now)
-            if reason and not await self.store.pending_jobs_for(record.project, record.stack):
-                queued.append(
-                    await self._reap(
-                        record.project, record.stack, record.program, record.incident_id, reason
-                    )
+        async with self._pass:
+            now = self.clock()
+            for job_id in await self.store.expired_approvals(now - self.approval_timeout):
+                await self.store.decide(
+                    job_id, False, now, f"approval timed out after {self.approval_timeout:g}s"
                 )
-        if sweep:
-            self._last_sweep = time.monotonic()
-            queued += await self._sweep(now)
-        if queued:
-            self.notify()
-        return queued
+                log.warning("job.rejected", job_id=job_id, reason="approval timed out")
+            queued: list[int] = []
+            for listed in await self.store.list_stacks():
+                if _expired(listed, now) is None:
+                    continue
+                if await self.store.pending_jobs_for(listed.project, listed.stack):
+                    continue
+                # Read again now that no job is pending: the listing may predate the last job's end
+                # (a stack listed `provisioning` may be live by now).
+                record = await self.store.get_stack(listed.project, listed.stack)
+                reason = _expired(record, now) if record is not None else None
+                if record is not None and reason is not None:
+                    queued.append(
+                        await self._reap(record.project, record.stack, record.incident_id, reason)
+                    )
+            if sweep:
+                self._last_sweep = time.monotonic()
+                queued += await self._sweep(now)
+            if prune:
+                self._last_prune = time.monotonic()
+                await self._prune(now)
+            if queued:
+                self.notify()
+            return queued
+
+    async def _prune(self, now: float) -> None:
+        """Delete finished deliveries, jobs and steps older than the retention (never unfinished)."""
+        deleted = await self.store.prune(now - self.retention)
+        if any(deleted.values()):
+            log.info("store.pruned", retention_seconds=self.retention, **deleted)
 
     async def _sweep(self, now: float) -> list[int]:
         """Burner stacks in the backend that no live incident owns."""
@@ -134,12 +165,11 @@ class Reaper:
                     )
                     continue
                 incident_id = record.incident_id if record else ""
-                queued.append(await self._reap(project, name, program, incident_id, reason))
+                queued.append(await self._reap(project, name, incident_id, reason))
         return queued
 
-    async def _reap(
-        self, project: str, stack: str, program: str, incident_id: str, reason: str
-    ) -> int:
+    async def _reap(self, project: str, stack: str, incident_id: str, reason: str) -> int:
+        """Queue a reap job. It carries no program: the runner takes the stack's own."""
         run_id = uuid.uuid4().hex[:12]
         event = Event(
             id=f"reap-{run_id}",
@@ -157,7 +187,7 @@ class Reaper:
             stack=stack,
             event=event_to_dict(event),
             max_attempts=self.max_attempts,
-            params={"program": program, "reason": reason},
+            params={"reason": reason},  # shown on the job; the playbook reads the event
         )
         recorded = await self.store.record_delivery(delivery, [job])
         log.warning(
@@ -172,8 +202,12 @@ class Reaper:
 
 
 def _expired(record: StackRecord, now: float) -> str | None:
+    """Why the stack should be destroyed now, if it should. Callers check that no job is pending
+    for it: a `provisioning` stack without one was left behind by a job that ended or crashed."""
+    if record.status == "failed":
+        return "failed: its first up did not succeed"
     if record.status == "provisioning":
-        return None
+        return "failed: no job is bringing it up"
     if record.max_age is not None and now - record.created_at >= record.max_age:
         return f"max_age: created {now - record.created_at:.0f}s ago (limit {record.max_age:g}s)"
     if record.idle_ttl is not None:

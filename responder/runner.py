@@ -8,30 +8,39 @@ recovered at start.
 import asyncio
 import contextlib
 import datetime
+import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from responder.events import event_from_dict
+from responder.health import StoreHealth
+from responder.lifecycle import SYSTEM_PLAYBOOKS
 from responder.logs import get_logger
-from responder.playbook import Context, Playbook
+from responder.playbook import OPERATOR_PARAMS, Context, Playbook
 from responder.stacks import (
     DestroyNotAllowed,
     OperationCancelled,
     OperationTimeout,
     StackError,
+    StackNotFoundError,
     StackOperations,
     StackTarget,
     StepResult,
 )
 from responder.stacks.operations import config_values
 from responder.stacks.protocol import ConfigValue, Step
-from responder.store import Caps, Job, JobStatus, StackRecord, StepRecord, Store, StoreUnavailable
+from responder.store import Caps, Job, JobStatus, StackRecord, StepRecord, Store
+
+T = TypeVar("T")
 
 log = get_logger("responder.runner")
+
+# Responder's own playbooks act on stacks other playbooks made, so they run those stacks' programs.
+SYSTEM_NAMES = frozenset(p.name for p in SYSTEM_PLAYBOOKS)
 
 
 class Runner:
@@ -47,6 +56,7 @@ class Runner:
         params: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         caps: Caps | None = None,
+        health: StoreHealth | None = None,
     ) -> None:
         self.store = store
         self.ops = ops
@@ -54,9 +64,17 @@ class Runner:
         self.workers = workers
         self.job_timeout = job_timeout
         self.retry_backoff = retry_backoff
-        self.params = dict(params or {})
+        self.params = dict(
+            params or {}
+        )  # the operator's: a job may add only what its playbook declares
         self.clock = clock
         self.caps = caps or Caps()
+        self.health = health or StoreHealth()
+        # project -> program of the playbooks that create stacks, for system jobs on stacks the store
+        # does not know (orphans).
+        self.programs = {
+            p.project: p.program for p in playbooks.values() if p.name not in SYSTEM_NAMES
+        }
         self.postmortem_dir: Path = ops.env.data_dir / "postmortem"
         self._handles: dict[int, JobStack] = {}
         self._wakeup = asyncio.Event()
@@ -90,6 +108,7 @@ class Runner:
         """Stop claiming; give running jobs `grace` seconds, then interrupt them.
 
         Queued jobs stay queued, and interrupted ones stay `running`: the next start recovers both.
+        A job still waiting for the store to record its result is interrupted the same way.
         """
         self._stopping = True
         self._wakeup.set()
@@ -106,65 +125,113 @@ class Runner:
 
     async def recover(self) -> None:
         """Repair the stacks of jobs a crash left `running`, then retry them or mark them failed."""
-        for job in await self.store.running_jobs():
+        for job in await self.health.call("recovery", self.store.running_jobs):
             structlog.contextvars.bind_contextvars(**_job_context(job))
             try:
-                log.warning("job.recovering", attempts=job.attempts)
-                playbook = self.playbooks.get(job.playbook)
-                if playbook is not None:
-                    await self.ops.recover(
-                        StackTarget(job.stack, playbook.project, playbook.program)
-                    )
-                error = "interrupted: the daemon stopped while this job ran"
-                if playbook is not None and job.attempts < job.max_attempts:
-                    await self.store.retry_later(job.id, self.clock(), error)
-                    log.info("job.retrying", reason=error)
-                else:
-                    await self.store.finish(job.id, JobStatus.FAILED, self.clock(), error=error)
-                    log.error("job.failed", error=error)
+                await self._recover(job)
             finally:
                 structlog.contextvars.clear_contextvars()
 
+    async def _recover(self, job: Job) -> None:
+        log.warning("job.recovering", attempts=job.attempts)
+        playbook = self.playbooks.get(job.playbook)
+        program = await self._program(job, playbook) if playbook is not None else None
+        if program is not None:
+            await self.ops.recover(StackTarget(job.stack, job.project, program))
+        error = "interrupted: the daemon stopped while this job ran"
+        now = self.clock()
+        if program is not None and job.attempts < job.max_attempts:
+            await self._write(job, lambda: self.store.retry_later(job.id, now, error))
+            log.info("job.retrying", reason=error)
+        else:
+            await self._write(
+                job, lambda: self.store.finish(job.id, JobStatus.FAILED, now, error=error)
+            )
+            log.error("job.failed", error=error)
+
     async def _loop(self, index: int) -> None:
+        """One worker: claim, run, repeat. Nothing but cancellation ends it: a store outage is
+        waited out (and reported in readiness), anything unexpected is logged and the loop goes on."""
+        caller = f"worker {index}"
         while not self._stopping:
             try:
-                job = await self.store.claim_next(self.clock())
-            except StoreUnavailable as e:
-                log.error("runner.store_unavailable", error=str(e))
-                await asyncio.sleep(1)
-                continue
-            if job is None:
-                await self._idle()
-                continue
-            task = asyncio.create_task(self._run(job))
-            self._running[job.id] = task
-            try:
-                await asyncio.shield(task)  # a stop() cancels the loop, not the job
+                await self._next(caller)
             except asyncio.CancelledError:
-                if not task.done():
-                    await asyncio.wait([task])
                 raise
-            finally:
-                self._running.pop(job.id, None)
-                self._wakeup.set()  # the stack is free: its next job may now run
+            except Exception:
+                log.exception("runner.loop_error", worker=index)
+                await asyncio.sleep(self.health.max_delay)  # not a hot loop if the fault persists
 
-    async def _idle(self) -> None:
-        due = await self.store.next_due()
+    async def _next(self, caller: str) -> None:
+        job = await self.health.call(caller, lambda: self.store.claim_next(self.clock()))
+        if job is None:
+            await self._idle(caller)
+            return
+        task = asyncio.create_task(self._run(job))
+        self._running[job.id] = task
+        try:
+            await asyncio.shield(task)  # a stop() cancels the loop, not the job
+        except asyncio.CancelledError:
+            if not task.done():
+                await asyncio.wait([task])
+            raise
+        finally:
+            self._running.pop(job.id, None)
+            self._wakeup.set()  # the stack is free: its next job may now run
+
+    async def _idle(self, caller: str) -> None:
+        due = await self.health.call(caller, self.store.next_due)
         timeout = max(0.05, due - self.clock()) if due else 5.0
         self._wakeup.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), min(timeout, 5.0))
+
+    async def _write(self, job: Job, fn: Callable[[], Awaitable[T]]) -> T:
+        """A store call for this job, retried until the store takes it: a result is never dropped."""
+        return await self.health.call(f"job {job.id}", fn)
+
+    async def _program(self, job: Job, playbook: Playbook) -> str | None:
+        """The program a job's stack runs. Never chosen by the job: its playbook's own, except for
+        responder's system playbooks, which act on stacks other playbooks made: then the stack's."""
+        if playbook.name not in SYSTEM_NAMES:
+            return playbook.program
+        record = await self._write(job, lambda: self.store.get_stack(job.project, job.stack))
+        return record.program if record is not None else self.programs.get(job.project)
+
+    def _params(self, job: Job, playbook: Playbook) -> dict[str, str]:
+        """The operator's parameters, overlaid with the job's only where its playbook declares them."""
+        allowed = set(playbook.params) - OPERATOR_PARAMS
+        return {**self.params, **{k: v for k, v in job.params.items() if k in allowed}}
 
     async def _run(self, job: Job) -> None:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(**_job_context(job))
         started = time.monotonic()
         log.info("job.started", attempt=job.attempts, max_attempts=job.max_attempts)
+        try:
+            await self._attempt(job, started)
+        except asyncio.CancelledError:
+            log.warning("job.interrupted", duration_ms=_ms(started))
+            raise
+        except Exception as e:  # a fault of the runner or the store, not of the playbook
+            log.exception("job.crashed")
+            await self._fail(job, f"internal error: {e!r}", started, error_kind="internal_error")
+        finally:
+            self._handles.pop(job.id, None)
+            structlog.contextvars.clear_contextvars()
+
+    async def _attempt(self, job: Job, started: float) -> None:
         playbook = self.playbooks.get(job.playbook)
         if playbook is None:
             await self._fail(job, f"playbook {job.playbook!r} is not loaded", started)
             return
-        handle = JobStack(self, job, playbook, deadline=time.monotonic() + self.job_timeout)
+        program = await self._program(job, playbook)
+        if program is None:
+            await self._fail(job, f"no playbook deploys project {job.project!r}", started)
+            return
+        handle = JobStack(
+            self, job, playbook, program, deadline=time.monotonic() + self.job_timeout
+        )
         handle.cancelled = job.cancel_requested
         self._handles[job.id] = handle
         event = event_from_dict(job.event)
@@ -175,51 +242,68 @@ class Runner:
             stack=handle,
             playbook=playbook.name,
             job_id=job.id,
-            params={**self.params, **job.params},
+            params=self._params(job, playbook),
         )
+        status, error, retry_at = JobStatus.SUCCEEDED, "", 0.0
         try:
             async with self.ops.locked(handle.target):
                 await playbook(ctx)
                 await handle.flush()
-        except Refused as e:
-            await self.store.finish(job.id, JobStatus.REFUSED, self.clock(), error=str(e))
-            log.warning("job.refused", cap=e.cap, duration_ms=_ms(started))
         except AwaitingApproval as e:
-            await self.store.await_approval(job.id, e.plan, self.clock())
-            log.warning("job.awaiting_approval", plan=e.plan, duration_ms=_ms(started))
+            plan, now = e.plan, self.clock()
+            log.warning("job.awaiting_approval", plan=plan, duration_ms=_ms(started))
+            await self._write(job, lambda: self.store.await_approval(job.id, plan, now))
+            return
+        except Refused as e:
+            status, error = JobStatus.REFUSED, str(e)
+            log.warning("job.refused", cap=e.cap, duration_ms=_ms(started))
         except StackError as e:
             if handle.cancelled or isinstance(e, OperationCancelled):
-                await self.store.finish(
-                    job.id, JobStatus.CANCELLED, self.clock(), error="cancelled by request"
-                )
+                status, error = JobStatus.CANCELLED, "cancelled by request"
                 log.warning("job.cancelled", step=e.step, duration_ms=_ms(started))
             elif e.retryable and job.attempts < job.max_attempts:
                 delay = self.retry_backoff * 2 ** (job.attempts - 1)
-                await self.store.retry_later(job.id, self.clock() + delay, str(e))
-                log.warning("job.retrying", error=str(e), error_kind=e.kind, delay_seconds=delay)
-                self._wakeup.set()
+                status, error, retry_at = JobStatus.QUEUED, str(e), self.clock() + delay
+                log.warning("job.retrying", error=error, error_kind=e.kind, delay_seconds=delay)
             else:
-                await self._fail(job, str(e), started, error_kind=e.kind)
-        except asyncio.CancelledError:
-            log.warning("job.interrupted", duration_ms=_ms(started))
-            raise
+                status, error = JobStatus.FAILED, str(e)
+                _log_failed(error, started, e.kind)
         except Exception as e:
             log.exception("job.playbook_error")
-            await self._fail(job, f"{type(e).__name__}: {e}", started, error_kind="playbook_error")
-        else:
-            await self.store.finish(
-                job.id, JobStatus.SUCCEEDED, self.clock(), outputs=handle.last_outputs
-            )
+            status, error = JobStatus.FAILED, f"{type(e).__name__}: {e}"
+            _log_failed(error, started, "playbook_error")
+        await handle.abandon()
+        error = self.mask(error)
+        if status == JobStatus.QUEUED:
+            await self._write(job, lambda: self.store.retry_later(job.id, retry_at, error))
+            self._wakeup.set()
+            return
+        outputs = handle.last_outputs if status == JobStatus.SUCCEEDED else None
+        now = self.clock()
+        await self._write(
+            job,
+            lambda: self.store.finish(job.id, status, now, error=error or None, outputs=outputs),
+        )
+        if status == JobStatus.SUCCEEDED:
             log.info("job.succeeded", duration_ms=_ms(started))
-        finally:
-            self._handles.pop(job.id, None)
-            structlog.contextvars.clear_contextvars()
 
     async def _fail(self, job: Job, error: str, started: float, error_kind: str = "") -> None:
-        await self.store.finish(job.id, JobStatus.FAILED, self.clock(), error=error)
-        log.error(
-            "job.failed", error=error, error_kind=error_kind or None, duration_ms=_ms(started)
+        error = self.mask(error)
+        _log_failed(error, started, error_kind)
+        now = self.clock()
+        await self._write(
+            job, lambda: self.store.finish(job.id, JobStatus.FAILED, now, error=error)
         )
+
+    def mask(self, text: str) -> str:
+        """Error text bound for the store and the API: an exception may quote a registered secret,
+        and the log's redactor only guards the log."""
+        redactor = self.ops.redactor
+        return str(redactor.redact(text)) if redactor else text
+
+
+def _log_failed(error: str, started: float, error_kind: str) -> None:
+    log.error("job.failed", error=error, error_kind=error_kind or None, duration_ms=_ms(started))
 
 
 class Refused(Exception):
@@ -245,20 +329,21 @@ class JobStack:
     """The `StackHandle` a playbook gets: runs steps under the job's lock and deadline, records each,
     and enforces the playbook's caps, approval gates and destroy permission."""
 
-    def __init__(self, runner: Runner, job: Job, playbook: Playbook, *, deadline: float) -> None:
+    def __init__(
+        self, runner: Runner, job: Job, playbook: Playbook, program: str, *, deadline: float
+    ) -> None:
         self.runner = runner
         self.store = runner.store
         self.job = job
         self.playbook = playbook
         self.deadline = deadline
-        self.target = StackTarget(
-            job.stack, job.project, job.params.get("program") or playbook.program
-        )
+        self.target = StackTarget(job.stack, job.project, program)
         self.name = job.stack
         self.last_outputs: dict[str, Any] | None = None  # masked; what the job record shows
         self.cancelled = False
         self._known = False  # the store has a live record of this stack
         self._exists: bool | None = None  # whether the backend has it, as far as the store knows
+        self._reserved = False  # this job reserved the stack, and no `up` has made it live yet
         self._pending_config: dict[str, ConfigValue] = {}
 
     async def set_config(self, config: Mapping[str, object]) -> StepResult:
@@ -289,12 +374,31 @@ class JobStack:
         return await self._one({"op": "outputs"})
 
     async def destroy(self, *, remove: bool = True) -> StepResult:
+        """Destroy the stack. One already gone from the backend is recorded as destroyed: the goal
+        is reached, and the reaper must not queue its reap again and again."""
         if not self.playbook.allow_destroy:
             raise DestroyNotAllowed(
                 f"playbook {self.playbook.name!r} may not destroy stacks (declare allow_destroy=True)",
                 stack=self.name,
                 step="destroy",
             )
+        try:
+            return await self._destroy(remove)
+        except StackNotFoundError:
+            log.warning("stack.already_gone", reason="the backend has no such stack")
+            await self._record(operation="destroy", status="destroyed")
+            return StepResult("destroy", self.name, 0.0, details={"already_gone": True})
+
+    async def abandon(self) -> None:
+        """The job ends: a stack it reserved that no `up` made live is `failed`, which frees its cap
+        slot and lets the reaper destroy whatever the attempt left in the backend."""
+        if self._reserved:
+            log.warning(
+                "stack.failed", reason="the job ended before the stack's first up succeeded"
+            )
+            await self._record(operation="abandon", status="failed")
+
+    async def _destroy(self, remove: bool) -> StepResult:
         if self.playbook.approve_destroy:
             preview = await self._one({"op": "preview_destroy"})
             self._require_approval(
@@ -346,7 +450,7 @@ class JobStack:
             )
         tags = await self._reserve() if any(s.get("create") for s in steps) else None
         if self._exists is None:
-            record = await self.store.get_stack(self.target.project, self.name)
+            record = await self._write(lambda: self.store.get_stack(self.target.project, self.name))
             self._exists = record is not None and record.status == "live"
         await self._check_rate()
         started_at = self.runner.clock()
@@ -358,9 +462,9 @@ class JobStack:
                 self.target, steps, timeout=remaining, hold=True, tags=tags, exists=self._exists
             )
         except StackError as e:
-            await self.store.add_step(
-                self.job.id, StepRecord(e.step or names, started_at, _ms(started), "failed", str(e))
-            )
+            error = self.runner.mask(str(e))
+            failed = StepRecord(e.step or names, started_at, _ms(started), "failed", error)
+            await self._write(lambda: self.store.add_step(self.job.id, failed))
             log.warning(
                 "job.step_finished",
                 step=e.step or names,
@@ -369,17 +473,15 @@ class JobStack:
             )
             raise
         for result in results:
-            await self.store.add_step(
-                self.job.id,
-                StepRecord(
-                    result.step,
-                    started_at,
-                    round(result.duration * 1000, 1),
-                    "succeeded",
-                    None,
-                    result.changes,
-                ),
+            done = StepRecord(
+                result.step,
+                started_at,
+                round(result.duration * 1000, 1),
+                "succeeded",
+                None,
+                result.changes,
             )
+            await self._write(functools.partial(self.store.add_step, self.job.id, done))
             log.info(
                 "job.step_finished",
                 step=result.step,
@@ -393,26 +495,46 @@ class JobStack:
         """Keep the store's view of the stack current: activity, status, outputs, postmortem export."""
         if result.outputs:
             self.last_outputs = result.masked_outputs()
-        status = {"up": "live", "refresh": "live", "destroy": "destroyed"}.get(result.step)
-        if status:
-            self._exists = status == "live"
-        await self.store.touch_stack(
-            self.target.project,
-            self.name,
+        await self._record(
             operation=result.step,
-            now=self.runner.clock(),
-            status=status,
+            status={"up": "live", "refresh": "live", "destroy": "destroyed"}.get(result.step),
             outputs=self.last_outputs if result.step in ("up", "refresh") else None,
             export_path=result.details.get("path") if result.step == "export" else None,
         )
+
+    async def _record(
+        self,
+        *,
+        operation: str,
+        status: str | None,
+        outputs: dict[str, Any] | None = None,
+        export_path: str | None = None,
+    ) -> None:
+        if status:
+            self._exists = status == "live"
+            self._reserved = False
+        await self._write(
+            lambda: self.store.touch_stack(
+                self.target.project,
+                self.name,
+                operation=operation,
+                now=self.runner.clock(),
+                status=status,
+                outputs=outputs,
+                export_path=export_path,
+            )
+        )
+
+    async def _write(self, fn: Callable[[], Awaitable[T]]) -> T:
+        return await self.runner._write(self.job, fn)
 
     async def _reserve(self) -> dict[str, str] | None:
         """Before a step that may create the stack: check the caps and record ownership. Returns the
         tags to set if the stack is created."""
         if self._known:
             return None
-        existing = await self.store.get_stack(self.target.project, self.name)
-        if existing is not None and existing.status != "destroyed":
+        existing = await self._write(lambda: self.store.get_stack(self.target.project, self.name))
+        if existing is not None and existing.status not in ("destroyed", "failed"):
             self._known = True
             self._exists = existing.status == "live"
             return None
@@ -434,11 +556,12 @@ class JobStack:
             idle_ttl=self.playbook.idle_ttl,
             max_age=self.playbook.max_age,
         )
-        cap = await self.store.reserve_stack(record, self.runner.caps)
+        cap = await self._write(lambda: self.store.reserve_stack(record, self.runner.caps))
         if cap:
             raise Refused(cap)
         self._known = True
         self._exists = False
+        self._reserved = True
         return {
             "responder:incident": self.job.incident_id,
             "responder:playbook": self.playbook.name,
@@ -448,7 +571,8 @@ class JobStack:
 
     async def _check_rate(self) -> None:
         cap = self.runner.caps.operations_per_minute
-        if cap and await self.store.operations_since(self.runner.clock() - 60) >= cap:
+        since = self.runner.clock() - 60
+        if cap and await self._write(lambda: self.store.operations_since(since)) >= cap:
             raise Refused(f"max_operations_per_minute={cap}")
 
 

@@ -2,8 +2,10 @@
 
 import asyncio
 import datetime
-import json
+import math
+import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -11,12 +13,14 @@ from aiohttp import web
 
 from responder.events import Event, Incident, event_to_dict
 from responder.logs import get_logger
-from responder.stacks import StackError
+from responder.sources.parsing import InvalidJson, decode_json, quoted
+from responder.stacks import StackError, StackOperations
 from responder.store import (
     Job,
     JobStatus,
     NewDelivery,
     NewJob,
+    RecordRejected,
     StackRecord,
     Store,
     StoreUnavailable,
@@ -29,6 +33,12 @@ log = get_logger("responder.api")
 
 MAX_PAGE = 200
 MAX_WAIT_SECONDS = 600
+MAX_ID = 2**63 - 1  # the store's integers are signed 64-bit
+READY_STORE_TIMEOUT = 2.0  # seconds /readyz waits for the store: a probe must answer promptly
+RECONCILE_INTERVAL = 5.0  # seconds a backend listing serves GET /stacks before the next one
+MAX_NAMED = 20  # undeclared parameters named in one error
+
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 async def root(_request: web.Request) -> web.Response:
@@ -40,19 +50,31 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when the store answers, the CLI was found, playbooks are loaded, and the runner and
+    reaper are running with no store call failing (they retry it, and this says why they wait)."""
     daemon = request.app[DAEMON]
     checks: dict[str, str] = {}
     try:
-        await daemon.store.ping()
+        async with asyncio.timeout(READY_STORE_TIMEOUT):
+            await daemon.store.ping()
         checks["store"] = "ok"
     except StoreUnavailable as e:
         checks["store"] = str(e)
+    except TimeoutError:
+        checks["store"] = f"no answer within {READY_STORE_TIMEOUT:g}s (busy or locked)"
     checks["pulumi"] = (
         f"ok ({daemon.ops.pulumi_version})" if daemon.ops.pulumi_version else "not found"
     )
     loaded = daemon.playbook_order  # the operator's playbooks, not responder's own
     checks["playbooks"] = f"ok ({len(loaded)})" if loaded else "none loaded"
-    checks["runner"] = "ok" if daemon.ready else "starting"
+    problem = daemon.runner.health.problem
+    checks["runner"] = (
+        "starting"
+        if not daemon.ready
+        else f"waiting for the store ({problem})"
+        if problem
+        else "ok"
+    )
     ready = all(v.startswith("ok") for v in checks.values())
     return web.json_response(
         {"status": "ready" if ready else "not ready", "checks": checks},
@@ -61,9 +83,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    job = await _store_call(
-        request.app[DAEMON].store.get_job(_int(request.match_info["id"], "job id"))
-    )
+    job = await _store_call(request.app[DAEMON].store.get_job(_job_id(request)))
     if job is None:
         raise ApiError(404, "no such job")
     return web.json_response(job_json(job))
@@ -74,7 +94,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     status = query.get("status")
     if status and status not in JobStatus.__members__.values():
         raise ApiError(400, f"status must be one of {', '.join(s.value for s in JobStatus)}")
-    limit = min(_int(query.get("limit", "50"), "limit"), MAX_PAGE)
+    limit = min(_int(query.get("limit", "50"), "limit", low=1), MAX_PAGE)
     offset = _int(query.get("offset", "0"), "offset")
     jobs = await _store_call(
         request.app[DAEMON].store.list_jobs(
@@ -105,7 +125,10 @@ async def get_incident(request: web.Request) -> web.Response:
 
 
 async def list_stacks(request: web.Request) -> web.Response:
-    """Live burner stacks from the store, reconciled with the backend (`?reconcile=false` skips that)."""
+    """Live burner stacks from the store, reconciled with the backend (`?reconcile=false` skips that).
+
+    The backend's listing is at most RECONCILE_INTERVAL seconds old, and concurrent requests share
+    one: each listing starts processes, and this endpoint needs no token."""
     daemon = request.app[DAEMON]
     records = await _store_call(daemon.store.list_stacks())
     stacks = [stack_json(r, daemon.clock()) for r in records]
@@ -115,7 +138,7 @@ async def list_stacks(request: web.Request) -> web.Response:
         }
         for project, program in sorted(projects.items()):
             try:
-                in_backend = set(await daemon.ops.list_stacks(project, program))
+                in_backend = set(await request.app[LISTINGS].stacks(daemon.ops, project, program))
             except StackError as e:
                 raise ApiError(503, f"cannot list the backend's stacks: {e.message}") from None
             for item in stacks:
@@ -138,7 +161,7 @@ async def decide_job(request: web.Request) -> web.Response:
     """POST /jobs/{id}/approve or /reject: decide a job waiting in `awaiting_approval`."""
     daemon = request.app[DAEMON]
     require_token(request, daemon.credentials.api_token)
-    job_id = _int(request.match_info["id"], "job id")
+    job_id = _job_id(request)
     approve = request.match_info["decision"] == "approve"
     job = await _store_call(
         daemon.store.decide(job_id, approve, daemon.clock(), "rejected by request")
@@ -156,7 +179,7 @@ async def decide_job(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     require_token(request, daemon.credentials.api_token)
-    job_id = _int(request.match_info["id"], "job id")
+    job_id = _job_id(request)
     try:
         job = await daemon.runner.cancel(job_id)
     except StoreUnavailable as e:
@@ -217,16 +240,21 @@ async def run_playbook(request: web.Request) -> web.Response:
     wait = _float(request.query.get("wait", "0"), "wait")
     body = await request.read()
     try:
-        options = json.loads(body) if body.strip() else {}
-    except json.JSONDecodeError as e:
-        raise ApiError(400, f"body is not valid JSON: {e}") from None
+        options = decode_json(body) if body.strip() else {}
+    except InvalidJson as e:
+        raise ApiError(400, str(e)) from None
     if not isinstance(options, dict):
         raise ApiError(400, "body must be a JSON object")
     params = options.get("params", {})
     if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
         raise ApiError(400, "params must be an object of strings")
+    undeclared = sorted(set(params) - set(playbook.params))
+    if undeclared:
+        raise ApiError(400, _undeclared(playbook.name, undeclared, playbook.params))
     run_id = uuid.uuid4().hex[:12]
-    incident_id = str(options.get("incident_id") or f"manual-{run_id}")
+    incident_id = options.get("incident_id") or f"manual-{run_id}"
+    if not isinstance(incident_id, str):
+        raise ApiError(400, "incident_id must be a string")
     event = Event(
         id=f"manual-{run_id}",
         source="manual",
@@ -265,7 +293,7 @@ async def _wait_for_job(store: Store, job_id: int, seconds: float) -> Job | None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while loop.time() < deadline:
-        job: Job | None = await store.get_job(job_id)
+        job: Job | None = await _store_call(store.get_job(job_id))
         if job is not None and job.status.final:
             return job
         await asyncio.sleep(0.2)
@@ -313,6 +341,8 @@ async def _store_call(awaitable: Any) -> Any:
         return await awaitable
     except StoreUnavailable as e:
         raise ApiError(503, str(e), {"Retry-After": "5"}) from None
+    except RecordRejected as e:
+        raise ApiError(400, str(e)) from None
 
 
 def _iso(ts: float | None) -> str | None:
@@ -321,24 +351,80 @@ def _iso(ts: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
-def _int(raw: str, name: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer") from None
-    if value < 0:
-        raise ApiError(400, f"{name} must not be negative")
+def _job_id(request: web.Request) -> int:
+    return _int(request.match_info["id"], "job id")
+
+
+def _int(raw: str, name: str, *, low: int = 0) -> int:
+    """ASCII digits only (int() also takes signs, `_` and other scripts' digits), within what
+    the store can hold."""
+    value = int(raw) if _DIGITS.fullmatch(raw) else -1
+    if not low <= value <= MAX_ID:
+        raise ApiError(400, f"{name} must be a whole number from {low} to {MAX_ID}")
     return value
 
 
 def _float(raw: str, name: str) -> float:
     try:
-        return max(0.0, float(raw))
+        value = float(raw)
     except ValueError:
         raise ApiError(400, f"{name} must be a number of seconds") from None
+    if math.isnan(value):
+        raise ApiError(400, f"{name} must be a number of seconds")
+    return max(0.0, value)
+
+
+def _undeclared(playbook: str, names: list[str], declared: tuple[str, ...]) -> str:
+    shown = ", ".join(quoted(n) for n in names[:MAX_NAMED])
+    more = f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else ""
+    accepted = ", ".join(declared) if declared else "none"
+    return (
+        f"playbook {playbook!r} does not declare the params {shown}{more} (it accepts: {accepted})"
+    )
+
+
+@dataclass
+class _Listing:
+    task: "asyncio.Task[list[str]]"
+    ended: float = math.inf  # loop time when the listing ended
+
+
+class BackendListings:
+    """The backend's stacks of each project, listed at most once per `interval` seconds; requests
+    arriving while a listing runs wait for that one instead of starting another."""
+
+    def __init__(self, interval: float = RECONCILE_INTERVAL) -> None:
+        self.interval = interval
+        self._listings: dict[str, _Listing] = {}
+
+    async def stacks(self, ops: StackOperations, project: str, program: str) -> list[str]:
+        loop = asyncio.get_running_loop()
+        listing = self._listings.get(project)
+        if listing is None or loop.time() >= listing.ended + self.interval:
+            listing = _Listing(asyncio.create_task(ops.list_stacks(project, program)))
+            listing.task.add_done_callback(lambda task: self._ended(listing, task))
+            self._listings[project] = listing
+        # A client that goes away cancels its own wait, not the listing the others share.
+        return await asyncio.shield(listing.task)
+
+    def _ended(self, listing: _Listing, task: "asyncio.Task[list[str]]") -> None:
+        listing.ended = asyncio.get_running_loop().time()
+        if not task.cancelled():
+            task.exception()  # a failure is cached and answered too; retrieved here for asyncio
+
+    async def close(self, _app: web.Application) -> None:
+        tasks = [listing.task for listing in self._listings.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+LISTINGS = web.AppKey("backend_listings", BackendListings)
 
 
 def setup(app: web.Application) -> None:
+    app[LISTINGS] = listings = BackendListings()
+    app.on_shutdown.append(listings.close)
     app.router.add_get("/", root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
