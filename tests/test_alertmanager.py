@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -9,10 +10,10 @@ import pytest
 
 from playbooks.incident_lifecycle import RESOLVE_GRACE
 from responder.playbook import Context, Playbook, on
-from responder.sources import alertmanager
+from responder.sources import alertmanager, events_v2
 from responder.store import JobStatus
 from tests.alertmanager_server import Alertmanager
-from tests.conftest import Client, FakeClock, ProbeTarget
+from tests.conftest import Client, FakeClock, LogCapture, ProbeTarget
 
 MakeClient = Callable[..., Awaitable[Client]]
 TOKEN = "alertmanager-test-token-0123"
@@ -152,7 +153,7 @@ def alertmanager_dir(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.pulumi
 async def test_end_to_end_with_a_real_alertmanager(
-    make_client: MakeClient, probe_target: ProbeTarget, alertmanager_dir: Path
+    make_client: MakeClient, probe_target: ProbeTarget, alertmanager_dir: Path, logs: LogCapture
 ) -> None:
     """Both receiver kinds: Events v2 (pagerduty_configs) and the webhook (webhook_configs)."""
     clock = FakeClock()
@@ -175,7 +176,8 @@ async def test_end_to_end_with_a_real_alertmanager(
         assert all(j.status == JobStatus.SUCCEEDED for j in provisions)
         for job in provisions:
             assert job.outputs is not None and job.outputs["probe_status"] == 200
-        await asyncio.sleep(5)  # repeat_interval is 2s: several repeated notifications arrive
+        # repeat_interval is 2s: wait until both receivers have sent two repeats, each answered.
+        await wait_for_repeats(logs, repeats=2)
         jobs = await client.wait_for_jobs()
         assert (
             len([j for j in jobs if j.playbook == "provision_diagnostics"]) == 2
@@ -225,3 +227,19 @@ async def wait_for_stacks(client: Client, count: int, timeout: float = 90) -> se
         assert asyncio.get_running_loop().time() < deadline, f"stacks: {backend_stacks(client)}"
         await asyncio.sleep(0.3)
     return backend_stacks(client)
+
+
+async def wait_for_repeats(logs: LogCapture, repeats: int, timeout: float = 60) -> None:
+    """Wait until each receiver (Events v2, webhook) has had `repeats` more notifications than now,
+    each found to be a repeat by the store (logged before its answer went out)."""
+
+    def duplicates() -> Counter[object]:
+        return Counter(line.get("source") for line in logs.events("delivery.deduplicated"))
+
+    before = duplicates()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while any(
+        duplicates()[s] < before[s] + repeats for s in (events_v2.SOURCE, alertmanager.SOURCE)
+    ):
+        assert asyncio.get_running_loop().time() < deadline, f"repeats: {duplicates() - before}"
+        await asyncio.sleep(0.2)

@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -71,7 +71,9 @@ class DaemonProcess:
                 self.proc.kill()
 
     def log_lines(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        """Every complete line (the daemon may be writing the last one while the test reads)."""
+        complete = self.log_path.read_text().rpartition("\n")[0]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def free_port() -> int:
@@ -130,19 +132,27 @@ async def test_sigkill_mid_job_loses_nothing(daemon: DaemonProcess, data_dir: Pa
                 await asyncio.sleep(0.01)
 
         flooding = asyncio.create_task(flood())
-        await _wait_for_log(
-            daemon,
-            lambda line: line.get("event") == "job.step_started" and line.get("step") == "up",
+        # Kill while the CLI holds the stack's lock and is creating the slow resource.
+        locks = data_dir / "pulumi-state" / ".pulumi" / "locks"
+        await _wait_until(
+            lambda: (
+                any(locks.rglob("*.json"))
+                and any(
+                    line.get("event") == "pulumi.engine"
+                    and line.get("op") == "create"
+                    and "Slow" in str(line.get("urn"))
+                    for line in daemon.log_lines()
+                )
+            ),
+            "the lock file and the slow resource's create",
         )
-        await asyncio.sleep(
-            2
-        )  # the CLI is now creating the slow resource and holds the stack's lock
         daemon.kill()
         killed_after = len(acknowledged)
-        await asyncio.sleep(1)
         daemon.start()
         await daemon.wait_ready(session)
-        await asyncio.sleep(1)
+        await _wait_until(
+            lambda: len(acknowledged) > killed_after, "a delivery acknowledged after the restart"
+        )
         flooding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flooding
@@ -172,13 +182,13 @@ async def test_sigkill_mid_job_loses_nothing(daemon: DaemonProcess, data_dir: Pa
     )
 
 
-async def _wait_for_log(daemon: DaemonProcess, predicate: object, timeout: float = 60) -> None:
+async def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll an observable condition; fail naming it if it does not hold within the timeout."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if any(predicate(line) for line in daemon.log_lines()):  # type: ignore[operator]
-            return
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.1)
-    raise AssertionError("log line never appeared")
 
 
 async def _wait_all_final(

@@ -273,11 +273,13 @@ async def test_cancel_a_running_up(
     client = await make_client([slow])
     await client.deliver(pd_event("incident.triggered", "QCANCEL"), "QCANCEL-t")
     job_id = 1
+    deadline = asyncio.get_running_loop().time() + 120
     while not any(
         e.get("op") == "create" and "Slow" in str(e.get("urn"))
         for e in logs.events("pulumi.engine")
-    ):
-        await asyncio.sleep(0.1)  # wait until `up` is creating the slow resource
+    ):  # wait until `up` is creating the slow resource
+        assert asyncio.get_running_loop().time() < deadline, "the slow resource never started"
+        await asyncio.sleep(0.1)
     response = await client.http.post(f"/jobs/{job_id}/cancel", headers=AUTH)
     assert response.status == 202
     [job] = await client.wait_for_jobs()
