@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import platform
@@ -54,6 +55,8 @@ def deliveries(count: int, incident_prefix: str = "QBENCH") -> list[Delivery]:
     for i in range(count):
         event = template["event"]
         event["id"] = uuid.uuid4().hex
+        # Signed events older than the retention are refused as replays: date them now.
+        event["occurred_at"] = datetime.datetime.now(datetime.UTC).isoformat()
         event["data"]["id"] = f"{incident_prefix}{i}"
         body = json.dumps(template, separators=(",", ":")).encode()
         out.append(Delivery(f"bench-{uuid.uuid4().hex}", body, pagerduty.sign(body, SECRET)[3:]))

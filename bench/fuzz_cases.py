@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import datetime
 import functools
 import gzip
 import hashlib
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 import aiohttp
 from yarl import URL
 
-from responder.sources import pagerduty
+from responder.sources import events_v2, pagerduty
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -392,6 +393,8 @@ def pagerduty_document(rng: random.Random, notes: list[str]) -> Any:
     document = copy.deepcopy(rng.choice(PD_FIXTURES))
     event = document["event"]
     event["id"] = _hex(rng, 26)
+    # Signed events older than the retention are refused as replays: date them now.
+    event["occurred_at"] = datetime.datetime.now(datetime.UTC).isoformat()
     if event["event_type"] != "pagey.ping" and isinstance(event.get("data"), dict):
         event["event_type"] = rng.choice(PD_EVENT_TYPES)
         event["data"]["id"] = incident_id(rng, notes)
@@ -991,7 +994,9 @@ def acknowledged(case: Case, answer: Answer) -> Acknowledged | None:
         if document.get("status") == "duplicate":
             ack.event_ids = [str(document.get("event_id"))]
     elif case.kind == "events_v2":
-        ack.body_sha256 = body_sha256
+        # The store keeps the body with its routing key (a credential) masked.
+        stored = events_v2.parse(case.body).stored_body
+        ack.body_sha256 = hashlib.sha256(stored).hexdigest()
     elif case.kind == "alertmanager":
         alerts = [a for a in document.get("alerts") or [] if isinstance(a, dict)]
         if any(a.get("status") != "duplicate" for a in alerts):

@@ -1,24 +1,31 @@
 """Declare the burner stack's resources from stack config.
 
-Config keys (all optional except where noted):
+Config keys (all optional):
   incident_id      the incident the stack belongs to (recorded in the scratch directory's context)
   incident         JSON object with the incident context written into the scratch directory
-  scratch_root     where scratch directories live (default: $TMPDIR/responder-scratch); each stack's
-                   is `<scratch_root>/<project>/<stack>`, refused if it resolves outside the root
   target_url       URL to probe; no probe resource when unset
   request          "timezone" or "location": the original tutorial's host diagnostics
+  access_token     a secret, exported as a secret output
+
+Each stack's scratch directory is `<root>/<project>/<stack>`, refused if it resolves outside the root.
+The root is never a config key (stack config outlives whoever set it): it is `$BURNER_SCRATCH_ROOT`,
+which the daemon sets to `<data dir>/scratch`, else `$TMPDIR/responder-scratch` when run by hand.
 
 To deploy real cloud resources instead, replace this function; the daemon only needs a callable
 that declares resources and exports outputs.
 """
 
 import json
-import os
-import tempfile
 
 import pulumi
 
-from burner_program.providers import HostDiagnostics, HttpProbe, ScratchDirectory, scratch_path
+from burner_program.providers import (
+    HostDiagnostics,
+    HttpProbe,
+    ScratchDirectory,
+    scratch_path,
+    scratch_root,
+)
 
 
 def pulumi_program() -> None:
@@ -26,15 +33,11 @@ def pulumi_program() -> None:
     config = pulumi.Config()
     incident_id = config.get("incident_id") or pulumi.get_stack()
     incident = json.loads(config.get("incident") or "{}")
-    scratch_root = os.path.realpath(
-        config.get("scratch_root") or os.path.join(tempfile.gettempdir(), "responder-scratch")
-    )
 
     # Named by project and stack, which together name one stack only (incident ids may not be safe).
     scratch = ScratchDirectory(
         "scratch",
-        path=scratch_path(scratch_root, pulumi.get_project(), pulumi.get_stack()),
-        root=scratch_root,
+        path=scratch_path(scratch_root(), pulumi.get_project(), pulumi.get_stack()),
         context={"incident_id": incident_id, **incident},
     )
     pulumi.export("scratch_dir", scratch.path)

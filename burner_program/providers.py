@@ -2,6 +2,10 @@
 
 Pulumi pickles provider instances by reference, so these classes live in an installed module:
 the provider process (`python -m pulumi.dynamic`) imports them again on refresh and destroy.
+
+The scratch root comes only from `BURNER_SCRATCH_ROOT`, which the daemon sets for every worker and
+which reaches the provider process through the CLI; never from stack config or state, which whoever
+wrote them (or an older version) controls.
 """
 
 import datetime
@@ -11,6 +15,7 @@ import re
 import secrets
 import shutil
 import socket
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +32,8 @@ from pulumi.dynamic import (
 )
 
 PROBE_TIMEOUT_SECONDS = 5.0
+# Set by the daemon (responder.stacks.environment) for the worker and everything the worker starts.
+SCRATCH_ROOT_VARIABLE = "BURNER_SCRATCH_ROOT"
 
 
 class UnsafeScratchPathError(ValueError):
@@ -35,6 +42,14 @@ class UnsafeScratchPathError(ValueError):
 
 # Pulumi's own rule for project and stack names; `.` and `..` pass it, so they are refused apart.
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def scratch_root() -> str:
+    """The trusted scratch root, resolved: the daemon's, else `$TMPDIR/responder-scratch` (by hand)."""
+    root = os.environ.get(SCRATCH_ROOT_VARIABLE) or os.path.join(
+        tempfile.gettempdir(), "responder-scratch"
+    )
+    return os.path.realpath(root)
 
 
 def scratch_path(root: str, project: str, stack: str) -> str:
@@ -59,19 +74,23 @@ def check_inside(path: str, root: str) -> None:
 
 
 class _ScratchDirectoryProvider(ResourceProvider):
-    """A directory holding `context.json`; deleting the resource removes the directory."""
+    """A directory holding `context.json`; deleting the resource removes the directory.
+
+    Every operation checks its path against the trusted root: a path recorded in state (possibly by an
+    older version, which named `<root>/<incident id>` and recorded no root) is never trusted alone.
+    """
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        path, root = props["path"], props["root"]
-        check_inside(path, root)
+        path = props["path"]
+        check_inside(path, scratch_root())
         _write_context(path, props["context"])
         # A burner credential for whoever works in the directory; exported as a secret output.
         access_key = secrets.token_hex(16)
-        outs = {"path": path, "root": root, "context": props["context"], "access_key": access_key}
+        outs = {"path": path, "context": props["context"], "access_key": access_key}
         return CreateResult(id_=path, outs=outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changed = [k for k in ("path", "root", "context") if olds.get(k) != news[k]]
+        changed = [k for k in ("path", "context") if olds.get(k) != news[k]]
         return DiffResult(
             changes=bool(changed),
             replaces=["path"] if "path" in changed else [],
@@ -79,33 +98,23 @@ class _ScratchDirectoryProvider(ResourceProvider):
         )
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        check_inside(news["path"], news["root"])
-        _write_context(news["path"], news["context"])
-        outs = {
-            "path": news["path"],
-            "root": news["root"],
-            "context": news["context"],
-            "access_key": olds.get("access_key"),
-        }
+        path = news["path"]
+        check_inside(path, scratch_root())
+        _write_context(path, news["context"])
+        outs = {"path": path, "context": news["context"], "access_key": olds.get("access_key")}
         return UpdateResult(outs=outs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        check_inside(id_, scratch_root())
         context_file = os.path.join(id_, "context.json")
         if not os.path.exists(context_file):
             return ReadResult()  # gone: refresh drops it from state
         with open(context_file, encoding="utf-8") as f:
-            outs = {
-                "path": id_,
-                "root": props.get("root"),
-                "context": json.load(f),
-                "access_key": props.get("access_key"),
-            }
+            outs = {"path": id_, "context": json.load(f), "access_key": props.get("access_key")}
         return ReadResult(id_=id_, outs=outs)
 
-    def delete(self, id_: str, props: dict[str, Any]) -> None:
-        # State written before the root was recorded named the directory `<root>/<name>`.
-        root = props.get("root") or os.path.dirname(id_)
-        check_inside(id_, root)
+    def delete(self, id_: str, _props: dict[str, Any]) -> None:
+        check_inside(id_, scratch_root())
         shutil.rmtree(id_, ignore_errors=True)
 
 
@@ -209,7 +218,6 @@ DIAGNOSTICS = {"timezone": timezone_data, "location": location_data}
 
 class ScratchDirectory(Resource, module="responder", name="ScratchDirectory"):
     path: pulumi.Output[str]
-    root: pulumi.Output[str]
     context: pulumi.Output[Any]
     access_key: pulumi.Output[str]
 
@@ -217,14 +225,13 @@ class ScratchDirectory(Resource, module="responder", name="ScratchDirectory"):
         self,
         name: str,
         path: str,
-        root: str,
         context: Any,
         opts: pulumi.ResourceOptions | None = None,
     ):
         opts = pulumi.ResourceOptions.merge(
             opts, pulumi.ResourceOptions(additional_secret_outputs=["access_key"])
         )
-        props = {"path": path, "root": root, "context": context, "access_key": None}
+        props = {"path": path, "context": context, "access_key": None}
         super().__init__(_ScratchDirectoryProvider(), name, props, opts)
 
 

@@ -14,7 +14,7 @@ async def host_diagnostics(ctx: Context) -> None:
     request = ctx.params.get("request", "timezone")
     if request not in REQUESTS:
         raise ValueError(f"request must be one of {list(REQUESTS)}, not {request!r}")
-    await ctx.stack.set_config({"request": request, "scratch_root": ctx.params["scratch_root"]})
+    await ctx.stack.set_config({"request": request})
     result = await ctx.stack.up()
     ctx.log.info("diagnostics.reported", request=request, data=result.outputs[request].value)
     await ctx.stack.destroy(remove=True)

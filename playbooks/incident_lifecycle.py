@@ -57,9 +57,10 @@ async def destroy_diagnostics(ctx: Context) -> None:
 
 
 def stack_config(ctx: Context) -> dict[str, object]:
-    """The burner program's config for this incident, with the operator's defaults.
+    """The burner program's config for this incident, probing the operator's `target_url`.
 
     None of these playbooks declares run params, so `ctx.params` holds only the operator's defaults.
+    The scratch root is not config: the program takes it from the daemon's environment.
     """
     incident = ctx.incident
     context: dict[str, object] = {}
@@ -79,7 +80,6 @@ def stack_config(ctx: Context) -> dict[str, object]:
         "incident_id": ctx.event.incident_id or ctx.event.id,
         "incident": json.dumps({k: v for k, v in context.items() if v not in (None, "")}),
     }
-    for key in ("target_url", "scratch_root"):
-        if ctx.params.get(key):
-            config[key] = ctx.params[key]
+    if ctx.params.get("target_url"):
+        config["target_url"] = ctx.params["target_url"]
     return config

@@ -10,10 +10,12 @@ from typing import Any
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "RESPONDER_"
+# The shortest webhook secret or bearer token accepted, configured or read from a secret file.
+MIN_SECRET_LENGTH = 16
 
 
 class ConfigError(ValueError):
-    """A setting is invalid; the message names the variable and the bad value."""
+    """A setting is invalid; the message names the variable and the bad value (never a secret's)."""
 
 
 def _int_range(low: int, high: int) -> Callable[[str], int]:
@@ -50,6 +52,14 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _secrets(raw: str) -> tuple[str, ...]:
+    """comma-separated secrets of at least 16 characters each"""
+    values = _csv(raw)  # none (an empty value) means not configured: one is generated
+    if any(len(v) < MIN_SECRET_LENGTH for v in values):
+        raise ValueError(f"each secret must be at least {MIN_SECRET_LENGTH} characters")
+    return values
+
+
 def _routing_keys(raw: str) -> tuple[str, ...]:
     """comma-separated 32-character alphanumeric integration keys"""
     keys = _csv(raw)  # none (an empty value) means not configured: a key is generated
@@ -59,8 +69,11 @@ def _routing_keys(raw: str) -> tuple[str, ...]:
 
 
 def _token(raw: str) -> str:
-    """a bearer token (empty: one is generated)"""
-    return raw.strip()
+    """a bearer token of at least 16 characters (empty: one is generated)"""
+    token = raw.strip()
+    if token and len(token) < MIN_SECRET_LENGTH:
+        raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
+    return token
 
 
 def _level(raw: str) -> str:
@@ -95,7 +108,7 @@ class Settings:
     playbooks_dir: Path = _setting(PACKAGE_ROOT / "playbooks", Path)
     log_level: str = _setting("INFO", _level)
     # PagerDuty V3 webhooks
-    pagerduty_secrets: tuple[str, ...] = _setting((), _csv, secret=True)
+    pagerduty_secrets: tuple[str, ...] = _setting((), _secrets, secret=True)
     verify_signatures: bool = _setting(True, _bool)
     max_body_bytes: int = _setting(512 * 1024, _int_range(1024, 64 * 1024 * 1024))
     # Events API v2 integration keys (32 letters/digits each) and the Alertmanager bearer token

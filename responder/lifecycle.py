@@ -2,7 +2,9 @@
 orphan sweep and the retention of finished records.
 
 Deadlines live in the store, not in timers: each pass (`run_once`) reads them afresh, so a restart
-loses nothing. Expired stacks are destroyed by `reap_stack` jobs that queue like any other job.
+loses nothing. Expired stacks are destroyed by `reap_stack` jobs that queue like any other job. A
+stack whose reaps keep failing is reaped again after a growing wait, read from its failed reap jobs,
+and after `reap_attempts` failures in a row no more: it is marked `stuck` and reported.
 """
 
 import asyncio
@@ -14,17 +16,27 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Literal
 
-from responder.events import Event, Incident, event_to_dict
+from responder.enqueue import Deps, Run, enqueue
+from responder.events import Event, Incident
 from responder.health import StoreHealth
 from responder.logs import get_logger
 from responder.playbook import Context, Playbook, on
+from responder.sources import Arrival
 from responder.stacks import StackError, StackOperations
-from responder.store import NewDelivery, NewJob, StackRecord, Store, StoreUnavailable
+from responder.store import (
+    Job,
+    JobStatus,
+    StackRecord,
+    StackStatus,
+    Store,
+    StoreUnavailable,
+)
 
 log = get_logger("responder.lifecycle")
 
 REAP_EVENT = "responder.reap"
 PRUNE_INTERVAL = 3600.0  # seconds between two prunes of records older than the retention
+JOB_PAGE = 500  # jobs read per store call when looking through a stack's history
 
 
 @on(REAP_EVENT, allow_destroy=True)
@@ -52,6 +64,8 @@ class Reaper:
         interval: float = 30.0,
         orphan_interval: float = 600.0,
         retention: float = 30 * 86400.0,
+        reap_attempts: int = 5,
+        reap_backoff: float = 300.0,
         clock: Callable[[], float] = time.time,
         health: StoreHealth | None = None,
     ) -> None:
@@ -66,6 +80,8 @@ class Reaper:
         self.interval = interval
         self.orphan_interval = orphan_interval
         self.retention = retention
+        self.reap_attempts = reap_attempts  # failed reaps in a row before a stack is left stuck
+        self.reap_backoff = reap_backoff  # seconds after the first failed reap; doubles each time
         self.clock = clock
         self.health = health or StoreHealth()
         self._last_sweep = 0.0
@@ -121,7 +137,11 @@ class Reaper:
                 # (a stack listed `provisioning` may be live by now).
                 record = await self.store.get_stack(listed.project, listed.stack)
                 reason = _expired(record, now) if record is not None else None
-                if record is not None and reason is not None:
+                if (
+                    record is not None
+                    and reason is not None
+                    and await self._may_reap(record.project, record.stack, record, now)
+                ):
                     queued.append(
                         await self._reap(record.project, record.stack, record.incident_id, reason)
                     )
@@ -164,9 +184,77 @@ class Reaper:
                         action="reported",
                     )
                     continue
+                if not await self._may_reap(project, name, record, now):
+                    continue
                 incident_id = record.incident_id if record else ""
                 queued.append(await self._reap(project, name, incident_id, reason))
         return queued
+
+    async def _may_reap(
+        self, project: str, stack: str, record: StackRecord | None, now: float
+    ) -> bool:
+        """Whether to queue a reap now: not until `reap_backoff` (doubled for each failure before
+        it) has passed since the last failed reap, and never after `reap_attempts` in a row."""
+        failures = await self._failed_reaps(project, stack, record.incident_id if record else "")
+        if len(failures) >= self.reap_attempts:
+            await self._give_up(project, stack, record, failures)
+            return False
+        if not failures:
+            return True
+        wait = self.reap_backoff * 2.0 ** (len(failures) - 1)
+        return now >= (failures[0].finished_at or 0.0) + wait
+
+    async def _failed_reaps(self, project: str, stack: str, incident_id: str) -> list[Job]:
+        """The stack's reap jobs that failed since its last job that did not, newest first.
+
+        Read from the job records, so a restart forgets nothing. A stack's jobs are its incident's;
+        a stack that no incident owns (an orphan without a record) has only reap jobs, without an
+        incident: its failed ones are looked for among all failed jobs.
+        """
+        jobs: list[Job] = []
+        while True:
+            page = await self.store.list_jobs(
+                incident_id=incident_id or None,
+                status=None if incident_id else JobStatus.FAILED.value,
+                limit=JOB_PAGE,
+                offset=len(jobs),
+            )
+            jobs += page
+            if len(page) < JOB_PAGE:
+                break
+        failures: list[Job] = []
+        for job in reversed(jobs):
+            if job.project != project or job.stack != stack:
+                continue
+            if job.playbook != reap_stack.name or job.status != JobStatus.FAILED:
+                break
+            failures.append(job)
+        return failures
+
+    async def _give_up(
+        self, project: str, stack: str, record: StackRecord | None, failures: list[Job]
+    ) -> None:
+        """Stop reaping the stack: mark it stuck (which also keeps it out of later passes, so this is
+        reported once) and say so. A stack without a record has nowhere to keep the mark: it is
+        reported on every sweep, as `orphans=report` does."""
+        if record is not None:
+            await self.store.touch_stack(
+                project,
+                stack,
+                operation="reap_abandoned",
+                now=self.clock(),
+                status=StackStatus.STUCK,
+            )
+        log.error(
+            "stack.reap_abandoned",
+            project=project,
+            stack=stack,
+            incident_id=record.incident_id if record else None,
+            failed_reaps=len(failures),
+            job_ids=[j.id for j in failures],
+            error=failures[0].error,
+            action="no more reaps: destroy it once its problem is fixed",
+        )
 
     async def _reap(self, project: str, stack: str, incident_id: str, reason: str) -> int:
         """Queue a reap job. It carries no program: the runner takes the stack's own."""
@@ -180,33 +268,29 @@ class Reaper:
             data={"reason": reason},
         )
         body = json.dumps({"project": project, "stack": stack, "reason": reason}).encode()
-        delivery = NewDelivery.of(event, id=event.id, body=body, received_at=self.clock())
-        job = NewJob(
-            playbook=reap_stack.name,
-            project=project,
-            stack=stack,
-            event=event_to_dict(event),
-            max_attempts=self.max_attempts,
-            params={"reason": reason},  # shown on the job; the playbook reads the event
-        )
-        recorded = await self.store.record_delivery(delivery, [job])
+        deps = Deps(self.store, [], self.max_attempts, self.clock, self.notify)
+        # The reason is shown on the job; the playbook reads it from the event.
+        run = Run([reap_stack], {"reason": reason}, stack=(project, stack))
+        [enqueued] = await enqueue(deps, body, [Arrival(event.id, event)], run=run)
         log.warning(
             "stack.expired",
             project=project,
             stack=stack,
             incident_id=incident_id or None,
             reason=reason,
-            job_id=recorded.job_ids[0],
+            job_id=enqueued.job_ids[0],
         )
-        return recorded.job_ids[0]
+        return enqueued.job_ids[0]
 
 
 def _expired(record: StackRecord, now: float) -> str | None:
     """Why the stack should be destroyed now, if it should. Callers check that no job is pending
     for it: a `provisioning` stack without one was left behind by a job that ended or crashed."""
-    if record.status == "failed":
+    if record.status == StackStatus.STUCK:
+        return None
+    if record.status == StackStatus.FAILED:
         return "failed: its first up did not succeed"
-    if record.status == "provisioning":
+    if record.status == StackStatus.PROVISIONING:
         return "failed: no job is bringing it up"
     if record.max_age is not None and now - record.created_at >= record.max_age:
         return f"max_age: created {now - record.created_at:.0f}s ago (limit {record.max_age:g}s)"
@@ -220,7 +304,9 @@ def _expired(record: StackRecord, now: float) -> str | None:
 def _orphaned(record: StackRecord | None, now: float, orphan_age: float) -> str | None:
     if record is None:
         return "orphan: no incident in the store owns this stack"
-    if record.status == "destroyed":
+    if record.status == StackStatus.STUCK:
+        return None
+    if record.status == StackStatus.DESTROYED:
         return "orphan: the store recorded this stack as destroyed"
     if record.incident_resolved_at is not None and now - record.incident_resolved_at >= orphan_age:
         return f"orphan: its incident was resolved {now - record.incident_resolved_at:.0f}s ago"

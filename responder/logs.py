@@ -7,9 +7,11 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 MASK = "[secret]"
+BAD_REQUEST_MAX_CHARS = 200  # of a malformed request's error, which quotes the request line
 
 
 class Redactor:
@@ -98,6 +100,37 @@ def configure_logging(
     root.setLevel(level.upper())
     # The access log repeats what our own request lines say.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_BAD_REQUESTS)  # added once, however often
+
+
+class BadRequestFilter(logging.Filter):
+    """Shortens aiohttp's record of a request it could not parse to one line.
+
+    aiohttp logs each one as an ERROR with a traceback and its error message, which quotes up to
+    8 KB of the request: anyone could write that much to our log per request they send. A client's
+    malformed request is not our error: it becomes `http.bad_request`, a WARNING (never a higher
+    level than aiohttp's) with the message cut short. Every other record passes unchanged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        level = min(record.levelno, logging.WARNING)
+        if not logging.getLogger(record.name).isEnabledFor(level):
+            return False
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        message = error.message
+        if len(message) > BAD_REQUEST_MAX_CHARS:
+            message = message[:BAD_REQUEST_MAX_CHARS] + "..."
+        record.msg, record.args = "http.bad_request", ()
+        record.levelno, record.levelname = level, logging.getLevelName(level)
+        record.exc_info = record.exc_text = None
+        record.status, record.error, record.remote = error.code, message, remote
+        return True
+
+
+_BAD_REQUESTS = BadRequestFilter()
 
 
 def _noop(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:

@@ -6,7 +6,7 @@ from typing import Any
 
 from responder.logs import Redactor, get_logger
 from responder.playbook import Context, Playbook, match
-from responder.sources import InvalidPayload, pagerduty
+from responder.sources import InvalidDelivery, pagerduty
 from responder.stacks import PulumiEnvironment, StackError, StackOperations, StackTarget, StepResult
 from responder.stacks.operations import config_values
 
@@ -68,7 +68,7 @@ async def replay(
 ) -> list[dict[str, Any]]:
     try:
         event = pagerduty.parse(body)
-    except InvalidPayload as e:
+    except InvalidDelivery as e:
         return [{"playbook": None, "outcome": "invalid payload", "error": str(e)}]
     matched = match(playbooks, event)
     log.info("replay.matched", event_type=event.type, playbooks=[p.name for p in matched])

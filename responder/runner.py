@@ -10,7 +10,7 @@ import contextlib
 import datetime
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +33,16 @@ from responder.stacks import (
 )
 from responder.stacks.operations import config_values
 from responder.stacks.protocol import ConfigValue, Step
-from responder.store import Caps, Job, JobStatus, StackRecord, StepRecord, Store
+from responder.store import (
+    RELEASED_STACKS,
+    Caps,
+    Job,
+    JobStatus,
+    StackRecord,
+    StackStatus,
+    StepRecord,
+    Store,
+)
 
 T = TypeVar("T")
 
@@ -92,12 +101,12 @@ class Runner:
         ]
 
     async def cancel(self, job_id: int) -> Job | None:
-        """Cancel a job: a waiting one at once, a running one cleanly (the CLI cancels, the stack is repaired)."""
+        """Cancel a job: a waiting one at once, a running one cleanly (its playbook is stopped where it
+        is; an operation it runs is cancelled through the CLI and the stack repaired)."""
         job = await self.store.request_cancel(job_id, self.clock())
         handle = self._handles.get(job_id)
         if job is not None and job.status == JobStatus.RUNNING and handle is not None:
-            handle.cancelled = True
-            await self.ops.cancel(handle.target)
+            handle.cancel()
         return await self.store.get_job(job_id) if job is not None else None
 
     def notify(self) -> None:
@@ -229,11 +238,14 @@ class Runner:
         if program is None:
             await self._fail(job, f"no playbook deploys project {job.project!r}", started)
             return
-        handle = JobStack(
-            self, job, playbook, program, deadline=time.monotonic() + self.job_timeout
-        )
-        handle.cancelled = job.cancel_requested
+        deadline = asyncio.get_running_loop().time() + self.job_timeout
+        handle = JobStack(self, job, playbook, program, deadline=deadline)
         self._handles[job.id] = handle
+        # Read again now that `cancel` can find the handle: the claim's copy of the job predates a
+        # cancel that came in between, and nothing else would pass it on.
+        current = await self._write(job, lambda: self.store.get_job(job.id))
+        if current is not None and current.cancel_requested:
+            handle.cancel()
         event = event_from_dict(job.event)
         ctx = Context(
             event=event,
@@ -244,33 +256,41 @@ class Runner:
             job_id=job.id,
             params=self._params(job, playbook),
         )
-        status, error, retry_at = JobStatus.SUCCEEDED, "", 0.0
+        failure: Exception | None = None
         try:
-            async with self.ops.locked(handle.target):
+            async with handle.stopping(), self.ops.locked(handle.target):
                 await playbook(ctx)
                 await handle.flush()
-        except AwaitingApproval as e:
-            plan, now = e.plan, self.clock()
+        except Exception as e:  # judged below, together with a cancel that may have caused it
+            failure = e
+        status, error, retry_at = JobStatus.SUCCEEDED, "", 0.0
+        if handle.cancelled or isinstance(failure, OperationCancelled):
+            # Whatever the playbook made of it (it may have caught the error and returned): the job
+            # was cancelled, and does not end as anything else.
+            status, error = JobStatus.CANCELLED, "cancelled by request"
+            step = failure.step if isinstance(failure, StackError) else None
+            log.warning("job.cancelled", step=step or None, duration_ms=_ms(started))
+        elif isinstance(failure, AwaitingApproval):
+            plan, now = failure.plan, self.clock()
             log.warning("job.awaiting_approval", plan=plan, duration_ms=_ms(started))
             await self._write(job, lambda: self.store.await_approval(job.id, plan, now))
             return
-        except Refused as e:
-            status, error = JobStatus.REFUSED, str(e)
-            log.warning("job.refused", cap=e.cap, duration_ms=_ms(started))
-        except StackError as e:
-            if handle.cancelled or isinstance(e, OperationCancelled):
-                status, error = JobStatus.CANCELLED, "cancelled by request"
-                log.warning("job.cancelled", step=e.step, duration_ms=_ms(started))
-            elif e.retryable and job.attempts < job.max_attempts:
+        elif isinstance(failure, Refused):
+            status, error = JobStatus.REFUSED, str(failure)
+            log.warning("job.refused", cap=failure.cap, duration_ms=_ms(started))
+        elif isinstance(failure, StackError):
+            if failure.retryable and job.attempts < job.max_attempts:
                 delay = self.retry_backoff * 2 ** (job.attempts - 1)
-                status, error, retry_at = JobStatus.QUEUED, str(e), self.clock() + delay
-                log.warning("job.retrying", error=error, error_kind=e.kind, delay_seconds=delay)
+                status, error, retry_at = JobStatus.QUEUED, str(failure), self.clock() + delay
+                log.warning(
+                    "job.retrying", error=error, error_kind=failure.kind, delay_seconds=delay
+                )
             else:
-                status, error = JobStatus.FAILED, str(e)
-                _log_failed(error, started, e.kind)
-        except Exception as e:
-            log.exception("job.playbook_error")
-            status, error = JobStatus.FAILED, f"{type(e).__name__}: {e}"
+                status, error = JobStatus.FAILED, str(failure)
+                _log_failed(error, started, failure.kind)
+        elif failure is not None:
+            log.error("job.playbook_error", exc_info=failure)
+            status, error = JobStatus.FAILED, f"{type(failure).__name__}: {failure}"
             _log_failed(error, started, "playbook_error")
         await handle.abandon()
         error = self.mask(error)
@@ -323,6 +343,12 @@ class AwaitingApproval(Exception):
 
 
 RISKY_OPS = frozenset({"replace", "delete", "create-replacement", "delete-replaced", "discard"})
+# The stack's status after each step that changes it.
+STEP_STATUS = {
+    "up": StackStatus.LIVE,
+    "refresh": StackStatus.LIVE,
+    "destroy": StackStatus.DESTROYED,
+}
 
 
 class JobStack:
@@ -341,10 +367,51 @@ class JobStack:
         self.name = job.stack
         self.last_outputs: dict[str, Any] | None = None  # masked; what the job record shows
         self.cancelled = False
+        self._scope: asyncio.Timeout | None = None  # the playbook's run, while it lasts
+        # The step an expired deadline or a cancel stopped: (step, started_at, monotonic start).
+        self._interrupted: tuple[str, float, float] | None = None
         self._known = False  # the store has a live record of this stack
         self._exists: bool | None = None  # whether the backend has it, as far as the store knows
         self._reserved = False  # this job reserved the stack, and no `up` has made it live yet
         self._pending_config: dict[str, ConfigValue] = {}
+
+    def cancel(self) -> None:
+        """Stop the job: its playbook at once, wherever it is (see `stopping`), and any step it
+        tries after that."""
+        self.cancelled = True
+        if self._scope is not None and not self._scope.expired():
+            self._scope.reschedule(asyncio.get_running_loop().time())
+
+    @contextlib.asynccontextmanager
+    async def stopping(self) -> AsyncIterator[None]:
+        """The playbook's run, stopped when the job's deadline passes or the job is cancelled: in its
+        own code as in an operation, whose processes are ended and whose stack is repaired first.
+        Raises OperationTimeout or OperationCancelled then, with the stopped step recorded failed."""
+        if self.cancelled:
+            raise OperationCancelled("job cancelled before it started", stack=self.name)
+        scope = asyncio.timeout_at(self.deadline)
+        try:
+            async with scope:
+                self._scope = scope
+                yield
+        except TimeoutError:
+            if not scope.expired():
+                raise  # the playbook's own
+            step = self._interrupted[0] if self._interrupted else ""
+            error: StackError = (
+                OperationCancelled("job cancelled", stack=self.name, step=step)
+                if self.cancelled
+                else OperationTimeout(
+                    f"job exceeded its {self.runner.job_timeout:g}s timeout",
+                    stack=self.name,
+                    step=step,
+                )
+            )
+            if self._interrupted:
+                await self._step_failed(*self._interrupted, self.runner.mask(str(error)))
+            raise error from None
+        finally:
+            self._scope = None
 
     async def set_config(self, config: Mapping[str, object]) -> StepResult:
         """Deferred: the config travels with the next operation, in the same worker and CLI session
@@ -386,7 +453,7 @@ class JobStack:
             return await self._destroy(remove)
         except StackNotFoundError:
             log.warning("stack.already_gone", reason="the backend has no such stack")
-            await self._record(operation="destroy", status="destroyed")
+            await self._record(operation="destroy", status=StackStatus.DESTROYED)
             return StepResult("destroy", self.name, 0.0, details={"already_gone": True})
 
     async def abandon(self) -> None:
@@ -396,7 +463,7 @@ class JobStack:
             log.warning(
                 "stack.failed", reason="the job ended before the stack's first up succeeded"
             )
-            await self._record(operation="abandon", status="failed")
+            await self._record(operation="abandon", status=StackStatus.FAILED)
 
     async def _destroy(self, remove: bool) -> StepResult:
         if self.playbook.approve_destroy:
@@ -404,15 +471,18 @@ class JobStack:
             self._require_approval(
                 {"operation": "destroy", "steps": preview.details.get("plan", [])}, preview.changes
             )
-        # The postmortem record: the final state, secrets still encrypted, kept after the stack is gone.
-        export = (
-            self.runner.postmortem_dir
-            / f"{self.target.project}--{self.name}--{int(self.runner.clock())}.json"
-        )
-        export.parent.mkdir(parents=True, exist_ok=True)
-        results = await self._run(
-            [{"op": "export", "path": str(export)}, {"op": "destroy", "remove": remove}]
-        )
+        steps: list[Step] = [{"op": "destroy", "remove": remove}]
+        record = await self._write(lambda: self.store.get_stack(self.target.project, self.name))
+        if not _exported_before_failed_destroy(record):
+            # The postmortem record: the final state, secrets still encrypted, kept after the stack
+            # is gone.
+            export = (
+                self.runner.postmortem_dir
+                / f"{self.target.project}--{self.name}--{int(self.runner.clock())}.json"
+            )
+            export.parent.mkdir(parents=True, exist_ok=True)
+            steps.insert(0, {"op": "export", "path": str(export)})
+        results = await self._run(steps)
         return results[-1]
 
     def _require_approval(self, plan: dict[str, Any], changes: dict[str, int]) -> None:
@@ -443,7 +513,7 @@ class JobStack:
         names = "+".join(s["op"] for s in steps)
         if self.cancelled:
             raise OperationCancelled("job cancelled", stack=self.name, step=names)
-        remaining = self.deadline - time.monotonic()
+        remaining = self.deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise OperationTimeout(
                 "job timeout reached before this step", stack=self.name, step=names
@@ -451,27 +521,42 @@ class JobStack:
         tags = await self._reserve() if any(s.get("create") for s in steps) else None
         if self._exists is None:
             record = await self._write(lambda: self.store.get_stack(self.target.project, self.name))
-            self._exists = record is not None and record.status == "live"
+            self._exists = record is not None and record.status == StackStatus.LIVE
         await self._check_rate()
         started_at = self.runner.clock()
         started = time.monotonic()
         for step in steps:
             log.info("job.step_started", step=step["op"])
+        done: list[StepResult] = []
         try:
             results = await self.runner.ops.run(
-                self.target, steps, timeout=remaining, hold=True, tags=tags, exists=self._exists
+                self.target,
+                steps,
+                timeout=remaining,
+                hold=True,
+                tags=tags,
+                exists=self._exists,
+                done=done,
             )
         except StackError as e:
-            error = self.runner.mask(str(e))
-            failed = StepRecord(e.step or names, started_at, _ms(started), "failed", error)
-            await self._write(lambda: self.store.add_step(self.job.id, failed))
-            log.warning(
-                "job.step_finished",
-                step=e.step or names,
-                outcome="failed",
-                duration_ms=_ms(started),
-            )
+            await _uninterrupted(self._succeeded(done, started_at))
+            await self._step_failed(e.step or names, started_at, started, self.runner.mask(str(e)))
             raise
+        except asyncio.CancelledError:
+            await _uninterrupted(self._succeeded(done, started_at))
+            if len(done) < len(steps):  # `stopping` records the stopped step once the run has ended
+                self._interrupted = (steps[len(done)]["op"], started_at, started)
+            raise
+        # Recorded whole even if the job is stopped meanwhile: the store must know what was done.
+        await _uninterrupted(self._succeeded(results, started_at))
+        return results
+
+    async def _step_failed(self, step: str, started_at: float, started: float, error: str) -> None:
+        failed = StepRecord(step, started_at, _ms(started), "failed", error)
+        await self._write(lambda: self.store.add_step(self.job.id, failed))
+        log.warning("job.step_finished", step=step, outcome="failed", duration_ms=_ms(started))
+
+    async def _succeeded(self, results: list[StepResult], started_at: float) -> None:
         for result in results:
             done = StepRecord(
                 result.step,
@@ -489,7 +574,6 @@ class JobStack:
                 duration_ms=round(result.duration * 1000, 1),
             )
             await self._note(result)
-        return results
 
     async def _note(self, result: StepResult) -> None:
         """Keep the store's view of the stack current: activity, status, outputs, postmortem export."""
@@ -497,7 +581,7 @@ class JobStack:
             self.last_outputs = result.masked_outputs()
         await self._record(
             operation=result.step,
-            status={"up": "live", "refresh": "live", "destroy": "destroyed"}.get(result.step),
+            status=STEP_STATUS.get(result.step),
             outputs=self.last_outputs if result.step in ("up", "refresh") else None,
             export_path=result.details.get("path") if result.step == "export" else None,
         )
@@ -506,12 +590,12 @@ class JobStack:
         self,
         *,
         operation: str,
-        status: str | None,
+        status: StackStatus | None,
         outputs: dict[str, Any] | None = None,
         export_path: str | None = None,
     ) -> None:
         if status:
-            self._exists = status == "live"
+            self._exists = status == StackStatus.LIVE
             self._reserved = False
         await self._write(
             lambda: self.store.touch_stack(
@@ -534,9 +618,9 @@ class JobStack:
         if self._known:
             return None
         existing = await self._write(lambda: self.store.get_stack(self.target.project, self.name))
-        if existing is not None and existing.status not in ("destroyed", "failed"):
+        if existing is not None and existing.status not in RELEASED_STACKS:
             self._known = True
-            self._exists = existing.status == "live"
+            self._exists = existing.status == StackStatus.LIVE
             return None
         now = self.runner.clock()
         event = self.job.event
@@ -549,7 +633,7 @@ class JobStack:
             incident_id=self.job.incident_id,
             playbook=self.playbook.name,
             service=service,
-            status="provisioning",
+            status=StackStatus.PROVISIONING,
             created_at=now,
             last_activity_at=now,
             last_operation="reserve",
@@ -574,6 +658,27 @@ class JobStack:
         since = self.runner.clock() - 60
         if cap and await self._write(lambda: self.store.operations_since(since)) >= cap:
             raise Refused(f"max_operations_per_minute={cap}")
+
+
+async def _uninterrupted(aw: Awaitable[T]) -> T:
+    """Await `aw` to its end; a cancellation meanwhile is raised only after it."""
+    task = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.shield(task)  # a second cancellation leaves it to finish on its own
+        raise
+
+
+def _exported_before_failed_destroy(record: StackRecord | None) -> bool:
+    """Whether the stack's last successful step was the export of a destroy that then failed: that
+    export still holds the state from before any destroy began, and another would add nothing."""
+    return (
+        record is not None
+        and record.last_operation == "export"
+        and record.export_path is not None
+        and Path(record.export_path).is_file()
+    )
 
 
 def _job_context(job: Job) -> dict[str, Any]:

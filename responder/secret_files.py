@@ -7,9 +7,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from responder.config import ConfigError
+from responder.config import MIN_SECRET_LENGTH, ConfigError
 
-MIN_LENGTH = 16
+MIN_LENGTH = MIN_SECRET_LENGTH
 
 
 class SecretFileError(ConfigError):

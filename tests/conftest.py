@@ -86,7 +86,7 @@ def no_process_outlives_the_suite() -> Iterator[None]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
-    path.mkdir()
+    path.mkdir(mode=0o700)
     return path
 
 
@@ -176,6 +176,9 @@ def settings_for(data_dir: Path, **overrides: object) -> Settings:
         "job_timeout": 240.0,
         "retry_backoff": 0.2,
         "shutdown_grace": 20.0,
+        # The recorded fixtures are dated 2026 and FakeClock starts in 2027: beyond the default
+        # retention, which refuses signed events that old (a replay). Tests of that rule set it.
+        "retention": 10 * 365 * 86400.0,
     }
     return Settings(**{**base, **overrides})  # type: ignore[arg-type]
 
@@ -248,12 +251,19 @@ def fixture_bytes(name: str) -> bytes:
 
 
 def pd_event(
-    event_type: str, incident_id: str = "QTEST0001", *, event_id: str | None = None, **data: object
+    event_type: str,
+    incident_id: str = "QTEST0001",
+    *,
+    event_id: str | None = None,
+    occurred_at: str | None = None,
+    **data: object,
 ) -> bytes:
     """A compact V3 webhook body for an incident event, based on the triggered fixture."""
     document = json.loads(fixture_bytes("pd_v3_incident_triggered.json"))
     event = document["event"]
     event["event_type"] = event_type
+    if occurred_at is not None:
+        event["occurred_at"] = occurred_at
     event["id"] = event_id or f"evt-{event_type}-{incident_id}-{uuid.uuid4().hex[:8]}"
     event["data"].update({"id": incident_id, "status": event_type.split(".")[-1], **data})
     return json.dumps(document).encode()

@@ -21,13 +21,13 @@ def test_environment_values_are_parsed() -> None:
     settings = Settings.load(
         {
             "RESPONDER_PORT": "9000",
-            "RESPONDER_PAGERDUTY_SECRETS": "a-secret-1, b-secret-2",
+            "RESPONDER_PAGERDUTY_SECRETS": "a-secret-0123456789, b-secret-0123456789",
             "RESPONDER_VERIFY_SIGNATURES": "false",
             "RESPONDER_DATA_DIR": "/tmp/x",
         }
     )
     assert settings.port == 9000
-    assert settings.pagerduty_secrets == ("a-secret-1", "b-secret-2")
+    assert settings.pagerduty_secrets == ("a-secret-0123456789", "b-secret-0123456789")
     assert settings.verify_signatures is False
     assert settings.data_dir == Path("/tmp/x")
 
@@ -56,20 +56,21 @@ def test_secret_values_are_not_echoed_in_errors() -> None:
     with pytest.raises(ConfigError) as error:
         Settings.load({"RESPONDER_MAX_BODY_BYTES": "lots"})
     assert "lots" in str(error.value)
-    settings = Settings.load({"RESPONDER_API_TOKEN": "tok-very-secret"})
-    assert "tok-very-secret" not in str(settings.public())
+    settings = Settings.load({"RESPONDER_API_TOKEN": "tok-very-secret-0123"})
+    assert "tok-very-secret-0123" not in str(settings.public())
 
 
 def test_toml_file_with_environment_winning(tmp_path: Path) -> None:
     config = tmp_path / "responder.toml"
     config.write_text(
-        '[responder]\nport = 9100\nworkers = 3\npagerduty_secrets = ["s-one-1", "s-two-2"]\n'
+        "[responder]\nport = 9100\nworkers = 3\n"
+        'pagerduty_secrets = ["s-one-0123456789", "s-two-0123456789"]\n'
     )
     settings = Settings.load({"RESPONDER_CONFIG": str(config), "RESPONDER_WORKERS": "5"})
     assert (settings.port, settings.workers, settings.pagerduty_secrets) == (
         9100,
         5,
-        ("s-one-1", "s-two-2"),
+        ("s-one-0123456789", "s-two-0123456789"),
     )
     config.write_text("port = [\n")
     with pytest.raises(ConfigError, match="RESPONDER_CONFIG: cannot read"):

@@ -36,6 +36,9 @@ class DaemonProcess:
             "RESPONDER_PAGERDUTY_SECRETS": SECRET_A,
             "RESPONDER_PLAYBOOKS_DIR": str(REPO / "tests" / "crash_playbooks"),
             "RESPONDER_RETRY_BACKOFF": "0.5",
+            # The recorded fixture is dated 2026: older than the default retention, which refuses
+            # signed events that old as replays.
+            "RESPONDER_RETENTION": str(10 * 365 * 86400),
             "RESPONDER_WORKERS": "2",
         }
         with self.log_path.open("ab") as log:

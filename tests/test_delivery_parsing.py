@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from responder.sources import InvalidPayload, alertmanager, events_v2, pagerduty
+from responder.sources import InvalidDelivery, alertmanager, events_v2, pagerduty
 from responder.sources.parsing import MAX_DEPTH, MAX_ERRORS, decode_json
 from responder.web.auth import require_token
 from responder.web.errors import ApiError
@@ -71,9 +71,9 @@ def ev2_errors(body: bytes) -> list[str]:
 
 # Each source's parser, raising its own error type for a body it refuses.
 PARSERS: dict[str, tuple[Callable[[bytes], object], type[Exception]]] = {
-    "pagerduty": (pagerduty.parse, InvalidPayload),
+    "pagerduty": (pagerduty.parse, InvalidDelivery),
     "events_v2": (events_v2.parse, events_v2.InvalidEvent),
-    "alertmanager": (alertmanager.parse, InvalidPayload),
+    "alertmanager": (alertmanager.parse, InvalidDelivery),
 }
 
 
@@ -102,7 +102,7 @@ def test_every_source_refuses_unbounded_json(source: str, body: bytes, problem: 
 
 def test_the_depth_limit_is_exact() -> None:
     assert decode_json(nested(MAX_DEPTH)) == decode_json(nested(MAX_DEPTH))
-    with pytest.raises(InvalidPayload, match="deeper"):
+    with pytest.raises(InvalidDelivery, match="deeper"):
         decode_json(nested(MAX_DEPTH + 1))
 
 
@@ -175,7 +175,7 @@ def test_error_lists_are_capped() -> None:
     ],
 )
 def test_alertmanager_names_every_wrong_type(body: bytes, error: str) -> None:
-    with pytest.raises(InvalidPayload) as caught:
+    with pytest.raises(InvalidDelivery) as caught:
         alertmanager.parse(body)
     assert error in str(caught.value)
 
@@ -198,16 +198,16 @@ def test_alertmanager_names_every_wrong_type(body: bytes, error: str) -> None:
     ],
 )
 def test_pagerduty_names_every_wrong_type(body: bytes, error: str) -> None:
-    with pytest.raises(InvalidPayload) as caught:
+    with pytest.raises(InvalidDelivery) as caught:
         pagerduty.parse(body)
     assert error in str(caught.value)
 
 
 def test_quoted_values_are_cut_short() -> None:
-    with pytest.raises(InvalidPayload) as caught:
+    with pytest.raises(InvalidDelivery) as caught:
         alertmanager.parse(am_body(version="4" * 100_000))
     assert len(str(caught.value)) < 200
-    with pytest.raises(InvalidPayload) as caught:
+    with pytest.raises(InvalidDelivery) as caught:
         alertmanager.parse(am_alert_body(labels={"k" * 100_000: 1}))
     assert len(str(caught.value)) < 300
 

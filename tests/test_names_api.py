@@ -43,9 +43,7 @@ async def test_odd_incident_ids_get_their_own_stacks_and_destroy_only_inside_scr
     async def provision_and_destroy(ctx: Context) -> None:
         """Up the incident's burner stack, note its scratch directory, destroy it."""
         assert ctx.incident is not None
-        await ctx.stack.set_config(
-            {"incident_id": ctx.incident.id, "scratch_root": ctx.params["scratch_root"]}
-        )
+        await ctx.stack.set_config({"incident_id": ctx.incident.id})
         up = await ctx.stack.up()
         scratch_dirs[ctx.incident.id] = Path(up.outputs["scratch_dir"].value)
         assert scratch_dirs[ctx.incident.id].is_dir()
@@ -86,7 +84,7 @@ def state_file(data_dir: Path, stack: str) -> Path:
 
 
 def rewrite_as_legacy_state(data_dir: Path, stack: str, legacy_path: Path) -> None:
-    """Make the checkpoint look as the old program wrote it: `<root>/<id>` and no recorded root."""
+    """Make the checkpoint name the scratch directory as the first program did: `<root>/<id>`."""
     checkpoint = json.loads(state_file(data_dir, stack).read_text())
     [resource] = [
         r
@@ -96,7 +94,6 @@ def rewrite_as_legacy_state(data_dir: Path, stack: str, legacy_path: Path) -> No
     resource["id"] = str(legacy_path)
     for props in (resource["inputs"], resource["outputs"]):
         props["path"] = str(legacy_path)
-        del props["root"]
     state_file(data_dir, stack).write_text(json.dumps(checkpoint))
 
 
@@ -107,7 +104,6 @@ async def test_state_written_by_the_old_program_destroys_inside_scratch_only(
     scratch_root = data_dir / "scratch"
     inside, escaping = stack_ops.stack("legacy-inside"), stack_ops.stack("legacy-escaping")
     for stack in (inside, escaping):
-        await stack.set_config({"scratch_root": str(scratch_root)})
         await stack.up()
 
     legacy = scratch_root / "QLEGACY"  # the old layout: <scratch_root>/<incident id>
@@ -134,7 +130,6 @@ async def test_the_program_refuses_a_scratch_directory_leading_outside_its_root(
     outside.mkdir()
     (scratch_root / "burner").symlink_to(outside)  # the project's directory leads elsewhere
     stack = stack_ops.stack("incident-escape")
-    await stack.set_config({"scratch_root": str(scratch_root)})
     with pytest.raises(StackError, match="UnsafeScratchPathError: refusing scratch directory"):
         await stack.up()
     assert list(outside.iterdir()) == []

@@ -125,10 +125,9 @@ async def test_host_diagnostics_refuses_a_request_it_cannot_report() -> None:
     assert stack.calls == []  # refused before touching the stack
 
 
-def test_the_lifecycle_config_takes_only_the_operator_defaults_from_params() -> None:
+def test_the_lifecycle_config_takes_only_the_probe_target_from_params() -> None:
     params = {"scratch_root": "/s", "target_url": "http://t", "request": "location", "x": "y"}
     config = stack_config(context(params))
     assert {k: config[k] for k in config if k not in ("incident_id", "incident")} == {
-        "scratch_root": "/s",
         "target_url": "http://t",
     }

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from burner_program.providers import (
+    SCRATCH_ROOT_VARIABLE,
     UnsafeScratchPathError,
     _ScratchDirectoryProvider,
     check_inside,
@@ -14,12 +15,13 @@ from burner_program.providers import (
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    """A scratch root beside a sentinel, both in a data dir with its own sentinel."""
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The trusted scratch root beside a sentinel, both in a data dir with its own sentinel."""
     (tmp_path / "sentinel").write_text("keep")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     (scratch / "sentinel").write_text("keep")
+    monkeypatch.setenv(SCRATCH_ROOT_VARIABLE, str(scratch))
     return scratch
 
 
@@ -67,7 +69,7 @@ def test_check_inside_refuses_the_root_itself_its_parent_and_a_leaf_symlink(root
 def test_create_then_delete_removes_only_the_stack_directory(root: Path) -> None:
     provider = _ScratchDirectoryProvider()
     path = scratch_path(str(root), "burner", "incident-Q1")
-    created = provider.create({"path": path, "root": str(root), "context": {"title": "t"}})
+    created = provider.create({"path": path, "context": {"title": "t"}})
     assert (Path(path) / "context.json").exists()
     assert os.stat(path).st_mode & 0o777 == 0o700
     assert os.stat(Path(path) / "context.json").st_mode & 0o777 == 0o600
@@ -77,14 +79,12 @@ def test_create_then_delete_removes_only_the_stack_directory(root: Path) -> None
 
 def test_create_refuses_a_path_outside_its_root(root: Path) -> None:
     with pytest.raises(UnsafeScratchPathError):
-        _ScratchDirectoryProvider().create(
-            {"path": str(root / ".."), "root": str(root), "context": {}}
-        )
+        _ScratchDirectoryProvider().create({"path": str(root / ".."), "context": {}})
     assert not (root.parent / "context.json").exists()
 
 
 @pytest.mark.parametrize("path", ["..", ".", "../..", "burner/../.."])
-def test_delete_refuses_a_recorded_path_outside_its_recorded_root(root: Path, path: str) -> None:
+def test_delete_refuses_a_recorded_path_outside_the_root(root: Path, path: str) -> None:
     with pytest.raises(UnsafeScratchPathError):
         _ScratchDirectoryProvider().delete(
             os.path.join(root, path), {"path": os.path.join(root, path), "root": str(root)}
@@ -97,7 +97,7 @@ def test_delete_refuses_a_directory_swapped_for_a_symlink_after_create(
 ) -> None:
     provider = _ScratchDirectoryProvider()
     path = scratch_path(str(root), "burner", "incident-Q1")
-    created = provider.create({"path": path, "root": str(root), "context": {}})
+    created = provider.create({"path": path, "context": {}})
     (root / "burner").rename(root / "moved")
     (root / "burner").symlink_to(tmp_path)  # the project directory now leads to the data dir
     with pytest.raises(UnsafeScratchPathError):

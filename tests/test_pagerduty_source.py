@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from responder.sources import InvalidPayload, pagerduty
+from responder.sources import InvalidDelivery, pagerduty
 from tests.conftest import SECRET_A, SECRET_B, fixture_bytes
 
 VECTORS = {
@@ -144,7 +144,7 @@ def test_annotated_event_refers_to_its_incident() -> None:
     ],
 )
 def test_invalid_payloads_name_the_problem(body: bytes, message: str) -> None:
-    with pytest.raises(InvalidPayload, match=message):
+    with pytest.raises(InvalidDelivery, match=message):
         pagerduty.parse(body)
 
 

@@ -91,7 +91,7 @@ async def test_what_the_daemon_writes_is_private(make_client: MakeClient, data_d
         """Destroys it, leaving a postmortem export."""
         await ctx.stack.destroy()
 
-    data_dir.chmod(0o755)
+    data_dir.chmod(0o755)  # left as it is (with a warning): what the daemon writes is private
     before = set(data_dir.rglob("*"))  # what the test's fixtures made (the Pulumi environment)
     client = await make_client([provision, teardown], alertmanager_token="")
     await client.deliver(pd_event("incident.triggered", "QMODE"), "mode-t")
@@ -103,7 +103,7 @@ async def test_what_the_daemon_writes_is_private(make_client: MakeClient, data_d
     await client.deliver(pd_event("incident.resolved", "QMODE"), "mode-r")
     assert all(j.status == JobStatus.SUCCEEDED for j in await client.wait_for_jobs())
 
-    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o755
     made = set(data_dir.rglob("*")) - before
     names = {p.name for p in made}
     assert {"responder.db", "alertmanager-token", "events-v2-routing-key"} <= names
@@ -111,6 +111,10 @@ async def test_what_the_daemon_writes_is_private(make_client: MakeClient, data_d
     assert any(p.parent.name == "workspaces" for p in made)
     exposed = [p for p in made if stat.S_IMODE(p.stat().st_mode) & 0o077]
     assert exposed == []
+
+
+# FakeClock's start, as a signed event's `occurred_at`: fresh for a daemon on that clock.
+FAKE_START = "2027-01-15T08:00:00Z"
 
 
 async def test_finished_records_older_than_the_retention_are_pruned(
@@ -126,8 +130,8 @@ async def test_finished_records_older_than_the_retention_are_pruned(
 
     clock = FakeClock()
     client = await make_client([now, later], clock=clock, retention=100.0, reaper_interval=3600)
-    await client.deliver(pd_event("incident.triggered", "QOLD"), "old-t")
-    await client.deliver(pd_event("incident.acknowledged", "QOLD"), "old-a")
+    await client.deliver(pd_event("incident.triggered", "QOLD", occurred_at=FAKE_START), "old-t")
+    await client.deliver(pd_event("incident.acknowledged", "QOLD", occurred_at=FAKE_START), "old-a")
     jobs = await client.wait_for_jobs(settled=(JobStatus.SCHEDULED,))
     assert [j.status for j in jobs] == [JobStatus.SUCCEEDED, JobStatus.SCHEDULED]
 

@@ -5,31 +5,62 @@ alert (its fingerprint within its group), so the same playbooks answer Alertmana
 """
 
 import hashlib
+import hmac
+from collections.abc import Mapping
 from typing import Any
 
 from responder.events import Event, Incident, Reference
-from responder.sources import InvalidPayload
+from responder.sources import Arrival, Delivery, InvalidDelivery, Unauthorized
 from responder.sources.parsing import decode_json, json_type, optional, quoted, string_map, text
 
 SOURCE = "alertmanager"
 STATUSES = {"firing": "incident.triggered", "resolved": "incident.resolved"}
 MAX_FINGERPRINT = 64  # Alertmanager's are 16 hex digits
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="responder"'}
+
+
+def from_http(headers: Mapping[str, str], body: bytes, token: str) -> Delivery:
+    """The delivery of one notification, sent with `Authorization: Bearer <token>`: one event per
+    alert, the body stored once. Raise `Unauthorized` or `InvalidDelivery`."""
+    if not bearer_matches(headers.get("Authorization", ""), token):
+        raise Unauthorized(
+            "missing or wrong bearer token",
+            reason="missing or wrong bearer token",
+            headers=CHALLENGE,
+        )
+    events = parse(body)
+    return Delivery(body, tuple(Arrival(e.id, e, updates_need_open_incident=True) for e in events))
+
+
+def bearer_matches(header: str, token: str) -> bool:
+    """Whether the header is `Bearer <token>`. An empty configured token (an empty secret file)
+    authenticates nothing, and neither does an empty offer. A header that is not ASCII (aiohttp keeps
+    undecodable bytes as surrogates, which cannot be encoded for the comparison) holds no token."""
+    scheme, _, offered = header.partition(" ")
+    offered = offered.strip()
+    return bool(
+        token
+        and offered
+        and header.isascii()
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(offered.encode(), token.encode())
+    )
 
 
 def parse(body: bytes) -> list[Event]:
     document = decode_json(body)
     if not isinstance(document, dict):
-        raise InvalidPayload("not an Alertmanager notification: expected a JSON object")
+        raise InvalidDelivery("not an Alertmanager notification: expected a JSON object")
     if document.get("version") != "4":
-        raise InvalidPayload(
+        raise InvalidDelivery(
             f'unsupported notification version {quoted(document.get("version"))} (expected "4")'
         )
     group_key = document.get("groupKey")
     if not isinstance(group_key, str):
-        raise InvalidPayload(f"groupKey must be a string, not {json_type(group_key)}")
+        raise InvalidDelivery(f"groupKey must be a string, not {json_type(group_key)}")
     alerts = document.get("alerts")
     if not isinstance(alerts, list) or not alerts:
-        raise InvalidPayload("alerts must be a non-empty list")
+        raise InvalidDelivery("alerts must be a non-empty list")
     _status(document.get("status"), "status", required=False)
     for key in ("receiver", "externalURL"):
         text(document, key, "")
@@ -48,7 +79,7 @@ def incident_id(group_key: str, fingerprint: str) -> str:
 def _status(value: Any, where: str, *, required: bool) -> str:
     if (value is None and not required) or (isinstance(value, str) and value in STATUSES):
         return value or ""
-    raise InvalidPayload(f"{where} must be firing or resolved, not {quoted(value)}")
+    raise InvalidDelivery(f"{where} must be firing or resolved, not {quoted(value)}")
 
 
 def _event(
@@ -56,11 +87,11 @@ def _event(
 ) -> Event:
     where = f"alerts[{index}]"
     if not isinstance(alert, dict):
-        raise InvalidPayload(f"{where} must be an object, not {json_type(alert)}")
+        raise InvalidDelivery(f"{where} must be an object, not {json_type(alert)}")
     status = _status(alert.get("status"), f"{where}.status", required=True)
     labels = alert.get("labels")
     if labels is None:
-        raise InvalidPayload(f"{where}.labels must be an object of strings")
+        raise InvalidDelivery(f"{where}.labels must be an object of strings")
     labels = string_map(labels, f"{where}.labels")
     fingerprint = alert.get("fingerprint")
     if (
@@ -68,7 +99,7 @@ def _event(
         or not (fingerprint.isascii() and fingerprint.isalnum())
         or len(fingerprint) > MAX_FINGERPRINT
     ):
-        raise InvalidPayload(
+        raise InvalidDelivery(
             f"{where}.fingerprint must be an alphanumeric string of at most {MAX_FINGERPRINT}"
             f" characters, not {quoted(fingerprint)}"
         )

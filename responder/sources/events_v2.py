@@ -1,4 +1,4 @@
-"""PagerDuty Events API v2 (`POST /v2/enqueue`): validation with PagerDuty's error shapes, and parsing.
+"""PagerDuty Events API v2 (`POST /v2/enqueue`), sans I/O: validation with PagerDuty's errors, the key.
 
 Events normalise into the same incident model as V3 webhooks: `trigger` → `incident.triggered`,
 `acknowledge` → `incident.acknowledged`, `resolve` → `incident.resolved`, the incident keyed by
@@ -7,11 +7,16 @@ routing key and `dedup_key`, so the same playbooks answer whichever pager sent t
 
 import datetime
 import hashlib
+import hmac
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from responder.events import Event, Incident, Reference
+from responder.sources import Arrival, Delivery, InvalidDelivery, Unauthorized
 from responder.sources.parsing import InvalidJson, Problems, decode_json, json_type
 
 SOURCE = "events_v2"
@@ -28,15 +33,42 @@ ROUTING_KEY_LENGTH = 32
 # (seconds) and only while its incident's status is unchanged: an alert that fires again later, or
 # after a resolve, with the very same body, is a new alert.
 REDELIVERY_WINDOW = 300.0
+REDACTED = "[secret]"  # what the stored body holds in place of the routing key
 
 
-class InvalidEvent(ValueError):
+INVALID = "Event object is invalid"  # PagerDuty's answer to every invalid event, `errors` aside
+
+
+class InvalidEvent(InvalidDelivery):
     """The event breaks the API's rules; `errors` names each bad field (at most `MAX_ERRORS` and a
     count of the rest), as PagerDuty does."""
 
     def __init__(self, errors: list[str]) -> None:
-        super().__init__("; ".join(errors))
-        self.errors = errors
+        super().__init__("; ".join(errors), errors)
+
+
+def from_http(_headers: Mapping[str, str], body: bytes, routing_keys: Sequence[str]) -> Delivery:
+    """The delivery of one event, sent with one of `routing_keys`. Raise `InvalidEvent` or
+    `Unauthorized`, whose messages and errors are PagerDuty's."""
+    enqueued = parse(body)
+    if not any(
+        hmac.compare_digest(enqueued.routing_key.encode(), key.encode()) for key in routing_keys
+    ):
+        raise Unauthorized(
+            "Unknown routing key",
+            reason="unknown routing key",
+            errors=["'routing_key' is not a configured integration key"],
+        )
+    event = enqueued.event
+    arrival = Arrival(
+        event.id,
+        event,
+        updates_need_open_incident=True,
+        # The body as sent: redelivery is recognised by content, whatever is stored.
+        dedupe_key="ev2-" + hashlib.sha256(body).hexdigest(),
+        dedupe_window=REDELIVERY_WINDOW,
+    )
+    return Delivery(enqueued.stored_body, (arrival,))
 
 
 @dataclass(frozen=True)
@@ -44,6 +76,8 @@ class EnqueuedEvent:
     routing_key: str
     dedup_key: str
     event: Event
+    # The body to store: the routing key is a credential, so it is replaced by `REDACTED`.
+    stored_body: bytes
 
 
 def parse(body: bytes) -> EnqueuedEvent:
@@ -87,7 +121,10 @@ def parse(body: bytes) -> EnqueuedEvent:
     if dedup_key is None:
         dedup_key = uuid.uuid4().hex  # as PagerDuty does for a trigger without one
     return EnqueuedEvent(
-        routing_key, dedup_key, _event(document, routing_key, dedup_key, action, payload or {})
+        routing_key,
+        dedup_key,
+        _event(document, routing_key, dedup_key, action, payload or {}),
+        orjson.dumps({**document, "routing_key": REDACTED}),
     )
 
 

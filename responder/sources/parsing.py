@@ -4,7 +4,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from responder.sources import InvalidPayload
+from responder.sources import InvalidDelivery
 
 T = TypeVar("T")
 
@@ -25,7 +25,7 @@ JSON_TYPES: dict[type, str] = {
 }
 
 
-class InvalidJson(InvalidPayload):
+class InvalidJson(InvalidDelivery):
     """The body is not JSON we accept; `problem` says why without the prefix."""
 
     def __init__(self, problem: str) -> None:
@@ -102,7 +102,7 @@ def optional(document: dict[str, Any], key: str, where: str, expected: type[T], 
     # bool is an int in Python, not a number in JSON.
     if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
         path = f"{where}.{key}" if where else key
-        raise InvalidPayload(f"{path} must be {JSON_TYPES[expected]}, not {json_type(value)}")
+        raise InvalidDelivery(f"{path} must be {JSON_TYPES[expected]}, not {json_type(value)}")
     return value
 
 
@@ -116,10 +116,10 @@ def string_map(value: Any, where: str) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise InvalidPayload(f"{where} must be an object of strings, not {json_type(value)}")
+        raise InvalidDelivery(f"{where} must be an object of strings, not {json_type(value)}")
     for key, item in value.items():
         if not isinstance(item, str):
-            raise InvalidPayload(
+            raise InvalidDelivery(
                 f"{where} must be an object of strings ({where}.{short(key)} is {json_type(item)})"
             )
     return value

@@ -1,4 +1,4 @@
-"""The environment every Pulumi call runs with: local backend, passphrase secrets, no network."""
+"""The environment of every Pulumi call: local backend, passphrase secrets, scratch root, no network."""
 
 import os
 import sys
@@ -10,6 +10,11 @@ from responder.logs import get_logger
 from responder.secret_files import MIN_LENGTH, SecretFileError, ensure_secret_file
 
 log = get_logger("responder.stacks")
+
+# The burner program's scratch root (burner_program.providers reads it): never stack config or state,
+# which outlive whoever wrote them. Not RESPONDER_*: those are settings, and an unknown one stops
+# a daemon started from an environment that has this one.
+SCRATCH_ROOT_VARIABLE = "BURNER_SCRATCH_ROOT"
 
 # Losing the passphrase loses every stack's secrets, so its file is never replaced behind them.
 _KEEP_IT = (
@@ -50,6 +55,10 @@ class PulumiEnvironment:
     def pulumi_home(self) -> Path:
         return self.data_dir / "pulumi-home"
 
+    @property
+    def scratch_root(self) -> Path:
+        return self.data_dir / "scratch"
+
     def workspace_dir(self, project: str) -> Path:
         """Persistent per-project workspace: stack config and the passphrase salt live here."""
         return self.data_dir / "workspaces" / project
@@ -66,6 +75,8 @@ class PulumiEnvironment:
             # Dynamic providers and the language host must run our interpreter, which has our packages.
             "PULUMI_PYTHON_CMD": sys.executable,
             "PATH": f"{bin_dir}{os.pathsep}{path}" if path else bin_dir,
+            # Reaches the inline program in the worker and the dynamic provider the CLI starts.
+            SCRATCH_ROOT_VARIABLE: str(self.scratch_root),
             **self.passphrase_env,
         }
 

@@ -132,19 +132,21 @@ class StackOperations:
         hold: bool = False,
         tags: dict[str, str] | None = None,
         exists: bool = False,
+        done: list[StepResult] | None = None,
     ) -> list[StepResult]:
         """Run steps in one worker. `hold=True` means the caller already holds `locked(target)`.
 
         `tags` are set on the stack if one of the steps creates it; `exists=True` says the caller
-        knows the stack exists, which saves the worker a `pulumi stack select`.
+        knows the stack exists, which saves the worker a `pulumi stack select`. Each step's result
+        is appended to `done` as it completes: the caller keeps those of a request that fails later.
         """
         hints: dict[str, Any] = {"tags": tags} if tags else {}
         if exists:
             hints["exists"] = True
         if hold:
-            return await self._run_unlocked(target, steps, timeout or self.timeout, hints)
+            return await self._run_unlocked(target, steps, timeout or self.timeout, hints, done)
         async with self.locked(target):
-            return await self._run_unlocked(target, steps, timeout or self.timeout, hints)
+            return await self._run_unlocked(target, steps, timeout or self.timeout, hints, done)
 
     async def list_stacks(self, project: str, program: str = DEFAULT_PROGRAM) -> list[str]:
         """Every stack of the project in the backend (read-only: takes no stack lock)."""
@@ -155,7 +157,8 @@ class StackOperations:
 
     async def cancel(self, target: StackTarget) -> bool:
         """Stop the running operation on this stack: one SIGTERM, which the worker passes to the CLI
-        as a graceful cancel; after `kill_grace`, every process of the operation is killed."""
+        as a graceful cancel; after `kill_grace`, every process of the operation is killed. An
+        operation still waiting for its worker is never started."""
         cancel = self._cancels.get(target.key)
         if cancel is None or cancel.is_set():
             return False
@@ -168,6 +171,7 @@ class StackOperations:
         steps: list[Step],
         timeout: float,
         hints: dict[str, Any] | None = None,
+        done: list[StepResult] | None = None,
     ) -> list[StepResult]:
         repairing = steps == [{"op": "repair"}]
         self._ensure_project(target.project)
@@ -184,43 +188,61 @@ class StackOperations:
             "steps": steps,
         }
         request.update(hints or {})  # type: ignore[typeddict-item]
+        cancel = asyncio.Event()
+        if target.name:  # read-only listings (no stack name) need neither cancel nor recovery
+            # Registered before the worker is acquired, not after: a cancel in between is kept,
+            # and the request is then never sent.
+            self._cancels[target.key] = cancel
         try:
-            return await self._in_worker(target, request, timeout)
-        except (OperationTimeout, OperationCancelled):
-            if not repairing:
-                await self._repair(target)
-            raise
-        except asyncio.CancelledError:
-            if not repairing:
-                await asyncio.shield(self._repair(target))
-            raise
+            worker = await self._workers.acquire()
+            if cancel.is_set():
+                self._workers.give_back(worker)
+                raise OperationCancelled(
+                    "operation cancelled before it started", stack=target.name, step=steps[0]["op"]
+                )
+            try:
+                return await self._in_worker(
+                    target, worker, request, timeout, cancel, [] if done is None else done
+                )
+            except (OperationTimeout, OperationCancelled):
+                if not repairing:
+                    await self._repair(target)
+                raise
+            except asyncio.CancelledError:
+                if not repairing:
+                    await asyncio.shield(self._repair(target))
+                raise
+        finally:
+            if self._cancels.get(target.key) is cancel:
+                del self._cancels[target.key]
 
     async def _in_worker(
-        self, target: StackTarget, request: Request, timeout: float
+        self,
+        target: StackTarget,
+        worker: "_Worker",
+        request: Request,
+        timeout: float,
+        cancel: asyncio.Event,
+        done: list[StepResult],
     ) -> list[StepResult]:
-        """Run the request in a worker; when this returns or raises, no process of it is alive."""
-        worker = await self._workers.acquire()
-        cancel = asyncio.Event()
+        """Run the request in the worker; when this returns or raises, no process of it is alive."""
         record = None
-        if target.name:  # read-only listings (no stack name) need neither cancel nor recovery
-            self._cancels[target.key] = cancel
+        if target.name:
             record = self._worker_record(target)
             record.write_text(worker.marker)
-        session = _WorkerSession(worker.proc, target, self.redactor)
+        session = _WorkerSession(worker.proc, target, self.redactor, done)
         reader = asyncio.create_task(session.communicate(request))
         cancelled = asyncio.create_task(cancel.wait())
         try:
-            done, _ = await asyncio.wait(
+            finished, _ = await asyncio.wait(
                 {reader, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             cancelled.cancel()
             await asyncio.shield(self._end(worker, reader))
-            if self._cancels.get(target.key) is cancel:
-                del self._cancels[target.key]
             if record:
                 record.unlink(missing_ok=True)
-        if reader in done:
+        if reader in finished:
             results = reader.result()
             if session.error:
                 raise session.error
@@ -370,7 +392,20 @@ class Stack:
         return await self.ops.cancel(self.target)
 
 
+# Secret config shorter than this is refused: the log redactor ignores short strings (they would
+# mask ordinary words), so a shorter secret would appear in logs and errors unmasked.
+SECRET_MIN_LENGTH = 8
+
+
 def config_values(config: Mapping[str, object]) -> dict[str, ConfigValue]:
+    """The config as the worker takes it. A `Secret` shorter than SECRET_MIN_LENGTH is a ValueError
+    that names its key (never its value)."""
+    for key, value in config.items():
+        if isinstance(value, Secret) and len(value) < SECRET_MIN_LENGTH:
+            raise ValueError(
+                f"secret config {key!r} is shorter than {SECRET_MIN_LENGTH} characters: "
+                "too short to be masked in logs"
+            )
     return {
         key: {
             "value": value if isinstance(value, str) else json.dumps(value),
@@ -384,12 +419,16 @@ class _WorkerSession:
     """Talks to one worker: sends the request, logs its events and steps, collects results."""
 
     def __init__(
-        self, proc: asyncio.subprocess.Process, target: StackTarget, redactor: Redactor | None
+        self,
+        proc: asyncio.subprocess.Process,
+        target: StackTarget,
+        redactor: Redactor | None,
+        results: list[StepResult],
     ) -> None:
         self.proc = proc
         self.target = target
         self.redactor = redactor
-        self.results: list[StepResult] = []
+        self.results = results  # appended to as each step completes
         self.error: StackError | None = None
         self.current_step = ""
         self.stderr_tail: deque[str] = deque(maxlen=40)
@@ -492,7 +531,7 @@ class _WorkerPool:
     def __init__(self, env: dict[str, str], spares: int) -> None:
         self._env = env
         self._spares_wanted = spares
-        self._spares: deque[asyncio.Task[_Worker]] = deque()
+        self._spares: deque[asyncio.Future[_Worker]] = deque()
 
     def fill(self) -> None:
         while len(self._spares) < self._spares_wanted:
@@ -505,6 +544,13 @@ class _WorkerPool:
             if worker.proc.returncode is None:
                 return worker
         return await self._spawn()
+
+    def give_back(self, worker: _Worker) -> None:
+        """A worker that was never sent a request (its operation was cancelled first) waits for the
+        next operation instead of being ended."""
+        spare = asyncio.get_running_loop().create_future()
+        spare.set_result(worker)
+        self._spares.appendleft(spare)
 
     async def _spawn(self) -> _Worker:
         marker = uuid.uuid4().hex

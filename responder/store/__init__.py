@@ -49,6 +49,26 @@ FINAL_STATUSES = frozenset(
 )
 
 
+class DeliveryStatus(StrEnum):
+    ACCEPTED = "accepted"  #: it matched playbooks, whose jobs were created
+    IGNORED = "ignored"  #: no playbook matched, or an update for an incident that is not open
+    PING = "ping"
+    DEDUPLICATED = "deduplicated"  #: a trigger for an incident already open: no jobs
+    DUPLICATE = "duplicate"  #: a redelivery of an earlier delivery: nothing was stored
+
+
+class StackStatus(StrEnum):
+    PROVISIONING = "provisioning"  #: reserved; its first `up` has not succeeded yet
+    LIVE = "live"
+    FAILED = "failed"  #: its first `up` failed
+    DESTROYED = "destroyed"
+    STUCK = "stuck"  #: the reaper gave up destroying it; kept until a step changes it
+
+
+# Stack statuses a new reservation may take over, and that no cap counts.
+RELEASED_STACKS = frozenset({StackStatus.DESTROYED, StackStatus.FAILED})
+
+
 @dataclass(frozen=True)
 class NewDelivery:
     id: str
@@ -56,10 +76,9 @@ class NewDelivery:
     event_id: str
     event_type: str
     incident_id: str
-    status: str  # accepted | ignored | ping
+    status: DeliveryStatus  # accepted | ignored | ping
     body: bytes
     received_at: float
-    incident_status: str = ""  # the incident's status as this event reports it
     # Acknowledge/resolve for an incident that is not open is dropped (the Events API's rule).
     updates_need_open_incident: bool = False
     # A source without delivery ids (Events v2) recognises repeats by content: an earlier delivery
@@ -76,7 +95,7 @@ class NewDelivery:
         id: str,
         body: bytes,
         received_at: float,
-        status: str = "accepted",
+        status: DeliveryStatus = DeliveryStatus.ACCEPTED,
         updates_need_open_incident: bool = False,
         dedupe_key: str = "",
         dedupe_window: float = 0.0,
@@ -91,7 +110,6 @@ class NewDelivery:
             status=status,
             body=body,
             received_at=received_at,
-            incident_status=event.incident.status if event.incident else "",
             updates_need_open_incident=updates_need_open_incident,
             dedupe_key=dedupe_key,
             dedupe_window=dedupe_window,
@@ -164,7 +182,7 @@ class StackRecord:
     incident_id: str
     playbook: str
     service: str
-    status: str  # provisioning | live | failed (its first `up` failed) | destroyed
+    status: StackStatus
     created_at: float
     last_activity_at: float
     last_operation: str
@@ -191,8 +209,7 @@ class Caps:
 class RecordedDelivery:
     created: bool  # False: a redelivery, nothing new was stored
     job_ids: list[int]
-    # The delivery's recorded status; a repeat for an open incident is "deduplicated".
-    status: str = ""
+    status: DeliveryStatus  # a repeat for an open incident is `deduplicated`
     duplicate_of: str = ""  # for a redelivery: the earlier delivery it repeats
 
 
@@ -253,7 +270,7 @@ class Store(Protocol):
         *,
         operation: str,
         now: float,
-        status: str | None = None,
+        status: StackStatus | None = None,
         outputs: dict[str, Any] | None = None,
         export_path: str | None = None,
     ) -> None: ...

@@ -1,14 +1,18 @@
 """The SQL of recording deliveries (dedupe, incident state, jobs) and of pruning what has finished.
 
-Each function runs inside the caller's transaction on the store's connection.
+Each function runs inside the caller's transaction on the store's connection; the rules of incident
+state are `responder.incidents`': this module asks them and persists the answer.
 """
 
 import json
 import sqlite3
 from collections.abc import Sequence
 
+from responder import incidents
+from responder.incidents import IncidentStatus
 from responder.store import (
     FINAL_STATUSES,
+    DeliveryStatus,
     JobStatus,
     NewDelivery,
     NewJob,
@@ -17,7 +21,6 @@ from responder.store import (
 )
 from responder.store.schema import payload_digest
 
-OPEN = ("triggered", "acknowledged")
 Request = Sequence[tuple[NewDelivery, list[NewJob]]]
 
 # A value of one request that the store cannot encode fails that request alone. Anything else
@@ -61,28 +64,22 @@ def record(
     _check_text(delivery, jobs)
     earlier = _repeated(db, delivery)
     if earlier is not None:
-        return RecordedDelivery(created=False, job_ids=[], status="duplicate", duplicate_of=earlier)
+        return RecordedDelivery(
+            created=False, job_ids=[], status=DeliveryStatus.DUPLICATE, duplicate_of=earlier
+        )
     status = delivery.status
-    if delivery.incident_id and delivery.source != "responder":
+    if incidents.tracks_incident(delivery):
         row = db.execute(
             "SELECT status FROM incidents WHERE id = ?", (delivery.incident_id,)
         ).fetchone()
-        known = row["status"] if row else None
-        status, jobs = _against_incident(delivery, known, jobs)
-        _note_incident(db, delivery, known)
-        # A later event of a listed type cancels a scheduled job for the same incident (a reopen
-        # inside the grace period keeps the stack).
-        db.execute(
-            "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?"
-            " WHERE status = 'scheduled' AND incident_id = ?"
-            " AND EXISTS (SELECT 1 FROM json_each(jobs.cancel_on) WHERE value = ?)",
-            (
-                delivery.received_at,
-                f"cancelled by {delivery.event_type} (delivery {delivery.id})",
-                delivery.incident_id,
-                delivery.event_type,
-            ),
-        )
+        known = incidents.parse_status(row["status"] if row else None)
+        verdict = incidents.judge(delivery, known)
+        status = verdict.status
+        if not verdict.creates_jobs:
+            jobs = []
+        if verdict.news:
+            _note_incident(db, delivery, known, verdict.incident_status)
+            _cancel_scheduled(db, delivery)
     digest = digests.get(delivery.body)
     if digest is None:
         digest = digests[delivery.body] = payload_digest(delivery.body)
@@ -117,7 +114,6 @@ def _check_text(delivery: NewDelivery, jobs: list[NewJob]) -> None:
         ("event id", delivery.event_id),
         ("event type", delivery.event_type),
         ("incident id", delivery.incident_id),
-        ("incident status", delivery.incident_status),
         ("dedupe key", delivery.dedupe_key),
     ]
     for job in jobs:
@@ -146,38 +142,46 @@ def _repeated(db: sqlite3.Connection, delivery: NewDelivery) -> str | None:
     return str(row[0]) if row else None
 
 
-def _against_incident(
-    delivery: NewDelivery, known: str | None, jobs: list[NewJob]
-) -> tuple[str, list[NewJob]]:
-    """Checked in the same transaction as the insert, so two concurrent repeats cannot both pass:
-    a trigger for an incident already open is a repeat; updates may need an open incident."""
-    if delivery.event_type == "incident.triggered" and known in OPEN:
-        return "deduplicated", []
-    if (
-        delivery.updates_need_open_incident
-        and delivery.event_type != "incident.triggered"
-        and known not in OPEN
-    ):
-        return "ignored", []
-    return delivery.status, jobs
-
-
-def _note_incident(db: sqlite3.Connection, delivery: NewDelivery, known: str | None) -> None:
-    status = delivery.incident_status or delivery.event_type.rpartition(".")[2]
-    if known is not None and status != known:
-        # A change of the incident's state ends content dedupe of its earlier deliveries: an alert
-        # re-fired after resolve, with the very same body, is a new alert.
+def _note_incident(
+    db: sqlite3.Connection,
+    delivery: NewDelivery,
+    known: IncidentStatus | None,
+    status: IncidentStatus | None,
+) -> None:
+    if status is None:
+        db.execute(
+            "UPDATE incidents SET last_event_at = ? WHERE id = ?",
+            (delivery.received_at, delivery.incident_id),
+        )
+        return
+    if incidents.ends_content_dedupe(known, status):
         db.execute(
             "UPDATE deliveries SET dedupe_key = NULL WHERE incident_id = ? AND dedupe_key IS NOT NULL",
             (delivery.incident_id,),
         )
-    resolved_at = delivery.received_at if status == "resolved" else None
+    resolved_at = delivery.received_at if status == IncidentStatus.RESOLVED else None
     db.execute(
         "INSERT INTO incidents (id, status, last_event_at, resolved_at) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (id) DO UPDATE SET status = excluded.status, last_event_at = excluded.last_event_at,"
         " resolved_at = CASE WHEN excluded.status = 'resolved'"
         "   THEN COALESCE(incidents.resolved_at, excluded.resolved_at) ELSE NULL END",
         (delivery.incident_id, status, delivery.received_at, resolved_at),
+    )
+
+
+def _cancel_scheduled(db: sqlite3.Connection, delivery: NewDelivery) -> None:
+    """An event of a type a scheduled job lists cancels it, for the same incident (a reopen inside
+    the grace period keeps the stack)."""
+    db.execute(
+        "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?"
+        " WHERE status = 'scheduled' AND incident_id = ?"
+        " AND EXISTS (SELECT 1 FROM json_each(jobs.cancel_on) WHERE value = ?)",
+        (
+            delivery.received_at,
+            f"cancelled by {delivery.event_type} (delivery {delivery.id})",
+            delivery.incident_id,
+            delivery.event_type,
+        ),
     )
 
 

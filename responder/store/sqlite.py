@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from responder.store import (
+    RELEASED_STACKS,
     Caps,
     Job,
     JobStatus,
@@ -23,6 +24,7 @@ from responder.store import (
     RecordedDelivery,
     RecordRejected,
     StackRecord,
+    StackStatus,
     StepRecord,
     StoreUnavailable,
 )
@@ -260,10 +262,10 @@ class SQLiteStore:
                 "SELECT status FROM stacks WHERE project = ? AND stack = ?",
                 (record.project, record.stack),
             ).fetchone()
-            if row is not None and row["status"] not in RELEASED:
+            if row is not None and row["status"] not in RELEASED_STACKS:
                 return None  # already ours and alive: no new stack
             # A destroyed stack, or one whose first `up` failed, holds no cap slot.
-            live = "status NOT IN ('destroyed', 'failed')"
+            live = "status NOT IN ('destroyed', 'failed')"  # RELEASED_STACKS
             for cap, limit, where, args in (
                 ("max_live_stacks", caps.live_stacks, live, ()),
                 (
@@ -313,7 +315,7 @@ class SQLiteStore:
         *,
         operation: str,
         now: float,
-        status: str | None = None,
+        status: StackStatus | None = None,
         outputs: dict[str, Any] | None = None,
         export_path: str | None = None,
     ) -> None:
@@ -524,9 +526,6 @@ class SQLiteStore:
         )
 
 
-RELEASED = ("destroyed", "failed")  # stack statuses a new reservation may take over
-
-
 def _fail(batch: list[_Pending], error: BaseException) -> None:
     for _, future in batch:
         if not future.done():
@@ -578,7 +577,7 @@ def _stack(row: sqlite3.Row) -> StackRecord:
         incident_id=row["incident_id"],
         playbook=row["playbook"],
         service=row["service"],
-        status=row["status"],
+        status=StackStatus(row["status"]),
         created_at=row["created_at"],
         last_activity_at=row["last_activity_at"],
         last_operation=row["last_operation"],

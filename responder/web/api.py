@@ -11,23 +11,17 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from responder.events import Event, Incident, event_to_dict
+from responder.enqueue import Run, enqueue
+from responder.events import Event, Incident
 from responder.logs import get_logger
+from responder.sources import Arrival
 from responder.sources.parsing import InvalidJson, decode_json, quoted
 from responder.stacks import StackError, StackOperations
-from responder.store import (
-    Job,
-    JobStatus,
-    NewDelivery,
-    NewJob,
-    RecordRejected,
-    StackRecord,
-    Store,
-    StoreUnavailable,
-)
+from responder.store import Job, JobStatus, StackRecord, Store, StoreUnavailable
 from responder.web.auth import require_token
 from responder.web.daemon import DAEMON
 from responder.web.errors import ApiError
+from responder.web.webhooks import deps
 
 log = get_logger("responder.api")
 
@@ -83,7 +77,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    job = await _store_call(request.app[DAEMON].store.get_job(_job_id(request)))
+    job = await request.app[DAEMON].store.get_job(_job_id(request))
     if job is None:
         raise ApiError(404, "no such job")
     return web.json_response(job_json(job))
@@ -96,10 +90,8 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise ApiError(400, f"status must be one of {', '.join(s.value for s in JobStatus)}")
     limit = min(_int(query.get("limit", "50"), "limit", low=1), MAX_PAGE)
     offset = _int(query.get("offset", "0"), "offset")
-    jobs = await _store_call(
-        request.app[DAEMON].store.list_jobs(
-            incident_id=query.get("incident"), status=status, limit=limit, offset=offset
-        )
+    jobs = await request.app[DAEMON].store.list_jobs(
+        incident_id=query.get("incident"), status=status, limit=limit, offset=offset
     )
     next_offset = offset + limit if len(jobs) == limit else None
     return web.json_response(
@@ -114,7 +106,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def get_incident(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    incident = await _store_call(daemon.store.incident(request.match_info["id"]))
+    incident = await daemon.store.incident(request.match_info["id"])
     if incident is None:
         raise ApiError(404, "no such incident")
     incident["jobs"] = [job_json(j) for j in incident["jobs"]]
@@ -130,7 +122,7 @@ async def list_stacks(request: web.Request) -> web.Response:
     The backend's listing is at most RECONCILE_INTERVAL seconds old, and concurrent requests share
     one: each listing starts processes, and this endpoint needs no token."""
     daemon = request.app[DAEMON]
-    records = await _store_call(daemon.store.list_stacks())
+    records = await daemon.store.list_stacks()
     stacks = [stack_json(r, daemon.clock()) for r in records]
     if request.query.get("reconcile", "true").lower() != "false":
         projects = {p.project: p.program for p in daemon.playbook_order} | {
@@ -163,9 +155,7 @@ async def decide_job(request: web.Request) -> web.Response:
     require_token(request, daemon.credentials.api_token)
     job_id = _job_id(request)
     approve = request.match_info["decision"] == "approve"
-    job = await _store_call(
-        daemon.store.decide(job_id, approve, daemon.clock(), "rejected by request")
-    )
+    job = await daemon.store.decide(job_id, approve, daemon.clock(), "rejected by request")
     if job is None:
         raise ApiError(404, "no such job")
     expected = JobStatus.QUEUED if approve else JobStatus.REJECTED
@@ -180,10 +170,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     require_token(request, daemon.credentials.api_token)
     job_id = _job_id(request)
-    try:
-        job = await daemon.runner.cancel(job_id)
-    except StoreUnavailable as e:
-        raise ApiError(503, str(e)) from None
+    job = await daemon.runner.cancel(job_id)
     if job is None:
         raise ApiError(404, "no such job")
     if job.status.final and job.status != JobStatus.CANCELLED:
@@ -234,9 +221,12 @@ async def run_playbook(request: web.Request) -> web.Response:
     """Run a playbook by hand with a synthetic event; `?wait=SECONDS` waits for its outputs."""
     daemon = request.app[DAEMON]
     require_token(request, daemon.credentials.api_token)
-    playbook = daemon.playbooks.get(request.match_info["name"])
+    name = request.match_info["name"]
+    # Only the operator's playbooks: responder's own (reap_stack) run from the lifecycle, after
+    # the gates a hand-made job would skip.
+    playbook = next((p for p in daemon.playbook_order if p.name == name), None)
     if playbook is None:
-        raise ApiError(404, f"no playbook named {request.match_info['name']!r}")
+        raise ApiError(404, f"no playbook named {name!r}")
     wait = _float(request.query.get("wait", "0"), "wait")
     body = await request.read()
     try:
@@ -266,19 +256,10 @@ async def run_playbook(request: web.Request) -> web.Response:
     structlog.contextvars.bind_contextvars(
         delivery_id=event.id, event_id=event.id, incident_id=incident_id, playbook=playbook.name
     )
-    job = NewJob(
-        playbook=playbook.name,
-        project=playbook.project,
-        stack=playbook.stack_name(event),
-        event=event_to_dict(event),
-        max_attempts=daemon.settings.job_max_attempts,
-        params=params,
+    [enqueued] = await enqueue(
+        deps(daemon), body, [Arrival(event.id, event)], run=Run([playbook], params)
     )
-    delivery = NewDelivery.of(event, id=event.id, body=body, received_at=daemon.clock())
-    recorded = await _store_call(daemon.store.record_delivery(delivery, [job]))
-    job_id = recorded.job_ids[0]
-    log.info("job.queued", job_id=job_id, manual=True)
-    daemon.runner.notify()
+    job_id = enqueued.job_ids[0]
     if wait <= 0:
         return web.json_response({"job": job_id, "status": "queued"}, status=202)
     final = await _wait_for_job(daemon.store, job_id, min(wait, MAX_WAIT_SECONDS))
@@ -293,7 +274,7 @@ async def _wait_for_job(store: Store, job_id: int, seconds: float) -> Job | None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while loop.time() < deadline:
-        job: Job | None = await _store_call(store.get_job(job_id))
+        job = await store.get_job(job_id)
         if job is not None and job.status.final:
             return job
         await asyncio.sleep(0.2)
@@ -334,15 +315,6 @@ def job_json(job: Job, *, steps: bool = True) -> dict[str, Any]:
             for s in job.steps
         ]
     return data
-
-
-async def _store_call(awaitable: Any) -> Any:
-    try:
-        return await awaitable
-    except StoreUnavailable as e:
-        raise ApiError(503, str(e), {"Retry-After": "5"}) from None
-    except RecordRejected as e:
-        raise ApiError(400, str(e)) from None
 
 
 def _iso(ts: float | None) -> str | None:

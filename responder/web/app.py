@@ -3,6 +3,7 @@
 import asyncio
 import os
 import secrets
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -90,8 +91,7 @@ async def _run_daemon(
 ) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    data_dir.chmod(0o700)  # also shuts others out of files an older version left readable
+    _prepare_data_dir(data_dir)
     credentials = _credentials(settings, data_dir)
     redactor.add(*credentials.all())
     if not settings.verify_signatures:
@@ -176,6 +176,24 @@ async def _run_daemon(
         await ops.close()
         await store.close()
         log.info("daemon.stopped")
+
+
+def _prepare_data_dir(path: Path) -> None:
+    """Create the data dir for our user only. An existing one keeps its mode: the operator chose
+    it, and changing it could break what else lives there (a shared dir's sticky bit, a group's
+    access); a warning says when other users can reach into it."""
+    if not path.is_dir():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning(
+            "data_dir.permissions",
+            path=str(path),
+            mode=f"{mode:04o}",
+            message="the data dir is open to other users (its mode is left as it is); "
+            "chmod 700 it unless that is intended",
+        )
 
 
 async def _stop_accepting(app: web.Application) -> None:

@@ -1,51 +1,79 @@
-"""Webhook endpoints: verify and parse each source's deliveries, then hand them to intake."""
+"""Webhook endpoints: one handler over a table of sources, each answered in its own shape."""
 
-import hashlib
-import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
 
+from responder.enqueue import Deps, Enqueued, enqueue
 from responder.logs import get_logger
-from responder.sources import InvalidPayload, alertmanager, events_v2, pagerduty
+from responder.sources import Delivery, alertmanager, events_v2, pagerduty
 from responder.sources.parsing import quoted
-from responder.web import intake
-from responder.web.auth import require_token
 from responder.web.daemon import DAEMON, Daemon
-from responder.web.errors import ApiError
+from responder.web.errors import KEPT_HEADERS, RETRY_AFTER, ApiError, api_error
 
 log = get_logger("responder.webhooks")
 
-MAX_DELIVERY_ID = 128  # PagerDuty's X-Webhook-Id is a 36-character UUID
+
+@dataclass(frozen=True)
+class Source:
+    """A webhook route: which source answers it, with which credentials, in which shape."""
+
+    path: str
+    name: str
+    # The source's sans-I/O parser, given the daemon's credentials and clock.
+    from_http: Callable[[Daemon, Mapping[str, str], bytes], Delivery]
+    answer: Callable[[list[Enqueued]], web.Response]
+    # The source's own error shape; None: ours (see `errors.json_errors`).
+    error: Callable[[ApiError], ApiError] | None = None
+    # The delivery id a source reads from the headers alone, checked before the body is read, so
+    # every line of the delivery, from `delivery.received` on, carries it.
+    header_delivery_id: Callable[[Mapping[str, str]], str] | None = None
 
 
-def delivery_id_header(request: web.Request) -> str:
-    """The X-Webhook-Id header ("" without one). It is unsigned, and aiohttp decodes header bytes
-    with surrogateescape, so anything but short printable ASCII is refused before it goes anywhere."""
-    value = request.headers.get(pagerduty.WEBHOOK_ID_HEADER, "").strip()
-    if not value.isascii() or not value.isprintable() or len(value) > MAX_DELIVERY_ID:
-        log.warning("delivery.rejected", reason="malformed webhook id header")
-        raise ApiError(
-            400,
-            f"{pagerduty.WEBHOOK_ID_HEADER} must be printable ASCII of at most"
-            f" {MAX_DELIVERY_ID} characters",
-        )
-    return value
+def deps(daemon: Daemon) -> Deps:
+    """What `enqueue` needs, from the running daemon."""
+    return Deps(
+        store=daemon.store,
+        playbooks=daemon.playbook_order,
+        max_attempts=daemon.settings.job_max_attempts,
+        clock=daemon.clock,
+        notify=daemon.runner.notify,
+    )
 
 
-def refuse_content_encoding(request: web.Request) -> None:
-    """Pagers never compress their webhooks; a compressed body would be a decompression bomb to us
-    (the app reads bodies raw: `auto_decompress` is off), so anything but identity is a 415."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding != "identity":
-        log.warning("delivery.rejected", reason="unsupported content encoding")
-        raise ApiError(415, f"Content-Encoding {quoted(encoding)} is not accepted; send identity")
+async def receive(request: web.Request, source: Source) -> web.Response:
+    """Read, verify and parse one delivery with its source, enqueue its events, and answer."""
+    structlog.contextvars.bind_contextvars(source=source.name)
+    shape = source.error
+    try:
+        daemon = request.app[DAEMON]
+        if source.header_delivery_id is not None:
+            header_id = source.header_delivery_id(request.headers)
+            structlog.contextvars.bind_contextvars(delivery_id=header_id or None)
+        body = await read_json_body(request, daemon)
+        delivery = source.from_http(daemon, request.headers, body)
+        log.info("delivery.verified", events=len(delivery.arrivals))
+        if len(delivery.arrivals) == 1:
+            structlog.contextvars.bind_contextvars(delivery_id=delivery.arrivals[0].delivery_id)
+        return source.answer(await enqueue(deps(daemon), delivery.body, delivery.arrivals))
+    except web.HTTPException as e:  # aiohttp's 413 for a chunked body over the size limit
+        if shape is None or e.status < 400:
+            raise
+        headers = {k: v for k, v in e.headers.items() if k in KEPT_HEADERS}
+        raise shape(ApiError(e.status, e.text or e.reason, headers)) from None
+    except Exception as e:
+        error = api_error(e) if shape is not None else None
+        if shape is None or error is None:
+            raise
+        raise shape(error) from None
 
 
 async def read_json_body(request: web.Request, daemon: Daemon) -> bytes:
-    """The raw body, after the checks every JSON webhook shares (415, 413, 503 while stopping)."""
+    """The raw body, after the checks every JSON webhook shares (503 while stopping, 415, 413)."""
     if not daemon.accepting:
-        raise ApiError(503, "shutting down; retry later", {"Retry-After": "5"})
+        raise ApiError(503, "shutting down; retry later", RETRY_AFTER)
     if request.content_type != "application/json":
         content_type = quoted(request.content_type)
         log.warning(
@@ -62,128 +90,108 @@ async def read_json_body(request: web.Request, daemon: Daemon) -> bytes:
     return body
 
 
-async def pagerduty_v3(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
-    structlog.contextvars.bind_contextvars(source=pagerduty.SOURCE)
-    header_id = delivery_id_header(request)
-    structlog.contextvars.bind_contextvars(delivery_id=header_id or None)
-    body = await read_json_body(request, daemon)
-    if daemon.settings.verify_signatures:
-        signature = request.headers.get(pagerduty.SIGNATURE_HEADER)
-        if not pagerduty.verify_signature(body, signature, daemon.credentials.pagerduty_secrets):
-            reason = "missing signature" if not signature else "signature does not match"
-            log.warning("delivery.rejected", reason=reason)
-            raise ApiError(401, f"{reason} ({pagerduty.SIGNATURE_HEADER})")
-        log.info("delivery.verified")
-    try:
-        event = pagerduty.parse(body)
-    except InvalidPayload as e:
-        log.warning("delivery.rejected", reason=str(e))
-        raise ApiError(400, str(e)) from None
-    # X-Webhook-Id is stable across retries, the event id too; the store dedupes on both, so a
-    # captured body replayed under new webhook ids creates nothing.
-    delivery_id = header_id or event.id
-    structlog.contextvars.bind_contextvars(
-        delivery_id=delivery_id,
-        event_id=event.id,
-        event_type=event.type,
-        incident_id=event.incident_id or None,
+def refuse_content_encoding(request: web.Request) -> None:
+    """Pagers never compress their webhooks; a compressed body would be a decompression bomb to us
+    (the app reads bodies raw: `auto_decompress` is off), so anything but identity is a 415."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        log.warning("delivery.rejected", reason="unsupported content encoding")
+        raise ApiError(415, f"Content-Encoding {quoted(encoding)} is not accepted; send identity")
+
+
+def _pagerduty(daemon: Daemon, headers: Mapping[str, str], body: bytes) -> Delivery:
+    secrets = daemon.credentials.pagerduty_secrets if daemon.settings.verify_signatures else None
+    return pagerduty.from_http(
+        headers, body, secrets, now=daemon.clock(), max_age=daemon.settings.retention
     )
-    [result] = await intake.record(daemon, body, [intake.Arrival(delivery_id, event)])
-    return intake.answer(result)
+
+
+def _pagerduty_answer(results: list[Enqueued]) -> web.Response:
+    """The V3 webhook answer: 202 with the created jobs, or 200 for a redelivery."""
+    [result] = results
+    body = {
+        "status": result.status,
+        "delivery_id": result.delivery_id,
+        "event_id": result.event.id,
+        "jobs": result.job_ids,
+    }
+    return web.json_response(body, status=200 if result.status == "duplicate" else 202)
+
+
+def _events_v2_answer(results: list[Enqueued]) -> web.Response:
+    """As PagerDuty answers, so its clients need no changes."""
+    [result] = results
+    incident = result.event.incident
+    dedup_key = incident.incident_key if incident else ""
+    return web.json_response(
+        {"status": "success", "message": "Event processed", "dedup_key": dedup_key}, status=202
+    )
+
+
+def _events_v2_error(error: ApiError) -> ApiError:
+    """The error in the Events API's shape, `{"status", "message", "errors"}`, its headers kept.
+    PagerDuty answers a non-JSON content type as an invalid event."""
+    status = 400 if error.status == 415 else error.status
+    message = events_v2.INVALID if status == 400 else error.message
+    kind = "invalid event" if status < 500 else "unavailable"
+    body = {"status": kind, "message": message, "errors": error.errors}
+    return ApiError(status, message, error.headers, body)
+
+
+async def events_v2_other_method(request: web.Request) -> web.Response:
+    """Any method but POST: aiohttp's own 405 would not be in the Events API's shape."""
+    raise _events_v2_error(
+        ApiError(405, f"method {request.method} is not allowed; use POST", {"Allow": "POST"})
+    )
+
+
+def _alertmanager_answer(results: list[Enqueued]) -> web.Response:
+    """Each alert's outcome: one transaction for the notification, its body stored once."""
+    alerts = [
+        {
+            "incident_id": r.event.incident_id,
+            "event_type": r.event.type,
+            "status": r.status,
+            "jobs": r.job_ids,
+        }
+        for r in results
+    ]
+    return web.json_response({"status": "accepted", "alerts": alerts}, status=202)
+
+
+SOURCES = (
+    Source(
+        "/webhooks/pagerduty",
+        pagerduty.SOURCE,
+        _pagerduty,
+        _pagerduty_answer,
+        header_delivery_id=pagerduty.delivery_id_header,
+    ),
+    Source(
+        "/v2/enqueue",
+        events_v2.SOURCE,
+        lambda daemon, headers, body: events_v2.from_http(
+            headers, body, daemon.credentials.events_v2_routing_keys
+        ),
+        _events_v2_answer,
+        _events_v2_error,
+    ),
+    Source(
+        "/webhooks/alertmanager",
+        alertmanager.SOURCE,
+        lambda daemon, headers, body: alertmanager.from_http(
+            headers, body, daemon.credentials.alertmanager_token
+        ),
+        _alertmanager_answer,
+    ),
+)
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/webhooks/pagerduty", pagerduty_v3)
-    app.router.add_post("/v2/enqueue", events_v2_enqueue)
-    app.router.add_post("/webhooks/alertmanager", alertmanager_webhook)
+    for source in SOURCES:
 
+        async def handler(request: web.Request, source: Source = source) -> web.Response:
+            return await receive(request, source)
 
-async def events_v2_enqueue(request: web.Request) -> web.Response:
-    """PagerDuty Events API v2, answered as PagerDuty answers (so its clients need no changes)."""
-    daemon = request.app[DAEMON]
-    structlog.contextvars.bind_contextvars(source=events_v2.SOURCE)
-    try:
-        body = await read_json_body(request, daemon)
-    except ApiError as e:
-        if e.status == 415:  # PagerDuty answers a non-JSON content type as an invalid event
-            raise _invalid_event(400, [e.message]) from None
-        raise
-    try:
-        enqueued = events_v2.parse(body)
-    except events_v2.InvalidEvent as e:
-        log.warning("delivery.rejected", reason="invalid event", errors=e.errors)
-        raise _invalid_event(400, e.errors) from None
-    if not any(
-        hmac.compare_digest(enqueued.routing_key.encode(), k.encode())
-        for k in daemon.credentials.events_v2_routing_keys
-    ):
-        log.warning("delivery.rejected", reason="unknown routing key")
-        raise _invalid_event(
-            401, ["'routing_key' is not a configured integration key"], "Unknown routing key"
-        )
-    event = enqueued.event
-    structlog.contextvars.bind_contextvars(delivery_id=event.id)
-    log.info("delivery.verified")
-    arrival = intake.Arrival(
-        event.id,
-        event,
-        updates_need_open_incident=True,
-        dedupe_key="ev2-" + hashlib.sha256(body).hexdigest(),
-        dedupe_window=events_v2.REDELIVERY_WINDOW,
-    )
-    try:
-        await intake.record(daemon, body, [arrival])
-    except ApiError as e:
-        if e.status == 400:  # the store refused a value: answered in the Events API's shape
-            raise _invalid_event(400, [e.message]) from None
-        raise
-    return web.json_response(
-        {"status": "success", "message": "Event processed", "dedup_key": enqueued.dedup_key},
-        status=202,
-    )
-
-
-def _invalid_event(
-    status: int, errors: list[str], message: str = "Event object is invalid"
-) -> ApiError:
-    return ApiError(
-        status, message, body={"status": "invalid event", "message": message, "errors": errors}
-    )
-
-
-async def alertmanager_webhook(request: web.Request) -> web.Response:
-    """Alertmanager `webhook_configs` notifications, authenticated with a bearer token."""
-    daemon = request.app[DAEMON]
-    structlog.contextvars.bind_contextvars(source=alertmanager.SOURCE)
-    try:
-        require_token(request, daemon.credentials.alertmanager_token)
-    except ApiError:
-        log.warning("delivery.rejected", reason="missing or wrong bearer token")
-        raise
-    body = await read_json_body(request, daemon)
-    try:
-        events = alertmanager.parse(body)
-    except InvalidPayload as e:
-        log.warning("delivery.rejected", reason=str(e))
-        raise ApiError(400, str(e)) from None
-    log.info("delivery.verified", alerts=len(events))
-    # One transaction for the whole notification: every alert's jobs are committed before the 202,
-    # and the body is stored once, not once per alert.
-    arrivals = [intake.Arrival(e.id, e, updates_need_open_incident=True) for e in events]
-    results = await intake.record(daemon, body, arrivals)
-    return web.json_response(
-        {
-            "status": "accepted",
-            "alerts": [
-                {
-                    "incident_id": r.event.incident_id,
-                    "event_type": r.event.type,
-                    "status": r.status,
-                    "jobs": r.job_ids,
-                }
-                for r in results
-            ],
-        },
-        status=202,
-    )
+        app.router.add_post(source.path, handler)
+    app.router.add_route("*", "/v2/enqueue", events_v2_other_method)

@@ -1,0 +1,124 @@
+"""Attacker review: a malformed request costs one short log line; system playbooks never run by hand."""
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+
+from responder.config import Settings
+from responder.lifecycle import SYSTEM_PLAYBOOKS
+from responder.playbook import Context, on
+from responder.stacks import PulumiEnvironment
+from responder.web import create_app
+from responder.web.app import server_options
+from tests.conftest import API_TOKEN, Client, LogCapture, settings_for
+
+MakeClient = Callable[..., Awaitable[Client]]
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+PADDING = "A" * 7000  # a request line near aiohttp's limit, which its error message would quote
+MALFORMED = {  # aiohttp's error message quotes the padded line, but for the duplicate header
+    "bad content-length": f"POST /v2/enqueue HTTP/1.1\r\nHost: t\r\n"
+    f"Content-Length: 12{PADDING}\r\n\r\n".encode(),
+    "raw byte in the path": f"GET /\xff{PADDING} HTTP/1.1\r\nHost: t\r\n\r\n".encode("latin-1"),
+    "duplicate content-length": f"POST /webhooks/pagerduty?{PADDING} HTTP/1.1\r\nHost: t\r\n"
+    "Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}".encode(),
+    "control character in a header": f"GET /healthz HTTP/1.1\r\nHost: t\r\n"
+    f"X-A: {PADDING}\x01\r\n\r\n".encode(),
+}
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Settings, logs: LogCapture) -> AsyncIterator[int]:
+    """The daemon on a real listening socket, with the server options `responder serve` uses."""
+    runner = web.AppRunner(create_app(settings, redactor=logs.redactor), **server_options(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes; what came back before the server closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 20)
+    finally:
+        writer.close()
+
+
+def server_lines(logs: LogCapture) -> list[dict[str, object]]:
+    return [line for line in logs.lines() if line.get("logger") == "aiohttp.server"]
+
+
+async def test_each_malformed_request_logs_one_short_warning(
+    data_dir: Path, logs: LogCapture, pulumi_env: PulumiEnvironment
+) -> None:
+    async with served(settings_for(data_dir), logs) as port:
+        for what, request in MALFORMED.items():
+            before = len(server_lines(logs))
+            answer = await exchange(port, request)
+            assert answer.split(b" ", 2)[1] == b"400", (what, answer[:200])
+            [line] = server_lines(logs)[before:]
+            assert line["event"] == "http.bad_request" and line["level"] == "warning", what
+            assert line["status"] == 400 and line["remote"] == "127.0.0.1", what
+            assert isinstance(line["error"], str) and 0 < len(line["error"]) <= 203, what
+            assert "exception" not in line and len(json.dumps(line)) < 600, what
+    assert "Traceback" not in logs.text and PADDING[:300] not in logs.text
+
+
+async def test_real_server_errors_are_logged_in_full(
+    aiohttp_server: AiohttpServer, logs: LogCapture
+) -> None:
+    async def broken(_request: web.Request) -> web.Response:
+        raise RuntimeError("a bug in a handler")
+
+    app = web.Application()
+    app.router.add_get("/", broken)
+    server = await aiohttp_server(app)
+    answer = await exchange(
+        server.port or 0, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 500 ")
+    [line] = server_lines(logs)
+    assert line["level"] == "error" and str(line["event"]).startswith("Error handling request")
+    assert "RuntimeError: a bug in a handler" in str(line["exception"])
+
+
+async def test_bad_requests_are_dropped_below_the_configured_level(
+    aiohttp_server: AiohttpServer, logs: LogCapture
+) -> None:
+    logging.getLogger().setLevel(logging.ERROR)  # RESPONDER_LOG_LEVEL=ERROR; `logs` resets it
+    server = await aiohttp_server(web.Application())
+    answer = await exchange(server.port or 0, MALFORMED["bad content-length"])
+    assert answer.split(b" ", 2)[1] == b"400"
+    assert server_lines(logs) == []
+
+
+async def test_system_playbooks_cannot_be_run_by_hand(make_client: MakeClient) -> None:
+    @on("incident.triggered")
+    async def probe(_ctx: Context) -> None:
+        """An operator's playbook."""
+
+    client = await make_client([probe])
+    assert "reap_stack" in {p.name for p in SYSTEM_PLAYBOOKS}
+    for system in SYSTEM_PLAYBOOKS:
+        response = await client.http.post(
+            f"/playbooks/{system.name}/run", json={"incident_id": "QVICTIM"}, headers=AUTH
+        )
+        assert response.status == 404
+        assert (await response.json())["error"] == f"no playbook named {system.name!r}"
+    assert await client.daemon.store.list_jobs() == []
+    listed = await (await client.http.get("/playbooks")).json()
+    assert [p["name"] for p in listed["playbooks"]] == ["probe"]
+    ran = await client.http.post("/playbooks/probe/run", headers=AUTH)
+    assert ran.status == 202  # the operator's own still run by hand
