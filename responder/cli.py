@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, redactor: Redactor) -> int:
-    from responder.web import create_app
+    from responder.daemon import create_app
     from responder.web.app import server_options
 
     log.info("daemon.starting", settings=settings.public())

@@ -1,65 +1,32 @@
 """Shared fixtures: a temporary data dir with a real file backend, the real pulumi CLI, a probe target."""
 
-import asyncio
 import contextlib
-import io
-import json
 import os
 import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from aiohttp import ClientResponse, web
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpServer
 
-from responder.config import Settings
-from responder.logs import Redactor, configure_logging
+from responder.logs import configure_logging
 from responder.playbook import Playbook
-from responder.sources import pagerduty
 from responder.stacks import PulumiEnvironment, StackOperations
-from responder.store import Job, JobStatus
 from responder.web import create_app
-from responder.web.daemon import DAEMON, Daemon
+from tests.helpers import (
+    SESSION_VARIABLE,
+    Client,
+    LogCapture,
+    ProbeTarget,
+    session_processes,
+    settings_for,
+)
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-SESSION_VARIABLE = "PYTEST_RESPONDER_SESSION"  # not RESPONDER_*: settings refuse unknown ones
 LEAK_GRACE = 20.0  # seconds for stragglers, e.g. a worker ending after its daemon was killed
-
-
-def marked_processes(variable: str, value: str) -> dict[int, list[str]]:
-    """pid → argv of each live process whose environment holds `variable=value`; children inherit
-    it, so this finds every process started after the variable was set, whatever its parent."""
-    entry = f"{variable}={value}".encode()
-    found = {}
-    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()  # empty for a zombie
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if pid != os.getpid() and entry in environ.split(b"\0"):
-            found[pid] = cmdline.decode(errors="replace").rstrip("\0").split("\0")
-    return found
-
-
-def session_processes(tag: str) -> dict[int, str]:
-    """pid → command line of each live `pulumi`, plugin or stack worker process of this session."""
-    found = {}
-    for pid, args in marked_processes(SESSION_VARIABLE, tag).items():
-        program = os.path.basename(args[0])
-        if (
-            program == "pulumi"
-            or program.startswith("pulumi-")  # language hosts, provider plugins
-            or "pulumi.dynamic" in args
-            or "responder.stacks.worker" in args
-        ):
-            found[pid] = " ".join(args)
-    return found
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -98,24 +65,6 @@ def pulumi_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> PulumiEnviron
     return PulumiEnvironment.create(data_dir)
 
 
-@dataclass
-class LogCapture:
-    """Every JSON line the process logged while the fixture was active."""
-
-    stream: io.StringIO = field(default_factory=io.StringIO)
-    redactor: Redactor = field(default_factory=Redactor)
-
-    @property
-    def text(self) -> str:
-        return self.stream.getvalue()
-
-    def lines(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.text.splitlines() if line.strip()]
-
-    def events(self, name: str) -> list[dict[str, object]]:
-        return [line for line in self.lines() if line.get("event") == name]
-
-
 @pytest.fixture
 def logs() -> Iterator[LogCapture]:
     capture = LogCapture()
@@ -134,14 +83,6 @@ async def stack_ops(
     await ops.close()
 
 
-@dataclass
-class ProbeTarget:
-    """An HTTP endpoint whose answer the test controls, for the burner program's probe."""
-
-    url: str
-    status: int = 200
-
-
 @pytest.fixture
 async def probe_target(aiohttp_server: AiohttpServer) -> ProbeTarget:
     target = ProbeTarget(url="")
@@ -154,75 +95,6 @@ async def probe_target(aiohttp_server: AiohttpServer) -> ProbeTarget:
     server = await aiohttp_server(app, host="127.0.0.1")
     target.url = str(server.make_url("/health"))
     return target
-
-
-def sign(body: bytes, *secrets: str) -> str:
-    """An X-PagerDuty-Signature header for the body, one `v1=` entry per secret."""
-    return ",".join(pagerduty.sign(body, s) for s in secrets)
-
-
-SECRET_A = "fixture-secret-A-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJK"
-SECRET_B = "fixture-secret-B-ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkjihgf"
-API_TOKEN = "test-api-token-0123456789"
-REPO = Path(__file__).resolve().parent.parent
-
-
-def settings_for(data_dir: Path, **overrides: object) -> Settings:
-    base: dict[str, object] = {
-        "data_dir": data_dir,
-        "pagerduty_secrets": (SECRET_A,),
-        "api_token": API_TOKEN,
-        "workers": 2,
-        "job_timeout": 240.0,
-        "retry_backoff": 0.2,
-        "shutdown_grace": 20.0,
-        # The recorded fixtures are dated 2026 and FakeClock starts in 2027: beyond the default
-        # retention, which refuses signed events that old (a replay). Tests of that rule set it.
-        "retention": 10 * 365 * 86400.0,
-    }
-    return Settings(**{**base, **overrides})  # type: ignore[arg-type]
-
-
-@dataclass
-class Client:
-    """A test client for a running daemon app, with helpers to post signed deliveries."""
-
-    http: TestClient  # type: ignore[type-arg]
-    app: web.Application
-
-    @property
-    def daemon(self) -> Daemon:
-        return self.app[DAEMON]
-
-    async def deliver(
-        self,
-        body: bytes,
-        webhook_id: str | None = None,
-        *,
-        secret: str = SECRET_A,
-        headers: dict[str, str] | None = None,
-    ) -> ClientResponse:
-        sent = {"Content-Type": "application/json", "X-PagerDuty-Signature": sign(body, secret)}
-        if webhook_id:
-            sent["X-Webhook-Id"] = webhook_id
-        return await self.http.post(
-            "/webhooks/pagerduty", data=body, headers={**sent, **(headers or {})}
-        )
-
-    async def wait_for_jobs(
-        self, timeout: float = 180.0, settled: tuple[JobStatus, ...] = (), **filters: str
-    ) -> list[Job]:
-        """Wait until every job (matching the filters) is final, or in one of the `settled` statuses."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            jobs = await self.daemon.store.list_jobs(limit=1000, **filters)
-            if jobs and all(j.status.final or j.status in settled for j in jobs):
-                return jobs
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(
-                    f"jobs not final after {timeout}s: {[(j.id, j.status) for j in jobs]}"
-                )
-            await asyncio.sleep(0.2)
 
 
 @pytest.fixture
@@ -244,39 +116,3 @@ def make_client(
         return Client(await aiohttp_client(app), app)
 
     return make
-
-
-def fixture_bytes(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def pd_event(
-    event_type: str,
-    incident_id: str = "QTEST0001",
-    *,
-    event_id: str | None = None,
-    occurred_at: str | None = None,
-    **data: object,
-) -> bytes:
-    """A compact V3 webhook body for an incident event, based on the triggered fixture."""
-    document = json.loads(fixture_bytes("pd_v3_incident_triggered.json"))
-    event = document["event"]
-    event["event_type"] = event_type
-    if occurred_at is not None:
-        event["occurred_at"] = occurred_at
-    event["id"] = event_id or f"evt-{event_type}-{incident_id}-{uuid.uuid4().hex[:8]}"
-    event["data"].update({"id": incident_id, "status": event_type.split(".")[-1], **data})
-    return json.dumps(document).encode()
-
-
-class FakeClock:
-    """Wall-clock time the test moves by hand; everything time-based in the daemon reads it."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds

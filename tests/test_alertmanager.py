@@ -13,7 +13,7 @@ from responder.playbook import Context, Playbook, on
 from responder.sources import alertmanager, events_v2
 from responder.store import JobStatus
 from tests.alertmanager_server import Alertmanager
-from tests.conftest import Client, FakeClock, LogCapture, ProbeTarget
+from tests.helpers import Client, FakeClock, LogCapture, ProbeTarget
 
 MakeClient = Callable[..., Awaitable[Client]]
 TOKEN = "alertmanager-test-token-0123"
@@ -100,7 +100,7 @@ async def test_bad_token_is_401(make_client: MakeClient, token: str | None) -> N
     client = await make_client(recorder([]), alertmanager_token=TOKEN)
     status, answer = await post(client, notification(), token=token)
     assert status == 401 and answer["status"] == 401
-    assert await client.daemon.store.delivery_ids() == set()
+    assert await client.store.delivery_ids() == set()
 
 
 @pytest.mark.parametrize(
@@ -135,7 +135,7 @@ async def test_malformed_bodies_are_400(make_client: MakeClient, body: object, e
     client = await make_client(recorder([]), alertmanager_token=TOKEN)
     status, answer = await post(client, body)
     assert status == 400 and error in str(answer["error"])
-    assert await client.daemon.store.delivery_ids() == set()
+    assert await client.store.delivery_ids() == set()
 
 
 async def test_oversized_body_is_413(make_client: MakeClient) -> None:

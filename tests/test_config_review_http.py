@@ -16,7 +16,7 @@ from responder.playbook import Context, on
 from responder.stacks import PulumiEnvironment
 from responder.web import create_app
 from responder.web.app import server_options
-from tests.conftest import API_TOKEN, Client, LogCapture, settings_for
+from tests.helpers import API_TOKEN, Client, LogCapture, settings_for
 
 MakeClient = Callable[..., Awaitable[Client]]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

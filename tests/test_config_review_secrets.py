@@ -13,7 +13,7 @@ from aiohttp import web
 from responder.config import ConfigError, Settings
 from responder.stacks import PulumiEnvironment
 from responder.web import create_app
-from tests.conftest import REPO, Client, LogCapture, settings_for
+from tests.helpers import REPO, Client, LogCapture, settings_for
 
 MakeClient = Callable[..., Awaitable[Client]]
 SHORT = "Zq9-short-token"  # 15 characters: one short of the minimum

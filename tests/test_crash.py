@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import REPO, SECRET_A, pd_event, sign
+from tests.helpers import REPO, SECRET_A, pd_event, sign
 
 pytestmark = pytest.mark.pulumi
 

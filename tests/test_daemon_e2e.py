@@ -10,7 +10,7 @@ import pytest
 
 from playbooks.incident_lifecycle import RESOLVE_GRACE
 from responder.store import JobStatus
-from tests.conftest import API_TOKEN, Client, FakeClock, LogCapture, ProbeTarget, pd_event
+from tests.helpers import API_TOKEN, Client, FakeClock, LogCapture, ProbeTarget, pd_event
 
 pytestmark = pytest.mark.pulumi
 
@@ -48,7 +48,8 @@ async def test_incident_lifecycle(
     ).status == 202
     jobs = await client.wait_for_jobs()
     ack = await client.daemon.store.get_job(jobs[-1].id)
-    assert ack is not None and ack.status == JobStatus.SUCCEEDED, ack.error
+    assert ack is not None
+    assert ack.status == JobStatus.SUCCEEDED, ack.error
     assert [s.step for s in ack.steps] == ["set_config", "refresh", "up"]
     assert ack.outputs is not None and ack.outputs["probe_status"] == 500
     assert json.loads((scratch / "context.json").read_text())["status"] == "acknowledged"

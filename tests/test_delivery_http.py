@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from responder.playbook import Context, Playbook, on
 from responder.sources import events_v2
-from tests.conftest import SECRET_A, Client, FakeClock, LogCapture, fixture_bytes, pd_event, sign
+from tests.helpers import SECRET_A, Client, FakeClock, LogCapture, fixture_bytes, pd_event, sign
 
 MakeClient = Callable[..., Awaitable[Client]]
 KEY = "0123456789abcdef0123456789abcdef"
@@ -59,7 +59,7 @@ async def raw_post(
 
 
 def stored_body_bytes(client: Client) -> int:
-    with sqlite3.connect(client.daemon.store.path) as db:
+    with sqlite3.connect(client.store.path) as db:
         return int(db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM payloads").fetchone()[0])
 
 
@@ -97,7 +97,7 @@ async def test_non_ascii_header_bytes_are_refused_not_500(make_client: MakeClien
     assert status == 415
     status, _ = await raw_post(client, "/v2/enqueue", alert, [], b"application/json\xff")
     assert status == 400
-    assert await client.daemon.store.delivery_ids() == set()
+    assert await client.store.delivery_ids() == set()
 
 
 async def test_one_bad_delivery_does_not_hang_its_neighbours(make_client: MakeClient) -> None:
@@ -120,7 +120,7 @@ async def test_one_bad_delivery_does_not_hang_its_neighbours(make_client: MakeCl
     )
     assert statuses[10] == 400
     assert statuses[:10] + statuses[11:] == [202] * 20
-    assert await client.daemon.store.delivery_ids() == {f"good-{i}" for i in range(20)}
+    assert await client.store.delivery_ids() == {f"good-{i}" for i in range(20)}
 
 
 async def test_a_lone_surrogate_in_an_alert_is_a_400(make_client: MakeClient) -> None:
@@ -138,7 +138,7 @@ async def test_a_lone_surrogate_in_an_alert_is_a_400(make_client: MakeClient) ->
         15,
     )
     assert response.status == 400 and "surrogate" in (await response.json())["error"]
-    assert await client.daemon.store.delivery_ids() == set()
+    assert await client.store.delivery_ids() == set()
 
 
 # -- amplification -------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ async def test_a_replayed_pagerduty_event_under_new_webhook_ids_creates_nothing(
         assert replay.status == 200
         assert (await replay.json())["status"] == "duplicate"
     assert len(await client.daemon.store.list_jobs()) == 1
-    assert await client.daemon.store.delivery_ids() == {"wh-original"}
+    assert await client.store.delivery_ids() == {"wh-original"}
 
 
 async def enqueue(client: Client, body: bytes) -> int:
@@ -213,13 +213,13 @@ async def test_events_v2_content_dedupe_ends_after_its_window(make_client: MakeC
     assert await enqueue(client, body) == 202
     clock.advance(events_v2.REDELIVERY_WINDOW - 1)
     assert await enqueue(client, body) == 202
-    assert len(await client.daemon.store.delivery_ids()) == 1  # a redelivery
+    assert len(await client.store.delivery_ids()) == 1  # a redelivery
     clock.advance(2)
     assert await enqueue(client, body) == 202
-    assert len(await client.daemon.store.delivery_ids()) == 2  # a new delivery
+    assert len(await client.store.delivery_ids()) == 2  # a new delivery
     # ...of an alert that is still open: no second job.
     assert len(await client.wait_for_jobs()) == 1
-    with sqlite3.connect(client.daemon.store.path) as db:
+    with sqlite3.connect(client.store.path) as db:
         key = "ev2-" + hashlib.sha256(body).hexdigest()
         assert db.execute("SELECT COUNT(*) FROM deliveries WHERE dedupe_key = ?", (key,)).fetchone()
         # The same body is stored once (its routing key masked).
@@ -256,5 +256,5 @@ async def test_a_notification_with_300_alerts_stores_its_body_once(make_client: 
     assert [a["status"] for a in answer["alerts"]] == ["accepted"] * 300
     # Every alert's job was committed before the answer went out.
     assert len(await client.daemon.store.list_jobs(limit=1000)) == 300
-    assert len(await client.daemon.store.delivery_ids()) == 300
+    assert len(await client.store.delivery_ids()) == 300
     assert stored_body_bytes(client) == len(body)

@@ -11,7 +11,7 @@ from responder.sources import InvalidDelivery, alertmanager, events_v2, pagerdut
 from responder.sources.parsing import MAX_DEPTH, MAX_ERRORS, decode_json
 from responder.web.auth import require_token
 from responder.web.errors import ApiError
-from tests.conftest import SECRET_A, fixture_bytes
+from tests.helpers import SECRET_A, fixture_bytes
 
 KEY = "0123456789abcdef0123456789abcdef"
 

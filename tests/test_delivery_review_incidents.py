@@ -12,7 +12,7 @@ from responder.playbook import Context, Playbook, on
 from responder.sources import events_v2
 from responder.store import DeliveryStatus, JobStatus, NewDelivery, NewJob
 from responder.store.sqlite import SQLiteStore
-from tests.conftest import API_TOKEN, Client, FakeClock, fixture_bytes
+from tests.helpers import API_TOKEN, Client, FakeClock, fixture_bytes
 
 MakeClient = Callable[..., Awaitable[Client]]
 KEY = "0123456789abcdef0123456789abcdef"

@@ -12,7 +12,7 @@ import pytest
 
 from responder.playbook import Context, Playbook, on
 from responder.sources import InvalidDelivery, events_v2, pagerduty
-from tests.conftest import Client, FakeClock, fixture_bytes, pd_event
+from tests.helpers import Client, FakeClock, fixture_bytes, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]
 KEY = "0123456789abcdef0123456789abcdef"
@@ -56,11 +56,11 @@ async def test_a_signed_event_older_than_the_retention_is_refused(
     assert stale.status == 400
     error = (await stale.json())["error"]
     assert "occurred_at" in error and "retention" in error
-    assert await client.daemon.store.delivery_ids() == set()
+    assert await client.store.delivery_ids() == set()
     assert await client.daemon.store.list_jobs() == []
     fresh = await client.deliver(pd_body("QFRESH", iso(clock.now - 60)), "wh-fresh")
     assert fresh.status == 202
-    assert await client.daemon.store.delivery_ids() == {"wh-fresh"}
+    assert await client.store.delivery_ids() == {"wh-fresh"}
 
 
 async def test_the_age_limit_is_the_configured_retention(make_client: MakeClient) -> None:
@@ -80,7 +80,7 @@ async def test_an_unreadable_or_zoneless_occurred_at_is_refused(
     response = await client.deliver(pd_body("QODD", occurred_at), "wh-odd")
     assert response.status == 400
     assert "event.occurred_at must be an ISO 8601 timestamp" in (await response.json())["error"]
-    assert await client.daemon.store.delivery_ids() == set()
+    assert await client.store.delivery_ids() == set()
 
 
 def test_check_recent_measures_age_from_now() -> None:
@@ -151,7 +151,7 @@ async def test_other_refusals_are_in_the_events_api_shape(make_client: MakeClien
     )
     assert not_json.status == 400
     assert_events_api_error(await not_json.json(), "invalid event")
-    assert await client.daemon.store.delivery_ids() == set()
+    assert await client.store.delivery_ids() == set()
 
 
 # -- Events v2: the routing key is a credential ---------------------------------------------------
@@ -170,8 +170,8 @@ async def test_the_store_holds_no_routing_key(make_client: MakeClient) -> None:
             "/v2/enqueue", data=body, headers={"Content-Type": "application/json"}
         )
         assert response.status == 202
-    assert len(await client.daemon.store.delivery_ids()) == 1
-    path = client.daemon.store.path
+    assert len(await client.store.delivery_ids()) == 1
+    path = client.store.path
     with sqlite3.connect(path) as db:
         [(stored, dedupe_key)] = db.execute(
             "SELECT p.body, d.dedupe_key FROM deliveries AS d JOIN payloads AS p ON p.digest = d.payload"

@@ -11,11 +11,13 @@ import pytest
 
 from responder.store import (
     Caps,
+    DeliveryStatus,
     JobStatus,
     NewDelivery,
     NewJob,
     RecordRejected,
     StackRecord,
+    StackStatus,
     StepRecord,
     StoreUnavailable,
 )
@@ -43,7 +45,7 @@ def delivery(
         event_id=event_id or f"evt-{id}",
         event_type=event_type,
         incident_id=incident,
-        status="accepted",
+        status=DeliveryStatus.ACCEPTED,
         body=body,
         received_at=received_at,
         dedupe_key=dedupe_key,
@@ -228,9 +230,13 @@ async def test_prune_deletes_only_what_finished_before_the_cutoff(store: SQLiteS
 
 
 async def test_prune_forgets_destroyed_stacks_and_resolved_incidents(store: SQLiteStore) -> None:
-    record = StackRecord("proj", "gone", "prog", "QGONE", "pb", "svc", "provisioning", NOW, NOW, "")
+    record = StackRecord(
+        "proj", "gone", "prog", "QGONE", "pb", "svc", StackStatus.PROVISIONING, NOW, NOW, ""
+    )
     assert await store.reserve_stack(record, Caps()) is None
-    await store.touch_stack("proj", "gone", operation="destroy", now=NOW, status="destroyed")
+    await store.touch_stack(
+        "proj", "gone", operation="destroy", now=NOW, status=StackStatus.DESTROYED
+    )
     await store.record_delivery(
         delivery("res", incident="QGONE", event_type="incident.resolved"), []
     )
@@ -244,14 +250,16 @@ async def test_prune_forgets_destroyed_stacks_and_resolved_incidents(store: SQLi
 
 async def test_failed_stacks_hold_no_cap_slot_and_are_reused(store: SQLiteStore) -> None:
     def record(stack: str) -> StackRecord:
-        return StackRecord("proj", stack, "prog", f"Q{stack}", "pb", "svc", "", NOW, NOW, "")
+        return StackRecord(
+            "proj", stack, "prog", f"Q{stack}", "pb", "svc", StackStatus.PROVISIONING, NOW, NOW, ""
+        )
 
     caps = Caps(live_stacks=1, per_service=1, per_playbook=1)
     assert await store.reserve_stack(record("a"), caps) is None
     assert await store.reserve_stack(record("b"), caps) == "max_live_stacks=1"
-    await store.touch_stack("proj", "a", operation="up", now=NOW, status="failed")
+    await store.touch_stack("proj", "a", operation="up", now=NOW, status=StackStatus.FAILED)
     assert await store.reserve_stack(record("b"), caps) is None
-    await store.touch_stack("proj", "b", operation="destroy", now=NOW, status="destroyed")
+    await store.touch_stack("proj", "b", operation="destroy", now=NOW, status=StackStatus.DESTROYED)
     # A new reservation for the failed stack takes its record over.
     assert await store.reserve_stack(record("a"), caps) is None
     again = await store.get_stack("proj", "a")

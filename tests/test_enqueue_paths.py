@@ -13,7 +13,7 @@ from responder.playbook import Context, Playbook, on
 from responder.sources import Arrival
 from responder.store import DeliveryStatus, JobStatus, StoreUnavailable
 from responder.store.sqlite import SQLiteStore
-from tests.conftest import API_TOKEN, Client, FakeClock, pd_event
+from tests.helpers import API_TOKEN, Client, FakeClock, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

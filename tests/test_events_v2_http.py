@@ -8,7 +8,7 @@ import pytest
 from responder.playbook import Context, Playbook, on
 from responder.sources import events_v2
 from responder.store import JobStatus
-from tests.conftest import Client, LogCapture, fixture_bytes
+from tests.helpers import Client, LogCapture, fixture_bytes
 
 MakeClient = Callable[..., Awaitable[Client]]
 KEY = "0123456789abcdef0123456789abcdef"
@@ -153,7 +153,7 @@ async def test_invalid_events_name_each_bad_field(
     assert status == 400
     assert answer["status"] == "invalid event" and answer["message"] == "Event object is invalid"
     assert any(error in e for e in answer["errors"]), answer["errors"]  # type: ignore[attr-defined]
-    assert await client.daemon.store.delivery_ids() == set()
+    assert await client.store.delivery_ids() == set()
 
 
 async def test_several_errors_are_reported_together(client: Client) -> None:
@@ -184,4 +184,4 @@ async def test_malformed_json_unknown_key_oversized_and_wrong_type(make_client: 
     )
     assert response.status == 400
     assert (await client.http.get("/v2/enqueue")).status == 405
-    assert await client.daemon.store.delivery_ids() == set()
+    assert await client.store.delivery_ids() == set()

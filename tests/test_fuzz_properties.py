@@ -39,7 +39,7 @@ from bench.fuzz_cases import (
     violations,
 )
 from responder.playbook_loader import load_playbooks
-from tests.conftest import Client
+from tests.helpers import Client
 
 MakeClient = Callable[..., Awaitable[Client]]
 KEYS = Keys()
@@ -82,7 +82,7 @@ async def target(make_client: MakeClient) -> AsyncIterator[Target]:
         orphan_sweep_interval=1e9,  # listing the backend's stacks would run the CLI
     )
     base = URL(str(client.http.make_url("/"))).with_path("")
-    db = open_store(client.daemon.store.path)
+    db = open_store(client.store.path)
     try:
         async with aiohttp.ClientSession() as session:
             yield Target(client, session, base, db)

@@ -11,7 +11,7 @@ import pytest
 from responder.playbook import Context, Playbook, on
 from responder.stacks import PulumiEnvironment, StackOperations
 from responder.store import JobStatus
-from tests.conftest import API_TOKEN, Client, FakeClock, LogCapture, ProbeTarget, pd_event
+from tests.helpers import API_TOKEN, Client, FakeClock, LogCapture, ProbeTarget, pd_event
 
 pytestmark = pytest.mark.pulumi
 
@@ -71,7 +71,7 @@ def backend_stacks(client: Client, project: str = "burner") -> set[str]:
     )
 
 
-async def trigger(client: Client, incident: str, **data: object) -> None:
+async def trigger(client: Client, incident: str, **data: str) -> None:
     assert (
         await client.deliver(pd_event("incident.triggered", incident, **data), f"{incident}-t")
     ).status == 202
@@ -239,7 +239,8 @@ async def test_an_update_that_deletes_waits_while_create_only_proceeds(
     assert (await client.http.post(f"/jobs/{gated.id}/approve", headers=AUTH)).status == 200
     jobs = await settle(client)
     done = await client.daemon.store.get_job(gated.id)
-    assert done is not None and done.status == JobStatus.SUCCEEDED, done.error
+    assert done is not None
+    assert done.status == JobStatus.SUCCEEDED, done.error
     assert [s.step for s in done.steps][-2:] == ["preview", "up"]
     assert "probe_status" not in (done.outputs or {})
 

@@ -8,7 +8,7 @@ import pytest
 
 from responder.playbook import Context, on
 from responder.stacks import StackError, StackOperations
-from tests.conftest import API_TOKEN, Client
+from tests.helpers import API_TOKEN, Client
 
 pytestmark = pytest.mark.pulumi
 

@@ -12,7 +12,7 @@ from responder.events import Event, Incident
 from responder.playbook import Context, PlaybookError, on
 from responder.playbook_loader import PlaybookLoadError, load_playbooks
 from responder.stacks.results import StepResult
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 async def noop(ctx: Context) -> None:

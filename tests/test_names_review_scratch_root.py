@@ -13,7 +13,7 @@ from responder.config import Settings
 from responder.stacks import PulumiEnvironment, StackError, StackOperations
 from responder.stacks.environment import SCRATCH_ROOT_VARIABLE
 from responder.stacks.results import OutputValue, StepResult
-from tests.conftest import API_TOKEN, Client
+from tests.helpers import API_TOKEN, Client
 from tests.test_names_api import rewrite_as_legacy_state, state_file
 from tests.test_names_params import RecordingStack, context
 

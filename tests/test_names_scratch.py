@@ -73,6 +73,7 @@ def test_create_then_delete_removes_only_the_stack_directory(root: Path) -> None
     assert (Path(path) / "context.json").exists()
     assert os.stat(path).st_mode & 0o777 == 0o700
     assert os.stat(Path(path) / "context.json").st_mode & 0o777 == 0o600
+    assert created.outs is not None
     provider.delete(created.id, created.outs)
     assert not Path(path).exists() and sentinels_intact(root)
 
@@ -100,6 +101,7 @@ def test_delete_refuses_a_directory_swapped_for_a_symlink_after_create(
     created = provider.create({"path": path, "context": {}})
     (root / "burner").rename(root / "moved")
     (root / "burner").symlink_to(tmp_path)  # the project directory now leads to the data dir
+    assert created.outs is not None
     with pytest.raises(UnsafeScratchPathError):
         provider.delete(created.id, created.outs)
     assert sentinels_intact(root)

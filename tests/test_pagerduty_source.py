@@ -5,7 +5,7 @@ import json
 import pytest
 
 from responder.sources import InvalidDelivery, pagerduty
-from tests.conftest import SECRET_A, SECRET_B, fixture_bytes
+from tests.helpers import SECRET_A, SECRET_B, fixture_bytes
 
 VECTORS = {
     "pd_v3_pagey_ping.json": (

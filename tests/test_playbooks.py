@@ -11,7 +11,7 @@ import pytest
 from responder.events import Event, Incident, Reference
 from responder.playbook import Context, PlaybookError, match, on
 from responder.playbook_loader import PlaybookLoadError, load_playbooks
-from tests.conftest import FIXTURES, REPO
+from tests.helpers import FIXTURES, REPO
 
 
 def incident_event(event_type: str = "incident.triggered", **incident: object) -> Event:
@@ -28,8 +28,8 @@ def incident_event(event_type: str = "incident.triggered", **incident: object) -
         source="pagerduty",
         type=event_type,
         resource_type="incident",
-        incident=Incident(**fields),
-    )  # type: ignore[arg-type]
+        incident=Incident(**fields),  # type: ignore[arg-type]
+    )
 
 
 async def noop(ctx: Context) -> None:

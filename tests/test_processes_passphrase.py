@@ -8,7 +8,7 @@ import pytest
 
 from responder.secret_files import SecretFileError
 from responder.stacks import PulumiEnvironment
-from tests.conftest import LogCapture
+from tests.helpers import LogCapture
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from responder.stacks import PulumiEnvironment, Secret, StackOperations
-from tests.conftest import LogCapture, marked_processes
+from tests.helpers import LogCapture, marked_processes
 
 pytestmark = pytest.mark.pulumi
 

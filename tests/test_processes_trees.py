@@ -24,7 +24,7 @@ from responder.stacks import (
     StackOperations,
     StackTarget,
 )
-from tests.conftest import REPO, LogCapture, marked_processes
+from tests.helpers import REPO, LogCapture, marked_processes
 
 pytestmark = pytest.mark.pulumi
 

@@ -12,7 +12,7 @@ import pytest
 from responder.playbook import Context, on
 from responder.runner import AwaitingApproval
 from responder.store import Job, JobStatus
-from tests.conftest import API_TOKEN, Client, pd_event
+from tests.helpers import API_TOKEN, Client, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

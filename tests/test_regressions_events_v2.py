@@ -14,7 +14,7 @@ import pytest
 from responder.playbook import Context, Playbook, on
 from responder.sources import events_v2
 from responder.store import JobStatus
-from tests.conftest import Client, fixture_bytes
+from tests.helpers import Client, fixture_bytes
 
 MakeClient = Callable[..., Awaitable[Client]]
 KEY = "0123456789abcdef0123456789abcdef"
@@ -80,13 +80,13 @@ async def test_severity_rules_over_http(make_client: MakeClient) -> None:
 
     status, answer = await enqueue(client, document("trigger", severity=None))
     assert status == 400 and any(SEVERITY_ERROR in e for e in answer["errors"]), answer
-    assert await client.daemon.store.delivery_ids() == set()
+    assert await client.store.delivery_ids() == set()
 
     assert (await enqueue(client, document("trigger")))[0] == 202
     for action in ("acknowledge", "resolve"):
         status, answer = await enqueue(client, document(action, severity="sev1"))
         assert status == 400 and any(SEVERITY_ERROR in e for e in answer["errors"]), answer
-    assert len(await client.daemon.store.delivery_ids()) == 1  # the rejected ones stored nothing
+    assert len(await client.store.delivery_ids()) == 1  # the rejected ones stored nothing
 
     assert (await enqueue(client, document("acknowledge", severity=None)))[0] == 202
     assert (await enqueue(client, document("resolve", severity="warning")))[0] == 202

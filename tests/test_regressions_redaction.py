@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from responder.logs import MASK, get_logger
 from responder.playbook import Context, on
 from responder.store import JobStatus
-from tests.conftest import API_TOKEN, SECRET_A, Client, LogCapture, pd_event
+from tests.helpers import API_TOKEN, SECRET_A, Client, LogCapture, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]
 SECRET = "s3cr3t-config-value-7f1e"

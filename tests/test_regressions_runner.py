@@ -8,7 +8,7 @@ import pytest
 
 from responder.playbook import Context, Playbook, on
 from responder.store import Job, JobStatus
-from tests.conftest import Client, FakeClock, LogCapture, pd_event
+from tests.helpers import Client, FakeClock, LogCapture, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]
 SLOW = "tests.programs.slow:pulumi_program"
@@ -18,7 +18,7 @@ async def test_a_burst_of_refreshes_while_one_runs_coalesces_into_the_newest(
     make_client: MakeClient,
 ) -> None:
     started, release = asyncio.Event(), asyncio.Event()
-    runs: list[int] = []
+    runs: list[int | None] = []
 
     @on("incident.triggered", "incident.acknowledged", coalesce=True)
     async def refresh(ctx: Context) -> None:
@@ -73,7 +73,7 @@ def slow_up(name: str, *, title: str | None = None) -> Playbook:
     return on("incident.triggered", title=title, project="regress", program=SLOW)(up)
 
 
-async def deliver_and_wait(client: Client, incident: str, **data: object) -> Job:
+async def deliver_and_wait(client: Client, incident: str, **data: str) -> Job:
     answer = await client.deliver(pd_event("incident.triggered", incident, **data), incident)
     assert answer.status == 202, await answer.text()
     [job] = await client.wait_for_jobs(incident_id=incident)

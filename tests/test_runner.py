@@ -9,7 +9,7 @@ from responder.playbook import Context, on
 from responder.stacks import ProgramError, StackLockedError
 from responder.store import JobStatus
 from responder.store.sqlite import SQLiteStore
-from tests.conftest import Client, LogCapture, pd_event
+from tests.helpers import Client, LogCapture, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]
 

@@ -8,7 +8,7 @@ import pytest
 
 from responder.playbook import Context, on
 from responder.stacks import CLIError
-from tests.conftest import API_TOKEN, Client, pd_event
+from tests.helpers import API_TOKEN, Client, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

@@ -14,7 +14,7 @@ from responder.playbook import Context, on
 from responder.stacks import PulumiEnvironment
 from responder.store import JobStatus
 from responder.web import create_app
-from tests.conftest import Client, FakeClock, LogCapture, pd_event, settings_for
+from tests.helpers import Client, FakeClock, LogCapture, pd_event, settings_for
 
 MakeClient = Callable[..., Awaitable[Client]]
 

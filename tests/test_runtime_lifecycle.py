@@ -11,7 +11,7 @@ from responder.playbook import Context, on
 from responder.runner import JobStack
 from responder.stacks import PulumiEnvironment, StackOperations
 from responder.store import JobStatus, NewDelivery, NewJob
-from tests.conftest import API_TOKEN, Client, FakeClock, LogCapture, pd_event
+from tests.helpers import API_TOKEN, Client, FakeClock, LogCapture, pd_event
 
 pytestmark = pytest.mark.pulumi
 
@@ -93,9 +93,9 @@ async def test_a_stack_whose_first_up_failed_frees_its_cap_and_is_reaped(
 
     [reap] = await client.daemon.reaper.run_once()
     assert await client.daemon.reaper.run_once() == []  # one pending reap per stack
-    jobs = {j.id: j for j in await settle(client)}
-    assert jobs[reap].status == JobStatus.SUCCEEDED, jobs[reap].error
-    assert jobs[reap].stack == "incident-QFAIL"
+    by_id = {j.id: j for j in await settle(client)}
+    assert by_id[reap].status == JobStatus.SUCCEEDED, by_id[reap].error
+    assert by_id[reap].stack == "incident-QFAIL"
     record = await client.daemon.store.get_stack("rtfail", "incident-QFAIL")
     assert record is not None and record.status == "destroyed"
     assert backend_stacks(client, "rtfail") == {"incident-QGOOD"}

@@ -22,7 +22,7 @@ from responder.stacks import (
 from responder.stacks.operations import SECRET_MIN_LENGTH, config_values
 from responder.store import JobStatus, NewDelivery, NewJob
 from responder.store.sqlite import SQLiteStore
-from tests.conftest import API_TOKEN, Client, LogCapture, pd_event
+from tests.helpers import API_TOKEN, Client, LogCapture, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]
 SLOW = "tests.programs.slow:pulumi_program"
@@ -84,7 +84,7 @@ async def test_a_cancel_stops_the_playbooks_own_code_even_if_it_swallows_it(
 async def test_a_cancel_before_the_runner_holds_the_job_is_not_lost(
     tmp_path: Path, pulumi_env: PulumiEnvironment
 ) -> None:
-    ran: list[int] = []
+    ran: list[int | None] = []
 
     @on("manual.work")
     async def work(ctx: Context) -> None:

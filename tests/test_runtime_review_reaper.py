@@ -10,9 +10,9 @@ from responder.events import Event, Incident, event_to_dict
 from responder.lifecycle import Reaper
 from responder.playbook import Context, on
 from responder.stacks import PulumiEnvironment, StackOperations
-from responder.store import Caps, JobStatus, NewDelivery, NewJob, StackRecord
+from responder.store import Caps, JobStatus, NewDelivery, NewJob, StackRecord, StackStatus
 from responder.store.sqlite import SQLiteStore
-from tests.conftest import API_TOKEN, Client, FakeClock, LogCapture, pd_event
+from tests.helpers import API_TOKEN, Client, FakeClock, LogCapture, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]
 UNDELETABLE = "tests.programs.runtime_review_undeletable:pulumi_program"
@@ -38,14 +38,14 @@ async def live_stack(store: SQLiteStore, clock: FakeClock, incident: str) -> str
         incident_id=incident,
         playbook="provision",
         service="",
-        status="provisioning",
+        status=StackStatus.PROVISIONING,
         created_at=created,
         last_activity_at=created,
         last_operation="reserve",
         max_age=3600.0,
     )
     assert await store.reserve_stack(record, Caps()) is None
-    await store.touch_stack("burner", stack, operation="up", now=created, status="live")
+    await store.touch_stack("burner", stack, operation="up", now=created, status=StackStatus.LIVE)
     return stack
 
 
@@ -156,6 +156,7 @@ async def test_an_undeletable_stack_is_reaped_a_bounded_number_of_times_and_expo
     [up] = await client.wait_for_jobs()
     assert up.status == JobStatus.SUCCEEDED, up.error
     lifecycle = client.daemon.reaper
+    assert isinstance(lifecycle, Reaper)
     clock.advance(101)
 
     reaps = []
@@ -201,6 +202,7 @@ async def test_an_undeletable_orphan_without_a_record_is_reaped_a_bounded_number
     await rogue.close()
 
     lifecycle = client.daemon.reaper
+    assert isinstance(lifecycle, Reaper)
     lifecycle.reap_attempts = 2
     [first] = await lifecycle.run_once(sweep=True)
     client.daemon.runner.notify()

@@ -13,7 +13,7 @@ import pytest
 
 from responder.config import ConfigError, Settings
 from responder.secret_files import ensure_secret_file
-from tests.conftest import REPO, Client
+from tests.helpers import REPO, Client
 
 MakeClient = Callable[..., Awaitable[Client]]
 MIN_LENGTH = 16  # the shortest secret a file may hold

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from responder.playbook import Context, Playbook, on
-from responder.runner import AwaitingApproval
+from responder.runner import AwaitingApproval, Runner
 from responder.stacks import StackLockedError
 from responder.store import Job, JobStatus, StoreUnavailable
-from tests.conftest import Client, LogCapture, pd_event
+from tests.helpers import Client, LogCapture, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]
 SLOW = "tests.programs.slow:pulumi_program"
@@ -192,6 +192,7 @@ async def test_any_store_call_of_the_runner_is_waited_out(
         assert job.status == expected, job.error
     await readiness(client, 200)
     client.daemon.runner.notify()
+    assert isinstance(client.daemon.runner, Runner)
     assert not client.daemon.runner._loops[0].done()  # the workers still run
 
 

@@ -13,7 +13,7 @@ from responder.sources import (
     events_v2,
     pagerduty,
 )
-from tests.conftest import SECRET_A, SECRET_B, fixture_bytes, pd_event, sign
+from tests.helpers import SECRET_A, SECRET_B, fixture_bytes, pd_event, sign
 
 KEY = "0123456789abcdef0123456789abcdef"
 NOW = 1_900_000_000.0

@@ -15,7 +15,7 @@ from responder.stacks import (
     StackNotFoundError,
     StackOperations,
 )
-from tests.conftest import LogCapture, ProbeTarget
+from tests.helpers import LogCapture, ProbeTarget
 
 pytestmark = pytest.mark.pulumi
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.store import JobStatus, NewDelivery, NewJob, StepRecord, Store
+from responder.store import DeliveryStatus, JobStatus, NewDelivery, NewJob, StepRecord, Store
 from responder.store.sqlite import SQLiteStore
 
 NOW = 1_800_000_000.0
@@ -44,7 +44,7 @@ def delivery(
         event_id=f"e-{n}",
         event_type=event_type,
         incident_id=incident,
-        status="accepted",
+        status=DeliveryStatus.ACCEPTED,
         body=b"{}",
         received_at=at,
     )

@@ -5,13 +5,13 @@ the runner quickly; the end-to-end tests run the built-in playbooks with the rea
 """
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from responder.playbook import Context, Playbook, on
 from responder.store import JobStatus
-from tests.conftest import (
+from tests.helpers import (
     API_TOKEN,
     SECRET_A,
     SECRET_B,
@@ -109,7 +109,7 @@ async def test_unsigned_or_wrongly_signed_is_401_and_stores_nothing(
     )
     assert response.status == 401
     assert reason in (await response.json())["error"]
-    assert await client.daemon.store.delivery_ids() == set()
+    assert await client.store.delivery_ids() == set()
     assert any(line["reason"] == reason for line in logs.events("delivery.rejected"))
 
 
@@ -135,7 +135,7 @@ async def test_malformed_bodies_are_400_with_a_json_error(
     assert response.status == 400
     answer = await response.json()
     assert message in answer["error"] and answer["status"] == 400
-    assert await client.daemon.store.delivery_ids() == set()
+    assert await client.store.delivery_ids() == set()
 
 
 async def test_oversized_body_is_413(make_client: MakeClient) -> None:
@@ -144,13 +144,13 @@ async def test_oversized_body_is_413(make_client: MakeClient) -> None:
     response = await client.deliver(body, "big-1")
     assert response.status == 413
     assert (await response.json())["status"] == 413
-    assert await client.daemon.store.delivery_ids() == set()
+    assert await client.store.delivery_ids() == set()
 
 
 async def test_oversized_chunked_body_is_413(make_client: MakeClient) -> None:
     client = await make_client(recording_playbooks([]), max_body_bytes=4096)
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(10):
             yield b"x" * 1000
 
@@ -187,7 +187,7 @@ async def test_ping_and_unknown_events_are_accepted_and_recorded(
         "event_id": "u1",
         "jobs": [],
     }
-    assert await client.daemon.store.delivery_ids() == {"ping-1", "unk-1"}
+    assert await client.store.delivery_ids() == {"ping-1", "unk-1"}
 
 
 async def test_store_outage_is_503(client: Client) -> None:

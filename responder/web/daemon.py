@@ -1,18 +1,18 @@
-"""The running daemon's parts, shared by every handler through one typed app key."""
+"""What the HTTP handlers read from the app: the running daemon's parts, typed as the interfaces
+they use. `responder.daemon` builds the parts; this package only handles HTTP."""
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
 from responder.config import Settings
-from responder.lifecycle import Reaper
-from responder.logs import Redactor
+from responder.health import StoreHealth
 from responder.playbook import Playbook
-from responder.runner import Runner
 from responder.stacks import StackOperations
-from responder.store.sqlite import SQLiteStore
+from responder.store import Job, Store
 
 
 @dataclass(frozen=True)
@@ -33,20 +33,36 @@ class Credentials:
         )
 
 
+class JobControl(Protocol):
+    """The job runner, as the API drives it."""
+
+    @property
+    def health(self) -> StoreHealth: ...
+    def notify(self) -> None: ...
+    async def cancel(self, job_id: int) -> Job | None: ...
+
+
+class Sweeper(Protocol):
+    """The reaper, for a pass on demand (tests, tools) instead of on its timer."""
+
+    async def run_once(self, *, sweep: bool = False, prune: bool = False) -> list[int]: ...
+
+
 @dataclass
 class Daemon:
+    """The running daemon's parts, set under `DAEMON` once all have started. `ready` holds until
+    they start stopping; `accepting` turns false as soon as the server starts shutting down."""
+
     settings: Settings
-    playbooks: dict[str, Playbook]
-    store: SQLiteStore
+    store: Store
     ops: StackOperations
-    runner: Runner
-    reaper: Reaper
-    redactor: Redactor
+    runner: JobControl
+    reaper: Sweeper
     credentials: Credentials
+    playbook_order: list[Playbook]  # the operator's playbooks, in load order
     clock: Callable[[], float] = time.time
     accepting: bool = True
     ready: bool = False
-    playbook_order: list[Playbook] = field(default_factory=list)
 
 
 DAEMON = web.AppKey("daemon", Daemon)

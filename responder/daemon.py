@@ -1,0 +1,223 @@
+"""The daemon's assembly: one aiohttp cleanup context per resource, each under its own typed key.
+
+The contexts run in order on start-up (private files, store, stack operations, runner, reaper,
+readiness) and are undone in reverse on shutdown; a part that fails to start unwinds only those
+before it. `responder.web` handles HTTP over the parts (`responder.web.daemon.DAEMON`).
+"""
+
+import os
+import secrets
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from responder.config import Settings
+from responder.lifecycle import SYSTEM_PLAYBOOKS, Reaper
+from responder.logs import Redactor, get_logger
+from responder.playbook import Playbook
+from responder.playbook_loader import PlaybookLoadError, load_playbooks
+from responder.runner import Runner
+from responder.secret_files import ensure_secret_file
+from responder.stacks import PulumiEnvironment, StackOperations
+from responder.store import Caps, Store
+from responder.store.sqlite import SQLiteStore
+from responder.web.app import http_app
+from responder.web.daemon import DAEMON, SETTINGS, Credentials, Daemon
+
+log = get_logger("responder.daemon")
+
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+DATA_DIR = web.AppKey("data_dir", Path)
+CREDENTIALS = web.AppKey("credentials", Credentials)
+STORE = web.AppKey[Store]("store")
+OPS = web.AppKey("stack_operations", StackOperations)
+RUNNER = web.AppKey("runner", Runner)
+REAPER = web.AppKey("reaper", Reaper)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    redactor: Redactor | None = None,
+    clock: Callable[[], float] = time.time,
+    playbooks: list[Playbook] | None = None,
+) -> web.Application:
+    """The daemon's app. Playbooks load now, so a broken one stops start-up before anything listens."""
+    loaded = playbooks if playbooks is not None else load_playbooks(settings.playbooks_dir)
+    reserved = {p.name for p in SYSTEM_PLAYBOOKS} & {p.name for p in loaded}
+    if reserved:
+        raise PlaybookLoadError(
+            f"playbook names reserved for responder itself: {', '.join(sorted(reserved))}"
+        )
+    app = http_app(settings)
+    app.cleanup_ctx.extend(contexts(loaded, redactor or Redactor(), clock))
+    return app
+
+
+def contexts(
+    playbooks: list[Playbook], redactor: Redactor, clock: Callable[[], float]
+) -> list[CleanupContext]:
+    """The daemon's cleanup contexts, in start-up order; each reads what earlier ones stored."""
+    by_name = {p.name: p for p in [*playbooks, *SYSTEM_PLAYBOOKS]}
+
+    async def private_files(app: web.Application) -> AsyncIterator[None]:
+        # Everything the daemon and its workers create (the store with whole webhook bodies,
+        # postmortem exports, workspaces, scratch) is for its user only: files 0600, dirs 0700.
+        umask = os.umask(0o077)
+        try:
+            settings = app[SETTINGS]
+            data_dir = settings.data_dir.resolve()
+            _prepare_data_dir(data_dir)
+            credentials = _credentials(settings, data_dir)
+            redactor.add(*credentials.all())
+            if not settings.verify_signatures:
+                log.warning(
+                    "webhook.verification_disabled",
+                    message="RESPONDER_VERIFY_SIGNATURES=false: webhooks are NOT authenticated; for local development only",
+                )
+            app[DATA_DIR] = data_dir
+            app[CREDENTIALS] = credentials
+            yield
+            log.info("daemon.stopped")
+        finally:
+            os.umask(umask)
+
+    async def store(app: web.Application) -> AsyncIterator[None]:
+        opened = SQLiteStore(app[DATA_DIR] / "responder.db")
+        await opened.open()
+        app[STORE] = opened
+        yield
+        await opened.close()
+
+    async def stack_operations(app: web.Application) -> AsyncIterator[None]:
+        ops = StackOperations(
+            PulumiEnvironment.create(app[DATA_DIR]),
+            timeout=app[SETTINGS].job_timeout,
+            redactor=redactor,
+        )
+        await ops.start()
+        app[OPS] = ops
+        yield
+        await ops.close()
+
+    async def runner(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        started = Runner(
+            app[STORE],
+            app[OPS],
+            by_name,
+            workers=settings.workers,
+            job_timeout=settings.job_timeout,
+            retry_backoff=settings.retry_backoff,
+            params={
+                "target_url": settings.probe_url
+                or f"http://{settings.host}:{settings.port}/healthz",
+                "scratch_root": str(app[DATA_DIR] / "scratch"),
+            },
+            clock=clock,
+            caps=Caps(
+                settings.max_live_stacks,
+                settings.max_stacks_per_service,
+                settings.max_stacks_per_playbook,
+                settings.max_operations_per_minute,
+            ),
+        )
+        await started.start()
+        app[RUNNER] = started
+        yield
+        await started.stop(settings.shutdown_grace)
+
+    async def reaper(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        started = Reaper(
+            app[STORE],
+            app[OPS],
+            {p.project: p.program for p in playbooks},
+            notify=app[RUNNER].notify,
+            max_attempts=settings.job_max_attempts,
+            approval_timeout=settings.approval_timeout,
+            orphans="report" if settings.orphans == "report" else "destroy",
+            orphan_age=settings.orphan_age,
+            interval=settings.reaper_interval,
+            orphan_interval=settings.orphan_sweep_interval,
+            retention=settings.retention,
+            clock=clock,
+            # One record of store failures, the runner's and the reaper's, for /readyz.
+            health=app[RUNNER].health,
+        )
+        started.start()
+        app[REAPER] = started
+        yield
+        await started.stop()
+
+    async def ready(app: web.Application) -> AsyncIterator[None]:
+        daemon = Daemon(
+            app[SETTINGS],
+            app[STORE],
+            app[OPS],
+            app[RUNNER],
+            app[REAPER],
+            app[CREDENTIALS],
+            playbooks,
+            clock,
+            ready=True,
+        )
+        app[DAEMON] = daemon
+        log.info(
+            "daemon.started",
+            playbooks=list(by_name),
+            pulumi=daemon.ops.pulumi_version,
+            data_dir=str(app[DATA_DIR]),
+            workers=app[SETTINGS].workers,
+        )
+        yield
+        daemon.ready = False
+
+    return [private_files, store, stack_operations, runner, reaper, ready]
+
+
+def _prepare_data_dir(path: Path) -> None:
+    """Create the data dir for our user only. An existing one keeps its mode: the operator chose
+    it, and changing it could break what else lives there (a shared dir's sticky bit, a group's
+    access); a warning says when other users can reach into it."""
+    if not path.is_dir():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning(
+            "data_dir.permissions",
+            path=str(path),
+            mode=f"{mode:04o}",
+            message="the data dir is open to other users (its mode is left as it is); "
+            "chmod 700 it unless that is intended",
+        )
+
+
+def _credentials(settings: Settings, data_dir: Path) -> Credentials:
+    return Credentials(
+        pagerduty_secrets=settings.pagerduty_secrets
+        or (_generated(data_dir / "pagerduty-webhook-secret", "pagerduty webhook secret"),),
+        events_v2_routing_keys=settings.events_v2_routing_keys
+        or (
+            _generated(
+                data_dir / "events-v2-routing-key",
+                "events v2 routing key",
+                lambda: secrets.token_hex(16),
+            ),
+        ),
+        alertmanager_token=settings.alertmanager_token
+        or _generated(data_dir / "alertmanager-token", "alertmanager token"),
+        api_token=settings.api_token or _generated(data_dir / "api-token", "api token"),
+    )
+
+
+def _generated(path: Path, what: str, make: Callable[[], str] | None = None) -> str:
+    existed = path.exists()
+    value = ensure_secret_file(path, make) if make else ensure_secret_file(path)
+    log.info("secret.generated" if not existed else "secret.loaded", secret=what, path=str(path))
+    return value
