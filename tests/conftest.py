@@ -13,10 +13,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpServer
 
+from responder.daemon import create_app
 from responder.logs import configure_logging
 from responder.playbook import Playbook
 from responder.stacks import PulumiEnvironment, StackOperations
-from responder.web import create_app
 from tests.helpers import (
     SESSION_VARIABLE,
     Client,

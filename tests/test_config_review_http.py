@@ -11,10 +11,10 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from responder.config import Settings
+from responder.daemon import create_app
 from responder.lifecycle import SYSTEM_PLAYBOOKS
 from responder.playbook import Context, on
 from responder.stacks import PulumiEnvironment
-from responder.web import create_app
 from responder.web.app import server_options
 from tests.helpers import API_TOKEN, Client, LogCapture, settings_for
 

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 
 from responder.config import ConfigError, Settings
+from responder.daemon import create_app
 from responder.stacks import PulumiEnvironment
-from responder.web import create_app
 from tests.helpers import REPO, Client, LogCapture, settings_for
 
 MakeClient = Callable[..., Awaitable[Client]]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from responder.config import PREFIX, Settings
-from responder.web import create_app
+from responder.daemon import create_app
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 PLACEHOLDER = re.compile(r"\{(\w+)\}")

@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 
 from responder.config import Settings
+from responder.daemon import create_app
 from responder.playbook import Context, on
 from responder.stacks import PulumiEnvironment
 from responder.store import JobStatus
-from responder.web import create_app
 from tests.helpers import Client, FakeClock, LogCapture, pd_event, settings_for
 
 MakeClient = Callable[..., Awaitable[Client]]

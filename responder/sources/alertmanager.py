@@ -5,13 +5,20 @@ alert (its fingerprint within its group), so the same playbooks answer Alertmana
 """
 
 import hashlib
-import hmac
 from collections.abc import Mapping
 from typing import Any
 
 from responder.events import Event, Incident, Reference
 from responder.sources import Arrival, Delivery, InvalidDelivery, Unauthorized
-from responder.sources.parsing import decode_json, json_type, optional, quoted, string_map, text
+from responder.sources.parsing import (
+    bearer_matches,
+    decode_json,
+    json_type,
+    optional,
+    quoted,
+    string_map,
+    text,
+)
 
 SOURCE = "alertmanager"
 STATUSES = {"firing": "incident.triggered", "resolved": "incident.resolved"}
@@ -30,21 +37,6 @@ def from_http(headers: Mapping[str, str], body: bytes, token: str) -> Delivery:
         )
     events = parse(body)
     return Delivery(body, tuple(Arrival(e.id, e, updates_need_open_incident=True) for e in events))
-
-
-def bearer_matches(header: str, token: str) -> bool:
-    """Whether the header is `Bearer <token>`. An empty configured token (an empty secret file)
-    authenticates nothing, and neither does an empty offer. A header that is not ASCII (aiohttp keeps
-    undecodable bytes as surrogates, which cannot be encoded for the comparison) holds no token."""
-    scheme, _, offered = header.partition(" ")
-    offered = offered.strip()
-    return bool(
-        token
-        and offered
-        and header.isascii()
-        and scheme.lower() == "bearer"
-        and hmac.compare_digest(offered.encode(), token.encode())
-    )
 
 
 def parse(body: bytes) -> list[Event]:

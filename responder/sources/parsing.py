@@ -1,5 +1,6 @@
 """What every source shares when reading untrusted input: one bounded JSON decoder and short errors."""
 
+import hmac
 from typing import Any, TypeVar
 
 import orjson
@@ -123,3 +124,18 @@ def string_map(value: Any, where: str) -> dict[str, str]:
                 f"{where} must be an object of strings ({where}.{short(key)} is {json_type(item)})"
             )
     return value
+
+
+def bearer_matches(header: str, token: str) -> bool:
+    """Whether the header is `Bearer <token>`. An empty configured token (an empty secret file)
+    authenticates nothing, and neither does an empty offer. A header that is not ASCII (aiohttp keeps
+    undecodable bytes as surrogates, which cannot be encoded for the comparison) holds no token."""
+    scheme, _, offered = header.partition(" ")
+    offered = offered.strip()
+    return bool(
+        token
+        and offered
+        and header.isascii()
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(offered.encode(), token.encode())
+    )

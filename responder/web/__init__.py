@@ -1,5 +1,2 @@
-"""The HTTP surface: webhook intake and the JSON API, built by `create_app`."""
-
-from responder.web.app import create_app
-
-__all__ = ["create_app"]
+"""The HTTP surface: webhook intake and the JSON API (`app.http_app`); `responder.daemon` assembles
+the daemon around it."""

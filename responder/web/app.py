@@ -1,8 +1,6 @@
 """The HTTP application: middlewares, routes and server options over the daemon's parts."""
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -10,27 +8,12 @@ from aiohttp import StreamReader, web
 from aiohttp.typedefs import Middleware
 
 from responder.config import Settings
-from responder.logs import Redactor, get_logger
-from responder.playbook import Playbook
+from responder.logs import get_logger
 from responder.web import api, webhooks
 from responder.web.daemon import DAEMON, SETTINGS
 from responder.web.errors import Handler, error_response, json_errors
 
 log = get_logger("responder.app")
-
-
-def create_app(
-    settings: Settings,
-    *,
-    redactor: Redactor | None = None,
-    clock: Callable[[], float] = time.time,
-    playbooks: list[Playbook] | None = None,
-) -> web.Application:
-    """The whole daemon's app: `responder.daemon.create_app`, reachable as `responder.web.create_app`."""
-    # Imported on call: the daemon's assembly imports this package for its HTTP surface.
-    from responder.daemon import create_app as daemon_app
-
-    return daemon_app(settings, redactor=redactor, clock=clock, playbooks=playbooks)
 
 
 def http_app(settings: Settings) -> web.Application:
