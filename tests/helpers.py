@@ -1,10 +1,12 @@
 """Test helpers shared by the suite and the benchmarks: constants, signing, clients, clocks."""
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,10 +14,12 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
 from responder.config import Settings
+from responder.daemon import create_app
 from responder.logs import Redactor
 from responder.sources import pagerduty
 from responder.store import Job, JobStatus
 from responder.store.sqlite import SQLiteStore
+from responder.web.app import server_options
 from responder.web.daemon import DAEMON, Daemon
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -195,3 +199,16 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Settings, logs: LogCapture) -> AsyncIterator[int]:
+    """The daemon on a real listening socket, with the server options `responder serve` uses."""
+    runner = web.AppRunner(create_app(settings, redactor=logs.redactor), **server_options(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()

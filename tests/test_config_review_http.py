@@ -1,22 +1,18 @@
 """Attacker review: a malformed request costs one short log line; system playbooks never run by hand."""
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from responder.config import Settings
-from responder.daemon import create_app
 from responder.lifecycle import SYSTEM_PLAYBOOKS
 from responder.playbook import Context, on
 from responder.stacks import PulumiEnvironment
-from responder.web.app import server_options
-from tests.helpers import API_TOKEN, Client, LogCapture, settings_for
+from tests.helpers import API_TOKEN, Client, LogCapture, served, settings_for
 
 MakeClient = Callable[..., Awaitable[Client]]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -30,19 +26,6 @@ MALFORMED = {  # aiohttp's error message quotes the padded line, but for the dup
     "control character in a header": f"GET /healthz HTTP/1.1\r\nHost: t\r\n"
     f"X-A: {PADDING}\x01\r\n\r\n".encode(),
 }
-
-
-@contextlib.asynccontextmanager
-async def served(settings: Settings, logs: LogCapture) -> AsyncIterator[int]:
-    """The daemon on a real listening socket, with the server options `responder serve` uses."""
-    runner = web.AppRunner(create_app(settings, redactor=logs.redactor), **server_options(settings))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
 
 
 async def exchange(port: int, data: bytes) -> bytes:

@@ -1,37 +1,19 @@
 """The daemon as served: slow senders are cut off, files are private, finished records expire."""
 
 import asyncio
-import contextlib
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from responder.config import Settings
-from responder.daemon import create_app
 from responder.playbook import Context, on
 from responder.stacks import PulumiEnvironment
 from responder.store import JobStatus
-from tests.helpers import Client, FakeClock, LogCapture, pd_event, settings_for
+from tests.helpers import Client, FakeClock, LogCapture, pd_event, served, settings_for
 
 MakeClient = Callable[..., Awaitable[Client]]
-
-
-@contextlib.asynccontextmanager
-async def served(settings: Settings, logs: LogCapture) -> AsyncIterator[int]:
-    """The app on a real listening socket, with the server options `responder serve` uses."""
-    from responder.web.app import server_options
-
-    runner = web.AppRunner(create_app(settings, redactor=logs.redactor), **server_options(settings))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
 
 
 async def exchange(port: int, data: bytes, timeout: float = 20.0) -> tuple[bytes, float]:
