@@ -9,7 +9,7 @@ redelivery (see `Store.record_delivery`) creates nothing, and the incident rules
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from responder.events import Event, event_to_dict
+from responder.events import Event
 from responder.logs import get_logger
 from responder.playbook import Playbook, match
 from responder.sources import Arrival
@@ -109,13 +109,12 @@ def _prepare(
     else:
         playbooks = match(deps.playbooks, event)
         status = DeliveryStatus.ACCEPTED if playbooks else DeliveryStatus.IGNORED
-    stored_event = event_to_dict(event)
     jobs = [
         NewJob(
             playbook=p.name,
             project=run.stack[0] if run and run.stack else p.project,
             stack=run.stack[1] if run and run.stack else p.stack_name(event),
-            event=stored_event,
+            event=event,
             max_attempts=deps.max_attempts,
             coalesce=p.coalesce,
             params=dict(run.params) if run else {},

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 import structlog
 
-from responder.events import event_from_dict
 from responder.health import StoreHealth
 from responder.lifecycle import SYSTEM_PLAYBOOKS
 from responder.logs import get_logger
@@ -246,7 +245,7 @@ class Runner:
         current = await self._write(job, lambda: self.store.get_job(job.id))
         if current is not None and current.cancel_requested:
             handle.cancel()
-        event = event_from_dict(job.event)
+        event = job.event
         ctx = Context(
             event=event,
             incident=event.incident,
@@ -623,9 +622,8 @@ class JobStack:
             self._exists = existing.status == StackStatus.LIVE
             return None
         now = self.runner.clock()
-        event = self.job.event
-        incident = event.get("incident") or {}
-        service = ((incident.get("service") or {}).get("summary")) or ""
+        incident = self.job.event.incident
+        service = incident.service.summary if incident and incident.service else ""
         record = StackRecord(
             project=self.target.project,
             stack=self.name,
@@ -685,7 +683,7 @@ def _job_context(job: Job) -> dict[str, Any]:
     return {
         "job_id": job.id,
         "delivery_id": job.delivery_id,
-        "event_id": job.event.get("id"),
+        "event_id": job.event.id,
         "event_type": job.event_type,
         "incident_id": job.incident_id,
         "playbook": job.playbook,

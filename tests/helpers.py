@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from responder.config import Settings
 from responder.daemon import create_app
+from responder.events import Event
 from responder.logs import Redactor
 from responder.sources import pagerduty
 from responder.store import Job, JobStatus
@@ -60,6 +61,13 @@ def session_processes(tag: str) -> dict[int, str]:
         ):
             found[pid] = " ".join(args)
     return found
+
+
+def bare_event(**data: object) -> Event:
+    """An event carrying nothing but `data`, for store tests where the event's content is opaque."""
+    return Event(
+        id="evt", source="pagerduty", type="incident.triggered", resource_type="incident", data=data
+    )
 
 
 @dataclass

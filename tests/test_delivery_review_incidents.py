@@ -12,7 +12,7 @@ from responder.playbook import Context, Playbook, on
 from responder.sources import events_v2
 from responder.store import DeliveryStatus, JobStatus, NewDelivery, NewJob
 from responder.store.sqlite import SQLiteStore
-from tests.helpers import API_TOKEN, Client, FakeClock, fixture_bytes
+from tests.helpers import API_TOKEN, Client, FakeClock, bare_event, fixture_bytes
 
 MakeClient = Callable[..., Awaitable[Client]]
 KEY = "0123456789abcdef0123456789abcdef"
@@ -140,7 +140,7 @@ def delivery(
 
 
 def job() -> list[NewJob]:
-    return [NewJob(playbook="pb", project="p", stack="s", event={}, max_attempts=1)]
+    return [NewJob(playbook="pb", project="p", stack="s", event=bare_event(), max_attempts=1)]
 
 
 async def test_an_event_of_another_type_leaves_the_incident_open(store: SQLiteStore) -> None:

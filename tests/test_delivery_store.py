@@ -23,6 +23,7 @@ from responder.store import (
 )
 from responder.store import deliveries as delivery_sql
 from responder.store.sqlite import SQLiteStore
+from tests.helpers import bare_event
 
 NOW = 1_800_000_000.0
 
@@ -54,7 +55,9 @@ def delivery(
 
 
 def job(stack: str = "incident-QINC", **event: object) -> NewJob:
-    return NewJob(playbook="pb", project="proj", stack=stack, event=dict(event), max_attempts=3)
+    return NewJob(
+        playbook="pb", project="proj", stack=stack, event=bare_event(**event), max_attempts=3
+    )
 
 
 @pytest.fixture
@@ -81,7 +84,10 @@ async def test_a_delivery_the_store_cannot_encode_fails_alone(store: SQLiteStore
         # A value json.dumps cannot encode makes the jobs insert raise.
         (delivery("bad-2", incident="QB2"), [job(x=object())]),
         # An integer beyond SQLite's 64 bits makes the driver raise.
-        (delivery("bad-3", incident="QB3"), [NewJob("pb", "p", "s", {}, max_attempts=2**70)]),
+        (
+            delivery("bad-3", incident="QB3"),
+            [NewJob("pb", "p", "s", bare_event(), max_attempts=2**70)],
+        ),
     ]
     calls = [store.record_delivery(d, [job(stack=d.incident_id)]) for d in good]
     calls[10:10] = [store.record_delivery(d, jobs) for d, jobs in bad]
@@ -316,7 +322,9 @@ async def test_a_version_0_store_is_upgraded(tmp_path: Path) -> None:
                 'accepted', x'7b7d', 1.0);
             INSERT INTO jobs (delivery_id, playbook, project, stack, event, incident_id,
                 event_type, status, max_attempts, created_at)
-                VALUES ('a1', 'pb', 'proj', 's', '{}', 'Q1', 'incident.triggered', 'queued', 3, 1.0);
+                VALUES ('a1', 'pb', 'proj', 's', '{"id": "a1", "source": "alertmanager",
+                    "type": "incident.triggered", "resource_type": "incident"}',
+                    'Q1', 'incident.triggered', 'queued', 3, 1.0);
             """
         )
     store = SQLiteStore(path)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.events import Event, Incident, event_to_dict
+from responder.events import Event, Incident
 from responder.playbook import Context, on
 from responder.runner import JobStack
 from responder.stacks import PulumiEnvironment, StackOperations
@@ -148,7 +148,7 @@ async def test_a_job_cannot_choose_its_program_or_scratch_root(
         "undeclared": "x",
     }
     delivery = NewDelivery.of(event, id="forged", body=b"{}", received_at=0.0)
-    job = NewJob("inspect", "burner", "incident-QFORGED", event_to_dict(event), 1, params=params)
+    job = NewJob("inspect", "burner", "incident-QFORGED", event, 1, params=params)
     await client.daemon.store.record_delivery(delivery, [job])
     [done] = await settle(client)
     assert done.status == JobStatus.SUCCEEDED, done.error

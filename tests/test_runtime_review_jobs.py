@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.events import Event, Incident, event_to_dict
+from responder.events import Event, Incident
 from responder.logs import Redactor
 from responder.playbook import Context, on
 from responder.runner import Runner
@@ -102,7 +102,7 @@ async def test_a_cancel_before_the_runner_holds_the_job_is_not_lost(
         incident=Incident(id="QEARLY"),
     )  # fmt: skip
     delivery = NewDelivery.of(event, id="w", body=b"{}", received_at=0.0)
-    await store.record_delivery(delivery, [NewJob("work", "burner", "s", event_to_dict(event), 1)])
+    await store.record_delivery(delivery, [NewJob("work", "burner", "s", event, 1)])
     try:
         claimed = await store.claim_next(1.0)
         assert claimed is not None and not claimed.cancel_requested

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.events import Event, Incident, event_to_dict
+from responder.events import Event, Incident
 from responder.lifecycle import Reaper
 from responder.playbook import Context, on
 from responder.stacks import PulumiEnvironment, StackOperations
@@ -134,7 +134,7 @@ async def test_a_job_that_succeeds_on_the_stack_starts_the_count_again(
         incident=Incident(id="QRESET"),
     )  # fmt: skip
     delivery = NewDelivery.of(event, id="ack", body=b"{}", received_at=clock())
-    job = NewJob("provision", "burner", stack, event_to_dict(event), 1)
+    job = NewJob("provision", "burner", stack, event, 1)
     [fixed] = (await store.record_delivery(delivery, [job])).job_ids
     await run_and_finish(store, clock, [fixed], JobStatus.SUCCEEDED)
     [three] = await lifecycle.run_once()  # at once: the failures before the success do not count

@@ -11,6 +11,7 @@ import pytest
 
 from responder.store import DeliveryStatus, JobStatus, NewDelivery, NewJob, StepRecord, Store
 from responder.store.sqlite import SQLiteStore
+from tests.helpers import bare_event
 
 NOW = 1_800_000_000.0
 
@@ -55,7 +56,7 @@ def job(stack: str = "s1", playbook: str = "pb", **options: object) -> NewJob:
         playbook=playbook,
         project="proj",
         stack=stack,
-        event={},
+        event=bare_event(),
         max_attempts=3,
         **options,  # type: ignore[arg-type]
     )

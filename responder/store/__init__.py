@@ -121,7 +121,7 @@ class NewJob:
     playbook: str
     project: str
     stack: str
-    event: dict[str, Any]
+    event: Event
     max_attempts: int
     coalesce: bool = False
     params: dict[str, str] = field(default_factory=dict)
@@ -148,7 +148,7 @@ class Job:
     playbook: str
     project: str
     stack: str
-    event: dict[str, Any]
+    event: Event
     incident_id: str
     event_type: str
     status: JobStatus

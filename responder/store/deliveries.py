@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from responder import incidents
+from responder.events import event_to_dict
 from responder.incidents import IncidentStatus
 from responder.store import (
     FINAL_STATUSES,
@@ -198,7 +199,7 @@ def _insert_jobs(db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJo
                 job.playbook,
                 job.project,
                 job.stack,
-                json.dumps(job.event),
+                json.dumps(event_to_dict(job.event)),
                 delivery.incident_id,
                 delivery.event_type,
                 "scheduled" if job.delay > 0 else "queued",

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from responder.events import event_from_dict
 from responder.store import (
     RELEASED_STACKS,
     Caps,
@@ -548,7 +549,7 @@ def _job(row: sqlite3.Row, steps: tuple[StepRecord, ...] = ()) -> Job:
         playbook=row["playbook"],
         project=row["project"],
         stack=row["stack"],
-        event=json.loads(row["event"]),
+        event=event_from_dict(json.loads(row["event"])),
         incident_id=row["incident_id"],
         event_type=row["event_type"],
         status=JobStatus(row["status"]),

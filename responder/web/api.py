@@ -290,7 +290,7 @@ def job_json(job: Job, *, steps: bool = True) -> dict[str, Any]:
         "stack": job.stack,
         "incident_id": job.incident_id,
         "event_type": job.event_type,
-        "event_id": job.event.get("id"),
+        "event_id": job.event.id,
         "delivery_id": job.delivery_id,
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,

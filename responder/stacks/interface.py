@@ -1,0 +1,130 @@
+"""The typed stack-operations API: what the runner, the reaper, the HTTP API and replay need of stacks."""
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from responder.stacks.results import StepResult
+
+DEFAULT_PROJECT = "burner"
+DEFAULT_PROGRAM = "burner_program:pulumi_program"
+
+# Config values are strings or JSON-encodable values; wrap one in `Secret` to store it encrypted.
+Config = Mapping[str, object]
+
+
+class Secret(str):
+    """A config value to store encrypted; its repr never shows the value."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Secret('[secret]')"
+
+
+@dataclass(frozen=True)
+class StackTarget:
+    """Which stack, of which project, running which program."""
+
+    name: str
+    project: str = DEFAULT_PROJECT
+    program: str = DEFAULT_PROGRAM
+
+    @property
+    def key(self) -> str:
+        return f"{self.project}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Call:
+    """How one operation runs. The default: under the stack's lock, with the operations' timeout."""
+
+    timeout: float | None = None  # seconds; None: the operations' own timeout
+    held: bool = False  # the caller already holds `locked(target)` for a sequence of operations
+    exists: bool = False  # the caller knows the stack exists: no need to select or create it
+    # Told each completed step as it completes (a `set_config` given as `config=`, an export before a
+    # destroy, then the operation itself): a caller keeps those of an operation that fails later.
+    on_step: Callable[[StepResult], None] | None = None
+
+
+DEFAULT_CALL = Call()
+
+
+class StackOperations(Protocol):
+    """Pulumi's steps for many stacks. Operations on one stack run one at a time, in call order.
+
+    `config=` is applied in the same session just before the operation; `tags=` are set if the
+    operation creates the stack. Failures raise `StackError` subclasses (see stacks.errors).
+    """
+
+    pulumi_version: str  # empty until started
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+    def locked(self, target: StackTarget) -> AbstractAsyncContextManager[None]:
+        """Hold the stack for a sequence of operations; other callers queue behind, in order."""
+        ...
+
+    async def set_config(
+        self, target: StackTarget, config: Config, *, call: Call = DEFAULT_CALL
+    ) -> StepResult:
+        """Only set config (creating the stack if needed)."""
+        ...
+
+    async def up(
+        self,
+        target: StackTarget,
+        *,
+        config: Config | None = None,
+        tags: Mapping[str, str] | None = None,
+        call: Call = DEFAULT_CALL,
+    ) -> StepResult: ...
+
+    async def preview(
+        self,
+        target: StackTarget,
+        *,
+        config: Config | None = None,
+        tags: Mapping[str, str] | None = None,
+        call: Call = DEFAULT_CALL,
+    ) -> StepResult:
+        """What `up` would change; `details["plan"]` lists each resource step."""
+        ...
+
+    async def refresh(
+        self, target: StackTarget, *, config: Config | None = None, call: Call = DEFAULT_CALL
+    ) -> StepResult: ...
+
+    async def preview_destroy(
+        self, target: StackTarget, *, config: Config | None = None, call: Call = DEFAULT_CALL
+    ) -> StepResult: ...
+
+    async def destroy(
+        self,
+        target: StackTarget,
+        *,
+        remove: bool = False,
+        export_to: Path | None = None,
+        config: Config | None = None,
+        call: Call = DEFAULT_CALL,
+    ) -> StepResult:
+        """Destroy every resource; `remove` also deletes the stack; `export_to` first saves its state
+        there (the postmortem record, secrets still encrypted)."""
+        ...
+
+    async def outputs(self, target: StackTarget, *, call: Call = DEFAULT_CALL) -> StepResult: ...
+
+    async def list_stacks(self, project: str, program: str = DEFAULT_PROGRAM) -> list[str]:
+        """Every stack of the project in the backend (read-only: takes no stack lock)."""
+        ...
+
+    async def cancel(self, target: StackTarget) -> bool:
+        """Stop the stack's running operation gracefully; False if none is running."""
+        ...
+
+    async def recover(self, target: StackTarget) -> None:
+        """After a crash: end what is left of the stack's last operation, repair and refresh it."""
+        ...
