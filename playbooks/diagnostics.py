@@ -1,11 +1,12 @@
 """The original tutorial's self-service diagnostics: a throwaway stack reporting on the host."""
 
-from responder.playbook import Context, on
+from responder.playbook import Context, manual, playbook
 
 REQUESTS = ("timezone", "location")  # what the burner program's HostDiagnostics can report
 
 
-@on("responder.diagnostics", allow_destroy=True, params=("request",))
+@playbook(allow_destroy=True, params=("request",))
+@manual
 async def host_diagnostics(ctx: Context) -> None:
     """Report the host's clock (`request=timezone`) or identity (`request=location`), then clean up.
 

@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{playbook.name}  ({playbook.file})")
             for trigger in playbook.triggers:
                 print(f"  on {trigger.describe()}")
+            if playbook.manual:
+                print("  manual (run by hand only)")
             for line in playbook.doc.splitlines():
                 print(f"    {line}")
         return 0

@@ -21,7 +21,7 @@ from responder.playbook import Playbook
 from responder.playbook_loader import PlaybookLoadError, load_playbooks
 from responder.runner import Runner
 from responder.secret_files import ensure_secret_file
-from responder.stacks import PulumiEnvironment, StackOperations
+from responder.stacks import PulumiEnvironment, PulumiOperations, StackOperations
 from responder.store import Caps, Store
 from responder.store.sqlite import SQLiteStore
 from responder.web.app import http_app
@@ -45,8 +45,11 @@ def create_app(
     redactor: Redactor | None = None,
     clock: Callable[[], float] = time.time,
     playbooks: list[Playbook] | None = None,
+    operations: StackOperations | None = None,
 ) -> web.Application:
-    """The daemon's app. Playbooks load now, so a broken one stops start-up before anything listens."""
+    """The daemon's app. Playbooks load now, so a broken one stops start-up before anything listens.
+
+    `operations` replaces the Pulumi CLI behind the stacks (tests); the app starts and closes it."""
     loaded = playbooks if playbooks is not None else load_playbooks(settings.playbooks_dir)
     reserved = {p.name for p in SYSTEM_PLAYBOOKS} & {p.name for p in loaded}
     if reserved:
@@ -54,12 +57,15 @@ def create_app(
             f"playbook names reserved for responder itself: {', '.join(sorted(reserved))}"
         )
     app = http_app(settings)
-    app.cleanup_ctx.extend(contexts(loaded, redactor or Redactor(), clock))
+    app.cleanup_ctx.extend(contexts(loaded, redactor or Redactor(), clock, operations))
     return app
 
 
 def contexts(
-    playbooks: list[Playbook], redactor: Redactor, clock: Callable[[], float]
+    playbooks: list[Playbook],
+    redactor: Redactor,
+    clock: Callable[[], float],
+    operations: StackOperations | None = None,
 ) -> list[CleanupContext]:
     """The daemon's cleanup contexts, in start-up order; each reads what earlier ones stored."""
     by_name = {p.name: p for p in [*playbooks, *SYSTEM_PLAYBOOKS]}
@@ -94,10 +100,14 @@ def contexts(
         await opened.close()
 
     async def stack_operations(app: web.Application) -> AsyncIterator[None]:
-        ops = StackOperations(
-            PulumiEnvironment.create(app[DATA_DIR]),
-            timeout=app[SETTINGS].job_timeout,
-            redactor=redactor,
+        ops = (
+            operations
+            if operations is not None
+            else PulumiOperations(
+                PulumiEnvironment.create(app[DATA_DIR]),
+                timeout=app[SETTINGS].job_timeout,
+                redactor=redactor,
+            )
         )
         await ops.start()
         app[OPS] = ops
@@ -119,6 +129,8 @@ def contexts(
                 "scratch_root": str(app[DATA_DIR] / "scratch"),
             },
             clock=clock,
+            postmortem_dir=app[DATA_DIR] / "postmortem",
+            redactor=redactor,
             caps=Caps(
                 settings.max_live_stacks,
                 settings.max_stacks_per_service,

@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Any
 
+PAGERDUTY_PAGE = "PagerDuty incident"  # the text of the link to a PagerDuty incident's page
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -15,7 +17,17 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class Link:
+    """A page about the incident: the pager's incident page, the alert's graph, a runbook."""
+
+    href: str
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class Incident:
+    """The incident an event is about, the same shape from every source."""
+
     id: str
     title: str = ""
     status: str = ""
@@ -31,6 +43,10 @@ class Incident:
     created_at: str = ""
     severity: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    links: tuple[Link, ...] = ()
+    # The event only refers to the incident (a PagerDuty note carries its id, title and page): the
+    # fields it leaves empty are unknown, not empty, so a playbook should not overwrite what it has.
+    partial: bool = False
 
     @property
     def service_names(self) -> tuple[str, ...]:
@@ -77,6 +93,7 @@ def event_to_dict(event: Event) -> dict[str, Any]:
             "teams": [_ref_dict(t) for t in incident.teams],
             "assignees": [_ref_dict(a) for a in incident.assignees],
             "labels": dict(incident.labels),
+            "links": [dict(vars(link)) for link in incident.links],
         },
     }
 
@@ -95,7 +112,7 @@ def event_from_dict(data: dict[str, Any]) -> Event:
         occurred_at=data.get("occurred_at", ""),
         agent=_reference(data.get("agent")),
         client=data.get("client"),
-        incident=_incident_from_dict(incident) if incident else None,
+        incident=_incident_from_dict(incident, data) if incident else None,
         data=data.get("data") or {},
     )
 
@@ -104,7 +121,15 @@ def _reference(data: Any) -> Reference | None:
     return Reference(**data) if data else None
 
 
-def _incident_from_dict(data: dict[str, Any]) -> Incident:
+def _incident_from_dict(data: dict[str, Any], event: dict[str, Any]) -> Incident:
+    pagerduty = event["source"] == "pagerduty"
+    links = data.get("links")
+    if links is None:  # stored before incidents had links: the one page it knew, as parsed today
+        text = PAGERDUTY_PAGE if pagerduty else ""
+        links = [{"href": data["html_url"], "text": text}] if data.get("html_url") else []
+    partial = data.get("partial")
+    if partial is None:  # stored before `partial`: a PagerDuty event whose data is not the incident
+        partial = pagerduty and (event.get("data") or {}).get("type") != "incident"
     return Incident(
         **{
             **data,
@@ -113,5 +138,8 @@ def _incident_from_dict(data: dict[str, Any]) -> Incident:
             "escalation_policy": _reference(data.get("escalation_policy")),
             "teams": tuple(Reference(**t) for t in data.get("teams") or ()),
             "assignees": tuple(Reference(**a) for a in data.get("assignees") or ()),
+            "labels": dict(data.get("labels") or {}),
+            "links": tuple(Link(**link) for link in links),
+            "partial": bool(partial),
         }
     )

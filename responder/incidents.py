@@ -1,16 +1,9 @@
 """The rules of incidents, as pure functions: which are open, what each delivery makes of them."""
 
 from dataclasses import dataclass
-from enum import StrEnum
 
-from responder.store import DeliveryStatus, NewDelivery
-
-
-class IncidentStatus(StrEnum):
-    TRIGGERED = "triggered"
-    ACKNOWLEDGED = "acknowledged"
-    RESOLVED = "resolved"
-
+# The statuses are the store's (its records carry them); the rules about them are here.
+from responder.store import DeliveryStatus, IncidentStatus, NewDelivery
 
 OPEN = frozenset({IncidentStatus.TRIGGERED, IncidentStatus.ACKNOWLEDGED})
 TRIGGER = "incident.triggered"
@@ -76,9 +69,7 @@ class Verdict:
     # False for a dropped delivery: as if it never came, it neither touches the incident's record
     # nor cancels any scheduled job.
     news: bool
-    incident_status: (
-        IncidentStatus | None
-    )  # the incident's status after the delivery; None: unchanged
+    incident_status: IncidentStatus | None  # the status after the delivery; None: unchanged
 
 
 def judge(delivery: NewDelivery, known: IncidentStatus | None) -> Verdict:

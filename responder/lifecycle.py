@@ -20,7 +20,7 @@ from responder.enqueue import Deps, Run, enqueue
 from responder.events import Event, Incident
 from responder.health import StoreHealth
 from responder.logs import get_logger
-from responder.playbook import Context, Playbook, on
+from responder.playbook import Context, Playbook, manual, playbook
 from responder.sources import Arrival
 from responder.stacks import StackError, StackOperations
 from responder.store import (
@@ -39,11 +39,13 @@ PRUNE_INTERVAL = 3600.0  # seconds between two prunes of records older than the 
 JOB_PAGE = 500  # jobs read per store call when looking through a stack's history
 
 
-@on(REAP_EVENT, allow_destroy=True)
+# No trigger: the reaper enqueues it itself, for one stack, after its own checks.
+@playbook(allow_destroy=True)
+@manual
 async def reap_stack(ctx: Context) -> None:
     """Destroy and remove a burner stack whose time is up (idle, too old, failed, or orphaned)."""
     ctx.log.warning("stack.reaping", reason=ctx.event.data.get("reason"))
-    await ctx.stack.destroy(remove=True)  # a stack already gone is recorded as destroyed
+    await ctx.stack.destroy(remove=True, missing_ok=True)  # recorded as destroyed either way
 
 
 SYSTEM_PLAYBOOKS: list[Playbook] = [reap_stack]
@@ -215,7 +217,7 @@ class Reaper:
         while True:
             page = await self.store.list_jobs(
                 incident_id=incident_id or None,
-                status=None if incident_id else JobStatus.FAILED.value,
+                status=None if incident_id else JobStatus.FAILED,
                 limit=JOB_PAGE,
                 offset=len(jobs),
             )

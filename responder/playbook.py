@@ -1,31 +1,42 @@
-"""The playbook author API: `@on(...)` triggers declared beside an async function taking a `Context`.
+"""The playbook author API: `@on` triggers, `@playbook` options and `@manual` (see the README)."""
 
-    from responder.playbook import Context, on
-
-    @on("incident.triggered", service="checkout-*", urgency="high")
-    async def provision(ctx: Context) -> None:
-        \"\"\"Bring up the incident's diagnostics stack.\"\"\"
-        await ctx.stack.set_config({"target_url": "https://checkout.example/health"})
-        await ctx.stack.up()
-
-Stack several `@on` decorators to fire on any of them. Options that describe the playbook rather than
-a trigger (project, program, coalesce, allow_destroy, lifecycle, approval options and params) may be
-given on any one of them; giving one option two different values is a declaration error.
-"""
-
-import fnmatch
 import hashlib
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
-import structlog
-
-from responder.events import Event, Incident
+from responder.context import Context, StackHandle
+from responder.events import Event, Incident, Link
+from responder.stacks.errors import StackNotFoundError
+from responder.stacks.interface import Secret
 from responder.stacks.results import StepResult
+from responder.triggers import Trigger
+
+__all__ = [
+    "DEFAULT_PROGRAM",
+    "DEFAULT_PROJECT",
+    "OPERATOR_PARAMS",
+    "STACK_PREFIX",
+    "Context",
+    "Event",
+    "Incident",
+    "Link",
+    "Playbook",
+    "PlaybookError",
+    "PlaybookFunc",
+    "Secret",
+    "StackHandle",
+    "StackNotFoundError",
+    "StepResult",
+    "Trigger",
+    "manual",
+    "match",
+    "on",
+    "playbook",
+    "stack_name_for",
+]
 
 DEFAULT_PROJECT = "burner"
 DEFAULT_PROGRAM = "burner_program:pulumi_program"
@@ -44,83 +55,7 @@ class PlaybookError(ValueError):
     """A playbook is declared wrongly."""
 
 
-class StackHandle(Protocol):
-    """The incident's burner stack, as a playbook sees it. Every call is recorded as a job step."""
-
-    name: str
-
-    async def set_config(self, config: Mapping[str, object]) -> StepResult: ...
-    async def up(self) -> StepResult: ...
-    async def refresh(self) -> StepResult: ...
-    async def preview(self) -> StepResult: ...
-    async def destroy(self, *, remove: bool = True) -> StepResult: ...
-    async def outputs(self) -> StepResult: ...
-
-
-@dataclass
-class Context:
-    """What a playbook run receives."""
-
-    event: Event
-    incident: Incident | None
-    log: structlog.stdlib.BoundLogger
-    stack: StackHandle
-    playbook: str
-    job_id: int | None = None
-    # Operator defaults (target_url, scratch_root) overlaid with the playbook's declared run params.
-    params: dict[str, str] = field(default_factory=dict)
-
-
 PlaybookFunc = Callable[[Context], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Trigger:
-    """One condition set; every given field must match. Globs for names, a regex for the title."""
-
-    events: tuple[str, ...]
-    source: str | None = None
-    service: str | None = None
-    urgency: str | None = None
-    priority: str | None = None
-    severity: str | None = None
-    title: re.Pattern[str] | None = None
-    labels: tuple[tuple[str, str], ...] = ()
-    when: Callable[[Event], bool] | None = None
-
-    def matches(self, event: Event) -> bool:
-        if not any(fnmatch.fnmatchcase(event.type, pattern) for pattern in self.events):
-            return False
-        if self.source and not fnmatch.fnmatchcase(event.source, self.source):
-            return False
-        incident = event.incident
-        checks: list[tuple[str | None, tuple[str, ...]]] = [
-            (self.service, incident.service_names if incident else ()),
-            (self.urgency, (incident.urgency,) if incident else ()),
-            (self.priority, (incident.priority.summary,) if incident and incident.priority else ()),
-            (self.severity, (incident.severity,) if incident else ()),
-        ]
-        for pattern, values in checks:
-            if pattern and not any(fnmatch.fnmatchcase(v, pattern) for v in values):
-                return False
-        if self.title and not (incident and self.title.search(incident.title)):
-            return False
-        labels = incident.labels if incident else {}
-        if any(k not in labels or not fnmatch.fnmatchcase(labels[k], v) for k, v in self.labels):
-            return False
-        return self.when is None or bool(self.when(event))
-
-    def describe(self) -> str:
-        parts = [",".join(self.events)]
-        for name in ("source", "service", "urgency", "priority", "severity"):
-            if value := getattr(self, name):
-                parts.append(f"{name}={value}")
-        if self.title:
-            parts.append(f"title=/{self.title.pattern}/")
-        parts += [f"labels.{k}={v}" for k, v in self.labels]
-        if self.when:
-            parts.append(f"when={getattr(self.when, '__name__', 'predicate')}")
-        return " ".join(parts)
 
 
 @dataclass
@@ -149,8 +84,10 @@ class Playbook:
     approve_changes: bool = False
     # The run parameters a manual run (POST /playbooks/{name}/run) may pass.
     params: tuple[str, ...] = ()
+    # Runs only by hand (POST /playbooks/{name}/run): declared with `@manual`, never with a trigger.
+    manual: bool = False
     file: Path | None = None
-    # Options given explicitly by some `@on`, so a second `@on` giving another value is refused.
+    # Options given explicitly by some decorator, so another one giving another value is refused.
     declared: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -192,19 +129,10 @@ def on(
     title: str | None = None,
     labels: Mapping[str, str] | None = None,
     when: Callable[[Event], bool] | None = None,
-    project: str | None = None,
-    program: str | None = None,
-    coalesce: bool | None = None,
-    allow_destroy: bool | None = None,
-    idle_ttl: float | None = None,
-    max_age: float | None = None,
-    delay: float | None = None,
-    cancel_on: tuple[str, ...] | None = None,
-    approve_destroy: bool | None = None,
-    approve_changes: bool | None = None,
-    params: tuple[str, ...] | None = None,
 ) -> Callable[[PlaybookFunc | Playbook], Playbook]:
-    """Declare that the decorated async function runs for events matching these conditions."""
+    """Declare that the decorated async function runs for events matching these conditions.
+
+    Only trigger conditions: what describes the playbook itself goes in `@playbook(...)`."""
     if not events or not all(isinstance(e, str) and e for e in events):
         raise PlaybookError("@on needs at least one event type, e.g. @on('incident.triggered')")
     try:
@@ -213,11 +141,6 @@ def on(
         raise PlaybookError(f"title={title!r} is not a valid regular expression: {e}") from None
     if when is not None and not callable(when):
         raise PlaybookError("when= must be a function taking the event and returning a bool")
-    for name, seconds in (("idle_ttl", idle_ttl), ("max_age", max_age), ("delay", delay)):
-        if seconds is not None and (not isinstance(seconds, int | float) or seconds < 0):
-            raise PlaybookError(f"{name}= must be a number of seconds >= 0, not {seconds!r}")
-    if params is not None:
-        _check_params(params)
     trigger = Trigger(
         events=tuple(events),
         source=source,
@@ -231,34 +154,103 @@ def on(
     )
 
     def decorate(target: PlaybookFunc | Playbook) -> Playbook:
-        playbook = target if isinstance(target, Playbook) else _new_playbook(target)
+        playbook = _playbook_of(target)
+        if playbook.manual:
+            raise PlaybookError(_MANUAL_WITH_TRIGGER.format(name=playbook.name))
         playbook.triggers.insert(0, trigger)  # decorators apply bottom-up; keep reading order
-        options = {
-            "project": project,
-            "program": program,
-            "coalesce": coalesce,
-            "allow_destroy": allow_destroy,
-            "idle_ttl": idle_ttl,
-            "max_age": max_age,
-            "delay": delay,
-            "cancel_on": cancel_on,
-            "approve_destroy": approve_destroy,
-            "approve_changes": approve_changes,
-            "params": params,
-        }
-        for name, value in options.items():
-            if value is None:
-                continue
-            if name in playbook.declared and playbook.declared[name] != value:
-                raise PlaybookError(
-                    f"{playbook.name}: {name}= is given twice, as {playbook.declared[name]!r}"
-                    f" and {value!r}; give it on one @on only"
-                )
-            playbook.declared[name] = value
-            setattr(playbook, name, value)
         return playbook
 
     return decorate
+
+
+def playbook(
+    *,
+    project: str | None = None,
+    program: str | None = None,
+    coalesce: bool | None = None,
+    allow_destroy: bool | None = None,
+    idle_ttl: float | None = None,
+    max_age: float | None = None,
+    delay: float | None = None,
+    cancel_on: tuple[str, ...] | None = None,
+    approve_destroy: bool | None = None,
+    approve_changes: bool | None = None,
+    params: tuple[str, ...] | None = None,
+) -> Callable[[PlaybookFunc | Playbook], Playbook]:
+    """Declare the playbook's options; above or below its `@on` / `@manual` decorators."""
+    options = _options(
+        project=project,
+        program=program,
+        coalesce=coalesce,
+        allow_destroy=allow_destroy,
+        idle_ttl=idle_ttl,
+        max_age=max_age,
+        delay=delay,
+        cancel_on=cancel_on,
+        approve_destroy=approve_destroy,
+        approve_changes=approve_changes,
+        params=params,
+    )
+
+    def decorate(target: PlaybookFunc | Playbook) -> Playbook:
+        found = _playbook_of(target)
+        _declare(found, options)
+        return found
+
+    return decorate
+
+
+def manual(target: PlaybookFunc | Playbook) -> Playbook:
+    """Declare a playbook that has no trigger: it runs only by hand (POST /playbooks/{name}/run)."""
+    found = _playbook_of(target)
+    if found.triggers:
+        raise PlaybookError(_MANUAL_WITH_TRIGGER.format(name=found.name))
+    found.manual = True
+    return found
+
+
+_MANUAL_WITH_TRIGGER = (
+    "{name}: @manual and @on exclude each other: any playbook can be run by hand, @manual is for"
+    " one that has no trigger"
+)
+_SECONDS = ("idle_ttl", "max_age", "delay")
+_FLAGS = ("coalesce", "allow_destroy", "approve_destroy", "approve_changes")
+
+
+def _options(**given: object) -> dict[str, object]:
+    """The options actually given (None means not given), checked."""
+    options = {name: value for name, value in given.items() if value is not None}
+    for name, value in options.items():
+        if name in _SECONDS and (
+            not isinstance(value, int | float) or isinstance(value, bool) or value < 0
+        ):
+            raise PlaybookError(f"{name}= must be a number of seconds >= 0, not {value!r}")
+        if name in _FLAGS and not isinstance(value, bool):
+            raise PlaybookError(f"{name}= must be True or False, not {value!r}")
+        if name in ("project", "program") and not (isinstance(value, str) and value):
+            raise PlaybookError(f"{name}= must be a non-empty string, not {value!r}")
+        if name == "cancel_on" and not (
+            isinstance(value, tuple) and all(isinstance(e, str) and e for e in value)
+        ):
+            raise PlaybookError(f"cancel_on= must be a tuple of event types, not {value!r}")
+    if "params" in options:
+        _check_params(options["params"])
+    return options
+
+
+def _declare(playbook: Playbook, options: Mapping[str, object]) -> None:
+    for name, value in options.items():
+        if name in playbook.declared and playbook.declared[name] != value:
+            raise PlaybookError(
+                f"{playbook.name}: {name}= is given twice, as {playbook.declared[name]!r}"
+                f" and {value!r}; give it once"
+            )
+        playbook.declared[name] = value
+        setattr(playbook, name, value)
+
+
+def _playbook_of(target: PlaybookFunc | Playbook) -> Playbook:
+    return target if isinstance(target, Playbook) else _new_playbook(target)
 
 
 def _check_params(params: object) -> None:
@@ -268,13 +260,14 @@ def _check_params(params: object) -> None:
         raise PlaybookError(f"params= cannot include {reserved}: only the operator sets them")
 
 
-def _new_playbook(func: Any) -> Playbook:
+def _new_playbook(func: PlaybookFunc) -> Playbook:
+    # Checked at run time too: a playbook file is not type-checked before it is loaded.
+    name: str = getattr(func, "__name__", repr(func))
     if not inspect.iscoroutinefunction(func):
-        name = getattr(func, "__name__", repr(func))
         raise PlaybookError(f"{name} must be an `async def` function taking a Context")
     if len(inspect.signature(func).parameters) != 1:
-        raise PlaybookError(f"{func.__name__} must take exactly one parameter (the Context)")
-    return Playbook(name=func.__name__, func=func, triggers=[])
+        raise PlaybookError(f"{name} must take exactly one parameter (the Context)")
+    return Playbook(name=name, func=func, triggers=[])
 
 
 def match(playbooks: list[Playbook], event: Event) -> list[Playbook]:

@@ -1,11 +1,14 @@
 """Discover playbooks: import every `*.py` in the playbooks directory and collect its playbooks."""
 
 import importlib.util
+import inspect
+import re
 import sys
 import traceback
 from pathlib import Path
 
 from responder.playbook import Playbook, PlaybookError
+from responder.playbook import playbook as options_decorator
 
 
 class PlaybookLoadError(Exception):
@@ -43,11 +46,24 @@ def _load_file(path: Path) -> list[Playbook]:
     except PlaybookError as e:
         raise PlaybookLoadError(f"{path}: {_where(e, path)}{e}") from None
     except Exception as e:
-        raise PlaybookLoadError(f"{path}: {_where(e, path)}{type(e).__name__}: {e}") from None
+        hint = _moved_option(e)
+        raise PlaybookLoadError(f"{path}: {_where(e, path)}{type(e).__name__}: {e}{hint}") from None
     found = [value for value in vars(module).values() if isinstance(value, Playbook)]
     for playbook in found:
         playbook.file = path
     return found
+
+
+def _moved_option(e: Exception) -> str:
+    """A hint for a playbook written for the earlier API, where @on also took the options."""
+    found = re.fullmatch(r"on\(\) got an unexpected keyword argument '(\w+)'", str(e))
+    if (
+        isinstance(e, TypeError)
+        and found
+        and found[1] in inspect.signature(options_decorator).parameters
+    ):
+        return f" ({found[1]}= is a playbook option: give it with @playbook({found[1]}=...))"
+    return ""
 
 
 def _where(e: BaseException, path: Path) -> str:
@@ -58,8 +74,10 @@ def _where(e: BaseException, path: Path) -> str:
 
 def _validate(playbook: Playbook, path: Path) -> None:
     prefix = f"{path}: playbook {playbook.name!r}"
-    if not playbook.triggers:
-        raise PlaybookLoadError(f"{prefix}: has no triggers")
+    if not playbook.triggers and not playbook.manual:
+        raise PlaybookLoadError(
+            f"{prefix}: has no triggers (add @on(...), or @manual for a playbook run only by hand)"
+        )
     module, _, attr = playbook.program.partition(":")
     if not module or not attr:
         raise PlaybookLoadError(f"{prefix}: program {playbook.program!r} must be 'module:function'")

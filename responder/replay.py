@@ -2,31 +2,37 @@
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from responder.logs import Redactor, get_logger
 from responder.playbook import Context, Playbook, match
 from responder.sources import InvalidDelivery, pagerduty
-from responder.stacks import PulumiEnvironment, StackError, StackOperations, StackTarget, StepResult
-from responder.stacks.operations import config_values
+from responder.stacks import (
+    PulumiEnvironment,
+    PulumiOperations,
+    StackError,
+    StackOperations,
+    StackTarget,
+    StepResult,
+)
 
 log = get_logger("responder.replay")
 
 
 class PreviewStack:
-    """A `StackHandle` that previews instead of changing: up and refresh preview, destroy is reported."""
+    """A `StackHandle` that previews instead of changing: up and refresh preview, destroy is reported.
+
+    Only the throwaway backend is touched: config is set there, and each preview runs against it.
+    """
 
     def __init__(self, ops: StackOperations, target: StackTarget) -> None:
         self.ops = ops
         self.target = target
         self.name = target.name
-        self.plans: list[dict[str, Any]] = []
+        self.plans: list[dict[str, object]] = []
 
     async def set_config(self, config: Mapping[str, object]) -> StepResult:
-        # Only the throwaway workspace is touched.
-        return await self._run(
-            {"op": "set_config", "create": True, "config": config_values(config)}, "set_config"
-        )
+        log.info("replay.step", step="set_config", instead_of="set_config")
+        return await self.ops.set_config(self.target, config)
 
     async def up(self) -> StepResult:
         return await self._preview("up")
@@ -40,7 +46,9 @@ class PreviewStack:
     async def outputs(self) -> StepResult:
         return StepResult("outputs", self.name, 0.0)
 
-    async def destroy(self, *, remove: bool = True) -> StepResult:
+    async def destroy(self, *, remove: bool = True, missing_ok: bool = False) -> StepResult:
+        """Reported, never run. Whether the real backend has the stack is unknown here (the throwaway
+        one starts empty), so `missing_ok` changes nothing: no StackNotFoundError is raised."""
         self.plans.append(
             {
                 "instead_of": "destroy",
@@ -50,13 +58,10 @@ class PreviewStack:
         return StepResult("destroy", self.name, 0.0)
 
     async def _preview(self, instead_of: str) -> StepResult:
-        result = await self._run({"op": "preview", "create": True}, instead_of)
+        log.info("replay.step", step="preview", instead_of=instead_of)
+        result = await self.ops.preview(self.target)
         self.plans.append({"instead_of": instead_of, "changes": result.changes})
         return result
-
-    async def _run(self, step: Any, label: str) -> StepResult:
-        log.info("replay.step", step=step["op"], instead_of=label)
-        return (await self.ops.run(self.target, [step]))[-1]
 
 
 async def replay(
@@ -65,18 +70,18 @@ async def replay(
     scratch: Path,
     redactor: Redactor,
     params: Mapping[str, str] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[dict[str, object]]:
     try:
         event = pagerduty.parse(body)
     except InvalidDelivery as e:
         return [{"playbook": None, "outcome": "invalid payload", "error": str(e)}]
     matched = match(playbooks, event)
     log.info("replay.matched", event_type=event.type, playbooks=[p.name for p in matched])
-    ops = StackOperations(
+    ops = PulumiOperations(
         PulumiEnvironment.create(scratch / "data"), redactor=redactor, warm_workers=0
     )
     await ops.start()
-    results: list[dict[str, Any]] = []
+    results: list[dict[str, object]] = []
     try:
         for playbook in matched:
             stack = PreviewStack(

@@ -1,4 +1,4 @@
-"""Shared fixtures: a temporary data dir with a real file backend, the real pulumi CLI, a probe target."""
+"""Shared fixtures: a data dir, stack operations (the real CLI only if marked `pulumi`), a probe."""
 
 import contextlib
 import os
@@ -16,7 +16,8 @@ from pytest_aiohttp import AiohttpServer
 from responder.daemon import create_app
 from responder.logs import configure_logging
 from responder.playbook import Playbook
-from responder.stacks import PulumiEnvironment, StackOperations
+from responder.stacks import PulumiEnvironment, PulumiOperations, StackOperations
+from tests.fakes import FakeOperations
 from tests.helpers import (
     SESSION_VARIABLE,
     Client,
@@ -75,9 +76,12 @@ def logs() -> Iterator[LogCapture]:
 
 @pytest.fixture
 async def stack_ops(
-    pulumi_env: PulumiEnvironment, logs: LogCapture
+    request: pytest.FixtureRequest, pulumi_env: PulumiEnvironment, logs: LogCapture
 ) -> AsyncIterator[StackOperations]:
-    ops = StackOperations(pulumi_env, timeout=180, kill_grace=10, redactor=logs.redactor)
+    """The real stack operations, for tests marked `pulumi` only: the others must stay fast."""
+    if request.node.get_closest_marker("pulumi") is None:
+        pytest.fail("stack_ops runs the real pulumi CLI: mark the test `pulumi`", pytrace=False)
+    ops = PulumiOperations(pulumi_env, timeout=180, kill_grace=10, redactor=logs.redactor)
     await ops.start()
     yield ops
     await ops.close()
@@ -98,12 +102,25 @@ async def probe_target(aiohttp_server: AiohttpServer) -> ProbeTarget:
 
 
 @pytest.fixture
+def fake_ops() -> FakeOperations:
+    """The in-memory stack operations of a test, shared by every daemon it starts (like the
+    backend on disk the real CLI would use)."""
+    return FakeOperations()
+
+
+@pytest.fixture
 def make_client(
+    request: pytest.FixtureRequest,
     aiohttp_client: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
     data_dir: Path,
     logs: LogCapture,
     pulumi_env: PulumiEnvironment,
+    fake_ops: FakeOperations,
 ) -> Callable[..., Awaitable[Client]]:
+    """A daemon app and its client. Only a test marked `pulumi` gets the real CLI; others get
+    `fake_ops`."""
+    real = request.node.get_closest_marker("pulumi") is not None
+
     async def make(
         playbooks: list[Playbook] | None = None,
         clock: Callable[[], float] | None = None,
@@ -111,7 +128,11 @@ def make_client(
     ) -> Client:
         settings = settings_for(data_dir, **overrides)
         app = create_app(
-            settings, redactor=logs.redactor, playbooks=playbooks, clock=clock or time.time
+            settings,
+            redactor=logs.redactor,
+            playbooks=playbooks,
+            clock=clock or time.time,
+            operations=None if real else fake_ops,
         )
         return Client(await aiohttp_client(app), app)
 

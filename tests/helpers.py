@@ -156,7 +156,7 @@ class Client:
         settled: tuple[JobStatus, ...] = (),
         *,
         incident_id: str | None = None,
-        status: str | None = None,
+        status: JobStatus | None = None,
     ) -> list[Job]:
         """Wait until every job (matching the filters) is final, or in one of the `settled` statuses."""
         deadline = asyncio.get_running_loop().time() + timeout

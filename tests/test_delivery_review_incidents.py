@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from responder import incidents
-from responder.playbook import Context, Playbook, on
+from responder.playbook import Context, Playbook, on, playbook
 from responder.sources import events_v2
 from responder.store import DeliveryStatus, JobStatus, NewDelivery, NewJob
 from responder.store.sqlite import SQLiteStore
@@ -31,7 +31,8 @@ def playbooks() -> list[Playbook]:
         """Matches acknowledgements, so a dropped one is dropped by the store, not by matching."""
 
     # The acknowledgement in cancel_on makes a stray one visible: it must not cancel the teardown.
-    @on("incident.resolved", delay=600, cancel_on=("incident.triggered", "incident.acknowledged"))
+    @playbook(delay=600, cancel_on=("incident.triggered", "incident.acknowledged"))
+    @on("incident.resolved")
     async def teardown(ctx: Context) -> None:
         """Stands in for destroying the stack after a grace period."""
 

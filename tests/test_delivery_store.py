@@ -1,4 +1,5 @@
-"""The SQLite store's delivery boundary: group-commit isolation, dedupe, storage, retention, modes."""
+"""What only the SQLite store does: its encoding refusals, its committer's end, bodies stored once
+(and pruned), file modes and the schema upgrade. The shared behaviour is `test_store_contract`."""
 
 import asyncio
 import os
@@ -10,18 +11,13 @@ from pathlib import Path
 import pytest
 
 from responder.store import (
-    Caps,
     DeliveryStatus,
     JobStatus,
     NewDelivery,
     NewJob,
     RecordRejected,
-    StackRecord,
-    StackStatus,
-    StepRecord,
     StoreUnavailable,
 )
-from responder.store import deliveries as delivery_sql
 from responder.store.sqlite import SQLiteStore
 from tests.helpers import bare_event
 
@@ -104,23 +100,6 @@ async def test_a_delivery_the_store_cannot_encode_fails_alone(store: SQLiteStore
     assert again.created
 
 
-async def test_an_unexpected_commit_error_reaches_every_caller(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    class Bug(Exception):
-        """Not a store error: it must reach the callers as it is."""
-
-    def broken(db: sqlite3.Connection, requests: object) -> object:
-        raise Bug("a bug in the recording code")
-
-    monkeypatch.setattr(delivery_sql, "record_requests", broken)
-    calls = [store.record_delivery(delivery(f"d{i}", incident=f"Q{i}"), []) for i in range(5)]
-    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
-    assert all(isinstance(o, Bug) for o in outcomes), outcomes
-    monkeypatch.undo()
-    assert (await asyncio.wait_for(store.record_delivery(delivery("later"), []), 10)).created
-
-
 async def test_a_cancelled_committer_answers_every_waiting_caller(store: SQLiteStore) -> None:
     calls = [
         asyncio.create_task(store.record_delivery(delivery(f"c{i}", incident=f"Q{i}"), []))
@@ -132,57 +111,6 @@ async def test_a_cancelled_committer_answers_every_waiting_caller(store: SQLiteS
     outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
     assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
     assert (await asyncio.wait_for(store.record_delivery(delivery("later"), []), 10)).created
-
-
-# -- dedupe ------------------------------------------------------------------------------------
-
-
-async def test_the_same_event_under_a_new_delivery_id_is_a_redelivery(store: SQLiteStore) -> None:
-    first = await store.record_delivery(delivery("wh-1", event_id="E1"), [job()])
-    replay = await store.record_delivery(delivery("wh-2", event_id="E1"), [job()])
-    other_source = await store.record_delivery(
-        delivery("am-1", event_id="E1", source="alertmanager", incident="QAM"), [job()]
-    )
-    assert first.created and not replay.created and replay.duplicate_of == "wh-1"
-    assert other_source.created  # event ids are only unique within a source
-    assert len(await store.list_jobs()) == 2
-
-
-async def test_content_dedupe_holds_only_within_its_window(store: SQLiteStore) -> None:
-    def ev2(id: str, at: float, event_type: str = "incident.triggered") -> NewDelivery:
-        return delivery(
-            id, event_type=event_type, received_at=at, dedupe_key="body-1", dedupe_window=300
-        )
-
-    assert (await store.record_delivery(ev2("a", NOW), [job()])).created
-    assert not (await store.record_delivery(ev2("b", NOW + 299), [job()])).created
-    later = await store.record_delivery(ev2("c", NOW + 301), [job()])
-    # Past the window it is a new delivery; the incident is still open, so no new job.
-    assert later.created and later.status == "deduplicated" and later.job_ids == []
-
-
-async def test_a_change_of_incident_state_ends_content_dedupe(store: SQLiteStore) -> None:
-    def ev2(id: str, event_type: str, key: str) -> NewDelivery:
-        return delivery(
-            id, event_type=event_type, received_at=NOW, dedupe_key=key, dedupe_window=300
-        )
-
-    assert (await store.record_delivery(ev2("t1", "incident.triggered", "T"), [job()])).job_ids
-    assert (await store.record_delivery(ev2("r1", "incident.resolved", "R"), [job()])).job_ids
-    # The very same trigger body, re-fired after the resolve (same clock: not the window's doing).
-    refire = await store.record_delivery(ev2("t2", "incident.triggered", "T"), [job()])
-    assert refire.created and refire.job_ids
-    assert not (await store.record_delivery(ev2("t3", "incident.triggered", "T"), [job()])).created
-
-
-async def test_concurrent_repeats_create_one_delivery(store: SQLiteStore) -> None:
-    calls = [
-        store.record_delivery(delivery(f"r{i}", dedupe_key="same-body", dedupe_window=300), [job()])
-        for i in range(10)
-    ]
-    outcomes = await asyncio.wait_for(asyncio.gather(*calls), 10)
-    assert sum(o.created for o in outcomes) == 1
-    assert len(await store.list_jobs()) == 1
 
 
 # -- storage: one body per notification ---------------------------------------------------------
@@ -208,68 +136,20 @@ async def test_a_request_is_stored_whole_or_not_at_all(store: SQLiteStore) -> No
 # -- retention ---------------------------------------------------------------------------------
 
 
-async def test_prune_deletes_only_what_finished_before_the_cutoff(store: SQLiteStore) -> None:
-    old, cutoff, recent = NOW, NOW + 1000, NOW + 2000
-    ids = {}
-    for name in ("done", "running", "waiting", "late", "queued"):
-        recorded = await store.record_delivery(
-            delivery(name, incident=f"Q-{name}", body=name.encode(), received_at=old),
-            [job(stack=name)],
-        )
-        ids[name] = recorded.job_ids[0]
-    await store.record_delivery(delivery("ping", incident="", received_at=old), [])
-    for name in ("done", "running", "waiting", "late"):  # claimed in arrival order
-        claimed = await store.claim_next(old)
-        assert claimed is not None and claimed.id == ids[name]
-    await store.add_step(ids["done"], StepRecord("up", old, 1.0, "succeeded"))
-    await store.finish(ids["done"], JobStatus.SUCCEEDED, old)
-    await store.finish(ids["late"], JobStatus.FAILED, recent)  # finished after the cutoff
-    await store.await_approval(ids["waiting"], {"changes": {}}, old)
+async def test_prune_deletes_the_bodies_of_the_deliveries_it_prunes(store: SQLiteStore) -> None:
+    """What prune keeps and deletes is the contract's (test_store_contract); the bodies are SQLite's."""
+    old, cutoff = NOW, NOW + 1000
+    for name in ("done", "queued"):
+        delivered = delivery(name, incident=f"Q-{name}", body=name.encode(), received_at=old)
+        await store.record_delivery(delivered, [job(stack=name)])
+    await store.record_delivery(delivery("ping", incident="", body=b"ping", received_at=old), [])
+    claimed = await store.claim_next(old)
+    assert claimed is not None
+    await store.finish(claimed.id, JobStatus.SUCCEEDED, old)
     counts = await store.prune(cutoff)
-    assert counts["jobs"] == 1 and counts["steps"] == 1
-    assert counts["deliveries"] == 2 and counts["payloads"] == 2  # "done" and the ping
-    remaining = {j.id for j in await store.list_jobs(limit=100)}
-    assert remaining == {ids[n] for n in ("queued", "running", "waiting", "late")}
-    assert await store.delivery_ids() == {"queued", "running", "waiting", "late"}
-    assert rows(store, "SELECT COUNT(*) FROM payloads") == [(4,)]
+    assert (counts["deliveries"], counts["payloads"]) == (2, 2)  # "done" and the ping
+    assert rows(store, "SELECT body FROM payloads") == [(b"queued",)]
     assert await store.prune(cutoff) == dict.fromkeys(counts, 0)
-
-
-async def test_prune_forgets_destroyed_stacks_and_resolved_incidents(store: SQLiteStore) -> None:
-    record = StackRecord(
-        "proj", "gone", "prog", "QGONE", "pb", "svc", StackStatus.PROVISIONING, NOW, NOW, ""
-    )
-    assert await store.reserve_stack(record, Caps()) is None
-    await store.touch_stack(
-        "proj", "gone", operation="destroy", now=NOW, status=StackStatus.DESTROYED
-    )
-    await store.record_delivery(
-        delivery("res", incident="QGONE", event_type="incident.resolved"), []
-    )
-    counts = await store.prune(NOW + 1)
-    assert counts["stacks"] == 1 and counts["incidents"] == 1 and counts["deliveries"] == 1
-    assert await store.incident("QGONE") is None
-
-
-# -- stacks whose first `up` failed --------------------------------------------------------------
-
-
-async def test_failed_stacks_hold_no_cap_slot_and_are_reused(store: SQLiteStore) -> None:
-    def record(stack: str) -> StackRecord:
-        return StackRecord(
-            "proj", stack, "prog", f"Q{stack}", "pb", "svc", StackStatus.PROVISIONING, NOW, NOW, ""
-        )
-
-    caps = Caps(live_stacks=1, per_service=1, per_playbook=1)
-    assert await store.reserve_stack(record("a"), caps) is None
-    assert await store.reserve_stack(record("b"), caps) == "max_live_stacks=1"
-    await store.touch_stack("proj", "a", operation="up", now=NOW, status=StackStatus.FAILED)
-    assert await store.reserve_stack(record("b"), caps) is None
-    await store.touch_stack("proj", "b", operation="destroy", now=NOW, status=StackStatus.DESTROYED)
-    # A new reservation for the failed stack takes its record over.
-    assert await store.reserve_stack(record("a"), caps) is None
-    again = await store.get_stack("proj", "a")
-    assert again is not None and again.status == "provisioning"
 
 
 # -- file modes and upgrade ----------------------------------------------------------------------

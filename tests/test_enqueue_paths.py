@@ -9,7 +9,7 @@ import pytest
 
 from responder.enqueue import Deps, Run, enqueue
 from responder.events import Event, Incident
-from responder.playbook import Context, Playbook, on
+from responder.playbook import Context, Playbook, on, playbook
 from responder.sources import Arrival
 from responder.store import DeliveryStatus, JobStatus, StoreUnavailable
 from responder.store.sqlite import SQLiteStore
@@ -20,7 +20,8 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 def delayed() -> list[Playbook]:
-    @on("incident.resolved", delay=600, cancel_on=("incident.reopened",), coalesce=True)
+    @playbook(delay=600, cancel_on=("incident.reopened",), coalesce=True)
+    @on("incident.resolved")
     async def teardown(ctx: Context) -> None:
         """Stands in for a destroy after a grace period."""
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from responder.playbook import Context, Playbook, on
-from responder.stacks import PulumiEnvironment, StackOperations
+from responder.playbook import Context, Playbook, on, playbook
+from responder.stacks import PulumiEnvironment, PulumiOperations, StackTarget
 from responder.store import JobStatus
 from tests.helpers import API_TOKEN, Client, FakeClock, LogCapture, ProbeTarget, pd_event
 
@@ -27,14 +27,8 @@ def playbooks(
     approve_destroy: bool = False,
     approve_changes: bool = False,
 ) -> list[Playbook]:
-    @on(
-        "incident.triggered",
-        "incident.reopened",
-        "incident.acknowledged",
-        idle_ttl=idle,
-        max_age=max_age,
-        approve_changes=approve_changes,
-    )
+    @playbook(idle_ttl=idle, max_age=max_age, approve_changes=approve_changes)
+    @on("incident.triggered", "incident.reopened", "incident.acknowledged")
     async def provision(ctx: Context) -> None:
         """Up the incident's stack; a high-urgency incident also gets a probe."""
         assert ctx.incident is not None
@@ -48,13 +42,13 @@ def playbooks(
         )
         await ctx.stack.up()
 
-    @on(
-        "incident.resolved",
+    @playbook(
         allow_destroy=True,
         delay=grace,
         cancel_on=("incident.reopened",),
         approve_destroy=approve_destroy,
     )
+    @on("incident.resolved")
     async def teardown(ctx: Context) -> None:
         """Destroy the incident's stack."""
         await ctx.stack.destroy(remove=True)
@@ -164,10 +158,9 @@ async def test_max_age_destroys_whatever_the_activity(make_client: MakeClient) -
 async def test_orphan_sweep_destroys_a_stack_made_behind_our_back(
     make_client: MakeClient, pulumi_env: PulumiEnvironment, tmp_path: Path
 ) -> None:
-    rogue = StackOperations(pulumi_env)
+    rogue = PulumiOperations(pulumi_env)
     await rogue.start()
-    await rogue.stack("rogue").set_config({"scratch_root": str(tmp_path)})
-    await rogue.stack("rogue").up()
+    await rogue.up(StackTarget("rogue"), config={"scratch_root": str(tmp_path)})
     await rogue.close()
 
     client = await make_client(playbooks())
@@ -258,12 +251,8 @@ async def test_an_update_that_deletes_waits_while_create_only_proceeds(
 async def test_cancel_a_running_up(
     make_client: MakeClient, data_dir: Path, logs: LogCapture
 ) -> None:
-    @on(
-        "incident.triggered",
-        "incident.acknowledged",
-        project="slowcancel",
-        program="tests.programs.slow:pulumi_program",
-    )
+    @playbook(project="slowcancel", program="tests.programs.slow:pulumi_program")
+    @on("incident.triggered", "incident.acknowledged")
     async def slow(ctx: Context) -> None:
         """Sleeps 60 s on trigger, not at all on acknowledge."""
         await ctx.stack.set_config(

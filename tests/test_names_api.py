@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from responder.playbook import Context, on
-from responder.stacks import StackError, StackOperations
+from responder.playbook import Context, on, playbook
+from responder.stacks import StackError, StackOperations, StackTarget
 from tests.helpers import API_TOKEN, Client
 
 pytestmark = pytest.mark.pulumi
@@ -39,7 +39,8 @@ async def test_odd_incident_ids_get_their_own_stacks_and_destroy_only_inside_scr
 ) -> None:
     scratch_dirs: dict[str, Path] = {}
 
-    @on("test.names", allow_destroy=True)
+    @playbook(allow_destroy=True)
+    @on("test.names")
     async def provision_and_destroy(ctx: Context) -> None:
         """Up the incident's burner stack, note its scratch directory, destroy it."""
         assert ctx.incident is not None
@@ -102,21 +103,21 @@ async def test_state_written_by_the_old_program_destroys_inside_scratch_only(
 ) -> None:
     sentinels = plant_sentinels(data_dir)
     scratch_root = data_dir / "scratch"
-    inside, escaping = stack_ops.stack("legacy-inside"), stack_ops.stack("legacy-escaping")
-    for stack in (inside, escaping):
-        await stack.up()
+    inside, escaping = StackTarget("legacy-inside"), StackTarget("legacy-escaping")
+    for target in (inside, escaping):
+        await stack_ops.up(target)
 
     legacy = scratch_root / "QLEGACY"  # the old layout: <scratch_root>/<incident id>
     (scratch_root / "burner" / "legacy-inside").rename(legacy)
     rewrite_as_legacy_state(data_dir, "legacy-inside", legacy)
-    await inside.destroy(allow=True, remove=True)
+    await stack_ops.destroy(inside, remove=True)
     assert not legacy.exists()
     assert not state_file(data_dir, "legacy-inside").exists()
 
     # What incident id `..` recorded before: `<scratch_root>/..`, the data dir itself.
     rewrite_as_legacy_state(data_dir, "legacy-escaping", scratch_root / "..")
     with pytest.raises(StackError, match="refusing scratch directory"):
-        await escaping.destroy(allow=True, remove=True)
+        await stack_ops.destroy(escaping, remove=True)
     assert all(s.read_text() == "keep" for s in sentinels)
     assert (data_dir / "pulumi-state").is_dir()
     assert state_file(data_dir, "legacy-escaping").exists()  # kept for the operator to look at
@@ -129,7 +130,6 @@ async def test_the_program_refuses_a_scratch_directory_leading_outside_its_root(
     scratch_root.mkdir()
     outside.mkdir()
     (scratch_root / "burner").symlink_to(outside)  # the project's directory leads elsewhere
-    stack = stack_ops.stack("incident-escape")
     with pytest.raises(StackError, match="UnsafeScratchPathError: refusing scratch directory"):
-        await stack.up()
+        await stack_ops.up(StackTarget("incident-escape"))
     assert list(outside.iterdir()) == []

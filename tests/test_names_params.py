@@ -7,9 +7,8 @@ import pytest
 import structlog
 
 from playbooks.diagnostics import host_diagnostics
-from playbooks.incident_lifecycle import stack_config
 from responder.events import Event, Incident
-from responder.playbook import Context, PlaybookError, on
+from responder.playbook import Context, PlaybookError, on, playbook
 from responder.playbook_loader import PlaybookLoadError, load_playbooks
 from responder.stacks.results import StepResult
 from tests.helpers import REPO
@@ -21,7 +20,7 @@ async def noop(ctx: Context) -> None:
 
 def test_params_are_declared_on_the_playbook() -> None:
     assert on("x")(noop).params == ()
-    assert on("x", params=("request", "region"))(noop).params == ("request", "region")
+    assert playbook(params=("request", "region"))(on("x")(noop)).params == ("request", "region")
 
 
 @pytest.mark.parametrize(
@@ -35,24 +34,25 @@ def test_params_are_declared_on_the_playbook() -> None:
 )
 def test_params_the_operator_owns_or_malformed_are_refused(params: object, message: str) -> None:
     with pytest.raises(PlaybookError, match=message):
-        on("x", params=params)  # type: ignore[arg-type]
+        playbook(params=params)  # type: ignore[arg-type]
 
 
 def test_stacked_decorators_combine_options_but_refuse_conflicting_values() -> None:
-    playbook = on("a", coalesce=True)(on("b", project="p", params=("request",))(noop))
-    assert (playbook.coalesce, playbook.project, playbook.params) == (True, "p", ("request",))
-    assert on("a", project="p")(on("b", project="p")(noop)).project == "p"  # same value twice
+    combined = playbook(coalesce=True)(on("a")(playbook(project="p", params=("request",))(noop)))
+    assert (combined.coalesce, combined.project, combined.params) == (True, "p", ("request",))
+    assert playbook(project="p")(playbook(project="p")(noop)).project == "p"  # same value twice
     with pytest.raises(PlaybookError, match=r"noop: project= is given twice, as 'q' and 'p'"):
-        on("a", project="p")(on("b", project="q")(noop))
+        playbook(project="p")(playbook(project="q")(noop))
     with pytest.raises(PlaybookError, match="allow_destroy="):
-        on("a", allow_destroy=False)(on("b", allow_destroy=True)(noop))
+        playbook(allow_destroy=False)(on("a")(playbook(allow_destroy=True)(noop)))
 
 
 def test_the_loader_names_the_file_and_line_of_a_conflict(tmp_path: Path) -> None:
     (tmp_path / "twice.py").write_text(
-        "from responder.playbook import on\n"
-        "@on('a', delay=60)\n"
-        "@on('b', delay=30)\n"
+        "from responder.playbook import on, playbook\n"
+        "@playbook(delay=60)\n"
+        "@on('a')\n"
+        "@playbook(delay=30)\n"
         "async def p(ctx): pass\n"
     )
     with pytest.raises(PlaybookLoadError, match=r"twice\.py: line 2: p: delay= is given twice"):
@@ -93,7 +93,7 @@ class RecordingStack:
     async def preview(self) -> StepResult:
         return await self._record("preview")
 
-    async def destroy(self, *, remove: bool = True) -> StepResult:
+    async def destroy(self, *, remove: bool = True, missing_ok: bool = False) -> StepResult:
         return await self._record("destroy")
 
     async def outputs(self) -> StepResult:
@@ -104,7 +104,7 @@ def context(params: dict[str, str], stack: RecordingStack | None = None) -> Cont
     event = Event(
         id="e1",
         source="manual",
-        type="responder.diagnostics",
+        type="manual.host_diagnostics",
         resource_type="manual",
         incident=Incident(id="Q1", title="t"),
     )
@@ -127,7 +127,7 @@ async def test_host_diagnostics_refuses_a_request_it_cannot_report() -> None:
 
 def test_the_lifecycle_config_takes_only_the_probe_target_from_params() -> None:
     params = {"scratch_root": "/s", "target_url": "http://t", "request": "location", "x": "y"}
-    config = stack_config(context(params))
+    config = context(params).incident_config()
     assert {k: config[k] for k in config if k not in ("incident_id", "incident")} == {
         "target_url": "http://t",
     }

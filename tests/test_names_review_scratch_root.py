@@ -10,7 +10,7 @@ from burner_program import providers
 from burner_program.providers import UnsafeScratchPathError, _ScratchDirectoryProvider
 from playbooks.diagnostics import host_diagnostics
 from responder.config import Settings
-from responder.stacks import PulumiEnvironment, StackError, StackOperations
+from responder.stacks import PulumiEnvironment, StackError, StackOperations, StackTarget
 from responder.stacks.environment import SCRATCH_ROOT_VARIABLE
 from responder.stacks.results import OutputValue, StepResult
 from tests.helpers import API_TOKEN, Client
@@ -134,19 +134,19 @@ async def test_a_persisted_scratch_root_in_stack_config_is_ignored(
     reach the provider, its default root would refuse this path and the up would fail.
     """
     elsewhere = tmp_path / "elsewhere"
-    stack = stack_ops.stack("incident-persisted")
-    await stack.set_config({"scratch_root": str(elsewhere)})
+    target = StackTarget("incident-persisted")
+    await stack_ops.set_config(target, {"scratch_root": str(elsewhere)})
     assert f"burner:scratch_root: {elsewhere}" in persisted_config(data_dir, "incident-persisted")
     expected = data_dir.resolve() / "scratch" / "burner" / "incident-persisted"
 
-    up = await stack.up()
+    up = await stack_ops.up(target)
     assert up.outputs["scratch_dir"].value == str(expected)
     assert (expected / "context.json").exists()
-    await stack.refresh()
-    assert (await stack.up()).outputs["scratch_dir"].value == str(expected)
+    await stack_ops.refresh(target)
+    assert (await stack_ops.up(target)).outputs["scratch_dir"].value == str(expected)
     assert not elsewhere.exists()
 
-    await stack.destroy(allow=True, remove=True)
+    await stack_ops.destroy(target, remove=True)
     assert not expected.exists()
 
 
@@ -155,13 +155,13 @@ async def test_a_destroy_of_legacy_state_naming_any_path_is_refused(
     stack_ops: StackOperations, data_dir: Path, victim: Path
 ) -> None:
     """The review's repro through the real CLI: state as the old program wrote it, no root."""
-    stack = stack_ops.stack("legacy-victim")
-    await stack.up()
+    target = StackTarget("legacy-victim")
+    await stack_ops.up(target)
     rewrite_as_legacy_state(data_dir, "legacy-victim", victim)
     with pytest.raises(StackError, match="refusing scratch directory"):
-        await stack.refresh()
+        await stack_ops.refresh(target)
     with pytest.raises(StackError, match="refusing scratch directory"):
-        await stack.destroy(allow=True, remove=True)
+        await stack_ops.destroy(target, remove=True)
     assert (victim / "data").read_text() == "keep"
     assert state_file(data_dir, "legacy-victim").exists()  # kept for the operator to look at
 

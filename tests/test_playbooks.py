@@ -97,7 +97,7 @@ def test_declaration_errors() -> None:
             "broken.py: line 2: title='\\[' is not a valid regular expression",
         ),
         (
-            "from responder.playbook import on\n@on('x', program='nope_pkg_xyz:main')\nasync def p(ctx): pass\n",
+            "from responder.playbook import manual, playbook\n@playbook(program='nope_pkg_xyz:main')\n@manual\nasync def p(ctx): pass\n",
             "broken.py: playbook 'p': program module 'nope_pkg_xyz' cannot be imported",
         ),
     ],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from responder.stacks import PulumiEnvironment, Secret, StackOperations
+from responder.stacks import PulumiEnvironment, PulumiOperations, Secret, StackTarget
 from tests.helpers import LogCapture, marked_processes
 
 pytestmark = pytest.mark.pulumi
@@ -45,14 +45,14 @@ async def test_secret_config_is_not_in_any_process_arguments(
     monkeypatch.setenv(CASE_VARIABLE, case)
     # Characters an argv `key=value`, or a value read as a line from stdin, could mangle.
     token, other = "tok=3n with spaces\n", f"second-secret-{uuid.uuid4().hex}"
-    ops = StackOperations(pulumi_env, redactor=logs.redactor, warm_workers=0)
+    ops = PulumiOperations(pulumi_env, redactor=logs.redactor, warm_workers=0)
     await ops.start()
     watcher = Watcher(case)
     watcher.start()
     try:
-        stack = ops.stack("inc-argv", project="echo", program=ECHO)
-        await stack.set_config({"plain": "visible", "token": Secret(token), "other": Secret(other)})
-        up = await stack.up()
+        target = StackTarget("inc-argv", "echo", ECHO)
+        config = {"plain": "visible", "token": Secret(token), "other": Secret(other)}
+        up = await ops.up(target, config=config)
     finally:
         watcher.stop()
         await ops.close()

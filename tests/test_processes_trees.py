@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from responder.stacks import (
+    Call,
     OperationCancelled,
     OperationTimeout,
     PulumiEnvironment,
-    Stack,
+    PulumiOperations,
     StackOperations,
     StackTarget,
 )
@@ -69,7 +70,7 @@ async def ops(
     case: str, pulumi_env: PulumiEnvironment, logs: LogCapture
 ) -> AsyncIterator[StackOperations]:
     # No warm spare: after an operation, no process of this test should be alive at all.
-    ops = StackOperations(
+    ops = PulumiOperations(
         pulumi_env, timeout=180, kill_grace=KILL_GRACE, redactor=logs.redactor, warm_workers=0
     )
     await ops.start()
@@ -77,10 +78,10 @@ async def ops(
     await ops.close()
 
 
-async def stubborn_stack(ops: StackOperations, name: str, started: Path) -> Stack:
-    stack = ops.stack(name, project="stubborn", program=STUBBORN)
-    await stack.set_config({"started_file": str(started), "sleep_seconds": "120"})
-    return stack
+async def stubborn_stack(ops: StackOperations, name: str, started: Path) -> StackTarget:
+    target = StackTarget(name, "stubborn", STUBBORN)
+    await ops.set_config(target, {"started_file": str(started), "sleep_seconds": "120"})
+    return target
 
 
 async def wait_stubborn(started: Path, case: str) -> None:
@@ -96,11 +97,11 @@ def lock_files(env: PulumiEnvironment) -> list[Path]:
 async def test_normal_operations_leave_no_process(
     ops: StackOperations, case: str, tmp_path: Path
 ) -> None:
-    stack = ops.stack("inc-normal", project="stubborn", program=STUBBORN)
-    await stack.set_config({"started_file": str(tmp_path / "started"), "sleep_seconds": "0"})
-    await stack.up()
+    target = StackTarget("inc-normal", "stubborn", STUBBORN)
+    await ops.set_config(target, {"started_file": str(tmp_path / "started"), "sleep_seconds": "0"})
+    await ops.up(target)
     assert case_processes(case) == {}
-    await stack.destroy(allow=True, remove=True)
+    await ops.destroy(target, remove=True)
     assert case_processes(case) == {}
 
 
@@ -108,8 +109,8 @@ async def test_timeout_ends_every_process(
     ops: StackOperations, case: str, pulumi_env: PulumiEnvironment, tmp_path: Path
 ) -> None:
     started = tmp_path / "started"
-    stack = await stubborn_stack(ops, "inc-timeout", started)
-    up = asyncio.create_task(stack.up(timeout=20))
+    target = await stubborn_stack(ops, "inc-timeout", started)
+    up = asyncio.create_task(ops.up(target, call=Call(timeout=20)))
     await wait_stubborn(started, case)
     with pytest.raises(OperationTimeout):
         await up
@@ -121,12 +122,12 @@ async def test_cancel_escalates_and_ends_every_process(
     ops: StackOperations, case: str, pulumi_env: PulumiEnvironment, tmp_path: Path
 ) -> None:
     started = tmp_path / "started"
-    stack = await stubborn_stack(ops, "inc-cancel", started)
-    up = asyncio.create_task(stack.up())
+    target = await stubborn_stack(ops, "inc-cancel", started)
+    up = asyncio.create_task(ops.up(target))
     await wait_stubborn(started, case)
     cancelled_at = asyncio.get_running_loop().time()
-    assert await stack.cancel()
-    assert not await stack.cancel()  # one SIGTERM only: a second would make the CLI abandon it
+    assert await ops.cancel(target)
+    assert not await ops.cancel(target)  # one SIGTERM only: a second would make the CLI abandon it
     # The provider ignores SIGTERM, so the CLI's graceful cancel cannot finish: only the SIGKILL
     # after the grace ends the operation (the provider would sleep for 120 s).
     with pytest.raises(OperationCancelled):
@@ -189,7 +190,9 @@ async def test_recover_ends_a_dead_operations_processes(
     orphans = {pid for pid, cmd in case_processes(case).items() if "-m pulumi.dynamic" in cmd}
     assert orphans
 
-    ops = StackOperations(pulumi_env, kill_grace=KILL_GRACE, redactor=logs.redactor, warm_workers=0)
+    ops = PulumiOperations(
+        pulumi_env, kill_grace=KILL_GRACE, redactor=logs.redactor, warm_workers=0
+    )
     await ops.start()
     try:
         await ops.recover(StackTarget("inc-crash", "stubborn", STUBBORN))

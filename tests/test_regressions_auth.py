@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from responder.playbook import Context, on
-from responder.runner import AwaitingApproval
+from responder.outcome import AwaitingApproval
+from responder.playbook import Context, on, playbook
 from responder.store import Job, JobStatus
 from tests.helpers import API_TOKEN, Client, pd_event
 
@@ -58,7 +58,8 @@ async def test_cancel_without_the_token_cancels_nothing(make_client: MakeClient)
         started.set()
         await release.wait()
 
-    @on("incident.resolved", delay=600)
+    @playbook(delay=600)
+    @on("incident.resolved")
     async def later(ctx: Context) -> None:
         """Waits `scheduled` for ten minutes."""
 

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from responder.playbook import Context, Playbook, on
+from responder.playbook import Context, Playbook, on, playbook
 from responder.store import Job, JobStatus
 from tests.helpers import Client, FakeClock, LogCapture, pd_event
 
@@ -20,7 +20,8 @@ async def test_a_burst_of_refreshes_while_one_runs_coalesces_into_the_newest(
     started, release = asyncio.Event(), asyncio.Event()
     runs: list[int | None] = []
 
-    @on("incident.triggered", "incident.acknowledged", coalesce=True)
+    @playbook(coalesce=True)
+    @on("incident.triggered", "incident.acknowledged")
     async def refresh(ctx: Context) -> None:
         """The first run holds the stack until released; later runs return at once."""
         runs.append(ctx.job_id)
@@ -70,7 +71,7 @@ def slow_up(name: str, *, title: str | None = None) -> Playbook:
 
     up.__name__ = up.__qualname__ = name
     up.__doc__ = f"Up a slow stack ({name})."
-    return on("incident.triggered", title=title, project="regress", program=SLOW)(up)
+    return playbook(project="regress", program=SLOW)(on("incident.triggered", title=title)(up))
 
 
 async def deliver_and_wait(client: Client, incident: str, **data: str) -> Job:

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from responder.playbook import Context, on
+from responder.playbook import Context, manual, on, playbook
 from responder.stacks import CLIError
 from tests.helpers import API_TOKEN, Client, pd_event
 
@@ -75,7 +75,8 @@ async def test_pages_always_move_on(make_client: MakeClient) -> None:
 async def test_run_refuses_parameters_its_playbook_does_not_declare(
     make_client: MakeClient,
 ) -> None:
-    @on("manual.check", params=("request",))
+    @playbook(params=("request",))
+    @manual
     async def check(_ctx: Context) -> None:
         """Declares one parameter."""
 
@@ -120,7 +121,7 @@ async def test_concurrent_stack_listings_start_one_backend_listing(
     await client.http.get("/stacks")
     assert sorted(started) == projects  # still fresh: no new listing
 
-    from responder.web.api import LISTINGS
+    from responder.web.stacks import LISTINGS
 
     client.app[LISTINGS].interval = 0.0  # now stale as soon as it ends
     await client.http.get("/stacks")

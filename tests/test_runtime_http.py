@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from responder.config import Settings
-from responder.playbook import Context, on
+from responder.playbook import Context, on, playbook
 from responder.stacks import PulumiEnvironment
 from responder.store import JobStatus
 from tests.helpers import Client, FakeClock, LogCapture, pd_event, served, settings_for
@@ -61,6 +61,7 @@ async def test_headers_that_never_end_get_a_closed_connection(
         assert answer.startswith(b"HTTP/1.1 200 ")  # a prompt client is served as ever
 
 
+@pytest.mark.pulumi  # the files the real CLI, program and exports write
 async def test_what_the_daemon_writes_is_private(make_client: MakeClient, data_dir: Path) -> None:
     @on("incident.triggered")
     async def provision(ctx: Context) -> None:
@@ -68,7 +69,8 @@ async def test_what_the_daemon_writes_is_private(make_client: MakeClient, data_d
         await ctx.stack.set_config({"scratch_root": ctx.params["scratch_root"]})
         await ctx.stack.up()
 
-    @on("incident.resolved", allow_destroy=True)
+    @playbook(allow_destroy=True)
+    @on("incident.resolved")
     async def teardown(ctx: Context) -> None:
         """Destroys it, leaving a postmortem export."""
         await ctx.stack.destroy()
@@ -106,7 +108,8 @@ async def test_finished_records_older_than_the_retention_are_pruned(
     async def now(_ctx: Context) -> None:
         """Runs at once."""
 
-    @on("incident.acknowledged", delay=10_000)
+    @playbook(delay=10_000)
+    @on("incident.acknowledged")
     async def later(_ctx: Context) -> None:
         """Waits, scheduled, far longer than the retention."""
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from responder.events import Event, Incident
-from responder.playbook import Context, on
-from responder.runner import JobStack
-from responder.stacks import PulumiEnvironment, StackOperations
+from responder.job_stack import JobStack
+from responder.playbook import Context, on, playbook
+from responder.stacks import PulumiEnvironment, PulumiOperations, StackTarget
 from responder.store import JobStatus, NewDelivery, NewJob
 from tests.helpers import API_TOKEN, Client, FakeClock, LogCapture, pd_event
 
@@ -33,7 +33,8 @@ async def settle(client: Client) -> list:  # type: ignore[type-arg]
 async def test_a_stack_removed_behind_the_daemons_back_is_reaped_once(
     make_client: MakeClient, pulumi_env: PulumiEnvironment, logs: LogCapture
 ) -> None:
-    @on("incident.triggered", max_age=100, project="rtgone", program=SLOW)
+    @playbook(max_age=100, project="rtgone", program=SLOW)
+    @on("incident.triggered")
     async def provision(ctx: Context) -> None:
         """Ups a one-resource stack."""
         await ctx.stack.set_config({"sleep_seconds": "0"})
@@ -45,11 +46,9 @@ async def test_a_stack_removed_behind_the_daemons_back_is_reaped_once(
     [job] = await settle(client)
     assert job.status == JobStatus.SUCCEEDED, job.error
 
-    rogue = StackOperations(pulumi_env)
+    rogue = PulumiOperations(pulumi_env)
     await rogue.start()
-    await rogue.stack("incident-QGONE", project="rtgone", program=SLOW).destroy(
-        allow=True, remove=True
-    )
+    await rogue.destroy(StackTarget("incident-QGONE", "rtgone", SLOW), remove=True)
     await rogue.close()
     assert backend_stacks(client, "rtgone") == set()
 
@@ -69,7 +68,8 @@ async def test_a_stack_removed_behind_the_daemons_back_is_reaped_once(
 async def test_a_stack_whose_first_up_failed_frees_its_cap_and_is_reaped(
     make_client: MakeClient, logs: LogCapture
 ) -> None:
-    @on("incident.triggered", project="rtfail", program=SLOW)
+    @playbook(project="rtfail", program=SLOW)
+    @on("incident.triggered")
     async def provision(ctx: Context) -> None:
         """Ups a one-resource stack; the program fails for a low-urgency incident."""
         assert ctx.incident is not None
@@ -102,7 +102,8 @@ async def test_a_stack_whose_first_up_failed_frees_its_cap_and_is_reaped(
 
 
 async def test_a_failed_stack_can_be_provisioned_again(make_client: MakeClient) -> None:
-    @on("incident.triggered", "incident.acknowledged", project="rtagain", program=SLOW)
+    @playbook(project="rtagain", program=SLOW)
+    @on("incident.triggered", "incident.acknowledged")
     async def provision(ctx: Context) -> None:
         """Fails on the trigger, works on the acknowledge."""
         sleep = "0" if ctx.event.type == "incident.acknowledged" else "not a number"
@@ -125,7 +126,8 @@ async def test_a_job_cannot_choose_its_program_or_scratch_root(
 ) -> None:
     seen: list[tuple[dict[str, str], str]] = []
 
-    @on("manual.inspect", params=("request", "target_url"))
+    @playbook(params=("request", "target_url"))
+    @on("manual.inspect")
     async def inspect(ctx: Context) -> None:
         """Records what it was given."""
         assert isinstance(ctx.stack, JobStack)

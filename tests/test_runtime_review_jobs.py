@@ -10,16 +10,17 @@ import pytest
 
 from responder.events import Event, Incident
 from responder.logs import Redactor
-from responder.playbook import Context, on
+from responder.playbook import Context, on, playbook
 from responder.runner import Runner
 from responder.stacks import (
     OperationCancelled,
     PulumiEnvironment,
+    PulumiOperations,
     Secret,
-    StackOperations,
     StackTarget,
+    check_config,
 )
-from responder.stacks.operations import SECRET_MIN_LENGTH, config_values
+from responder.stacks.interface import SECRET_MIN_LENGTH
 from responder.store import JobStatus, NewDelivery, NewJob
 from responder.store.sqlite import SQLiteStore
 from tests.helpers import API_TOKEN, Client, LogCapture, pd_event
@@ -94,8 +95,8 @@ async def test_a_cancel_before_the_runner_holds_the_job_is_not_lost(
     store = SQLiteStore(tmp_path / "responder.db")
     await store.open()
     runner = Runner(
-        store, StackOperations(pulumi_env), {"work": work}, workers=1, job_timeout=30,
-        retry_backoff=0.1,
+        store, PulumiOperations(pulumi_env), {"work": work}, workers=1, job_timeout=30,
+        retry_backoff=0.1, postmortem_dir=tmp_path / "postmortem", redactor=Redactor(),
     )  # fmt: skip
     event = Event(
         id="w", source="manual", type="manual.work", resource_type="manual",
@@ -122,10 +123,10 @@ async def test_a_cancel_before_the_runner_holds_the_job_is_not_lost(
 async def test_a_cancel_while_the_worker_starts_keeps_the_operation_from_starting(
     pulumi_env: PulumiEnvironment, data_dir: Path
 ) -> None:
-    ops = StackOperations(pulumi_env, warm_workers=0)  # a cold start: a second or two
+    ops = PulumiOperations(pulumi_env, warm_workers=0)  # a cold start: a second or two
     await ops.start()
     target = StackTarget("inc-early", "rtearly", SLOW)
-    up = asyncio.create_task(ops.run(target, [{"op": "up", "create": True}]))
+    up = asyncio.create_task(ops.up(target))
     try:
         for _ in range(1000):  # no timer: the cancel must come while the worker is being acquired
             if ops.is_locked(target):
@@ -150,7 +151,8 @@ async def test_a_cancel_while_the_worker_starts_keeps_the_operation_from_startin
 async def test_the_deadline_stops_a_running_operation_cleanly(
     make_client: MakeClient, data_dir: Path, logs: LogCapture
 ) -> None:
-    @on("incident.triggered", "incident.acknowledged", project="rtdeadline", program=SLOW)
+    @playbook(project="rtdeadline", program=SLOW)
+    @on("incident.triggered", "incident.acknowledged")
     async def slow(ctx: Context) -> None:
         """A minute-long up on trigger, an instant one on acknowledge."""
         sleep = "60" if ctx.event.type == "incident.triggered" else "0"
@@ -180,12 +182,11 @@ async def test_the_deadline_stops_a_running_operation_cleanly(
 def test_a_secret_too_short_to_mask_is_refused_by_name() -> None:
     assert SECRET_MIN_LENGTH >= Redactor.MIN_LENGTH
     with pytest.raises(ValueError, match="'api_key'") as refused:
-        config_values({"api_key": Secret(SHORT)})
+        check_config({"region": "eu", "api_key": Secret(SHORT)})
     assert SHORT not in str(refused.value)
     with pytest.raises(ValueError, match="'empty'"):
-        config_values({"empty": Secret("")})
-    accepted = config_values({"api_key": Secret("x" * SECRET_MIN_LENGTH), "short": "plain"})
-    assert accepted["api_key"]["secret"] and not accepted["short"]["secret"]
+        check_config({"empty": Secret("")})
+    check_config({"api_key": Secret("x" * SECRET_MIN_LENGTH), "short": "plain"})  # accepted
 
 
 async def test_a_job_setting_a_short_secret_fails_with_a_clear_error(

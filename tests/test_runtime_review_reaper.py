@@ -8,8 +8,8 @@ import pytest
 
 from responder.events import Event, Incident
 from responder.lifecycle import Reaper
-from responder.playbook import Context, on
-from responder.stacks import PulumiEnvironment, StackOperations
+from responder.playbook import Context, on, playbook
+from responder.stacks import PulumiEnvironment, PulumiOperations, StackOperations, StackTarget
 from responder.store import Caps, JobStatus, NewDelivery, NewJob, StackRecord, StackStatus
 from responder.store.sqlite import SQLiteStore
 from tests.helpers import API_TOKEN, Client, FakeClock, LogCapture, pd_event
@@ -77,7 +77,7 @@ def reaper(store: SQLiteStore, clock: FakeClock, ops: StackOperations) -> Reaper
 async def test_failed_reaps_back_off_then_stop_and_the_stack_is_left_stuck(
     store: SQLiteStore, pulumi_env: PulumiEnvironment, logs: LogCapture
 ) -> None:
-    clock, ops = FakeClock(), StackOperations(pulumi_env)
+    clock, ops = FakeClock(), PulumiOperations(pulumi_env)
     stack = await live_stack(store, clock, "QSTUCK")
     first = reaper(store, clock, ops)
 
@@ -119,7 +119,7 @@ async def test_failed_reaps_back_off_then_stop_and_the_stack_is_left_stuck(
 async def test_a_job_that_succeeds_on_the_stack_starts_the_count_again(
     store: SQLiteStore, pulumi_env: PulumiEnvironment
 ) -> None:
-    clock, ops = FakeClock(), StackOperations(pulumi_env)
+    clock, ops = FakeClock(), PulumiOperations(pulumi_env)
     stack = await live_stack(store, clock, "QRESET")
     lifecycle = reaper(store, clock, ops)
     [one] = await lifecycle.run_once()
@@ -145,7 +145,8 @@ async def test_a_job_that_succeeds_on_the_stack_starts_the_count_again(
 async def test_an_undeletable_stack_is_reaped_a_bounded_number_of_times_and_exported_once(
     make_client: MakeClient, data_dir: Path, logs: LogCapture
 ) -> None:
-    @on("incident.triggered", max_age=100, project="rtstuck", program=UNDELETABLE)
+    @playbook(max_age=100, project="rtstuck", program=UNDELETABLE)
+    @on("incident.triggered")
     async def provision(ctx: Context) -> None:
         """Ups a stack that can never be destroyed."""
         await ctx.stack.up()
@@ -190,15 +191,16 @@ async def test_an_undeletable_stack_is_reaped_a_bounded_number_of_times_and_expo
 async def test_an_undeletable_orphan_without_a_record_is_reaped_a_bounded_number_of_times(
     make_client: MakeClient, pulumi_env: PulumiEnvironment, logs: LogCapture
 ) -> None:
-    @on("incident.triggered", project="rtorphan", program=UNDELETABLE)
+    @playbook(project="rtorphan", program=UNDELETABLE)
+    @on("incident.triggered")
     async def provision(ctx: Context) -> None:
         """Declares the project, so the sweep looks for its orphans."""
 
     clock = FakeClock()
     client = await make_client([provision], clock=clock, reaper_interval=3600, job_max_attempts=1)
-    rogue = StackOperations(pulumi_env)
+    rogue = PulumiOperations(pulumi_env)
     await rogue.start()
-    await rogue.stack("behind-our-back", project="rtorphan", program=UNDELETABLE).up()
+    await rogue.up(StackTarget("behind-our-back", "rtorphan", UNDELETABLE))
     await rogue.close()
 
     lifecycle = client.daemon.reaper

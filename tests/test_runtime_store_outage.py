@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from responder.playbook import Context, Playbook, on
-from responder.runner import AwaitingApproval, Runner
+from responder.outcome import AwaitingApproval
+from responder.playbook import Context, Playbook, on, playbook
+from responder.runner import Runner
 from responder.stacks import StackLockedError
 from responder.store import Job, JobStatus, StoreUnavailable
 from tests.helpers import Client, LogCapture, pd_event
@@ -144,7 +145,8 @@ def playbook_for(method: str) -> tuple[Playbook, JobStatus]:
         return gated, JobStatus.AWAITING_APPROVAL
     if method in ("add_step", "touch_stack", "reserve_stack", "get_stack", "operations_since"):
 
-        @on("incident.triggered", project="rtoutage", program=SLOW)
+        @playbook(project="rtoutage", program=SLOW)
+        @on("incident.triggered")
         async def up(ctx: Context) -> None:
             """Ups a one-resource stack."""
             await ctx.stack.set_config({"sleep_seconds": "0"})

@@ -1,84 +1,183 @@
 """The job store contract, run against every `Store` implementation (no CLI: fast).
 
-Each test speaks only the `Store` protocol, so a second implementation joins by adding a factory.
+Each test speaks the `Store` protocol, plus a small `Harness` each implementation provides: reopen
+the same data (recovery), and a hook into its delivery commits (group commit). A second
+implementation joins by adding a harness factory to `HARNESSES`.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from responder.store import DeliveryStatus, JobStatus, NewDelivery, NewJob, StepRecord, Store
+from responder.store import (
+    Caps,
+    DeliveryStatus,
+    IncidentStatus,
+    JobStatus,
+    NewDelivery,
+    NewJob,
+    RecordedDelivery,
+    RecordRejected,
+    StackRecord,
+    StackStatus,
+    StepRecord,
+    Store,
+    StoreUnavailable,
+)
 from responder.store.sqlite import SQLiteStore
+from responder.store.sqlite import deliveries as sqlite_deliveries
 from tests.helpers import bare_event
 
 NOW = 1_800_000_000.0
 
-StoreFactory = Callable[[Path], Awaitable[Store]]
+# Called at the start of each delivery commit with its number of requests, on whatever thread the
+# store commits from (it may block); raising fails that commit.
+CommitHook = Callable[[int], None]
+Outcomes = list[list[RecordedDelivery] | RecordRejected]
 
 
-async def sqlite_store(tmp_path: Path) -> Store:
-    store = SQLiteStore(tmp_path / "responder.db")
-    await store.open()
-    return store
+@dataclass
+class Harness:
+    store: Store
+    reopen: Callable[[], Awaitable[Store]]  # close `store`, open the same data again
+    on_commit: Callable[[CommitHook], None]
 
 
-@pytest.fixture(params=[sqlite_store], ids=["sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    factory: StoreFactory = request.param
-    store = await factory(tmp_path)
-    yield store
-    await store.close()
+async def sqlite_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Harness:
+    path = tmp_path / "responder.db"
+
+    async def open_store() -> Store:
+        store = SQLiteStore(path)
+        await store.open()
+        return store
+
+    async def reopen() -> Store:
+        await made.store.close()
+        made.store = await open_store()
+        return made.store
+
+    def on_commit(hook: CommitHook) -> None:
+        record = sqlite_deliveries.record_requests
+
+        def hooked(
+            db: sqlite3.Connection, requests: Sequence[sqlite_deliveries.Request]
+        ) -> Outcomes:
+            hook(len(requests))  # called once per commit
+            return record(db, requests)
+
+        monkeypatch.setattr(sqlite_deliveries, "record_requests", hooked)
+
+    made = Harness(await open_store(), reopen, on_commit)
+    return made
+
+
+HARNESSES = [sqlite_harness]
+
+
+@pytest.fixture(params=HARNESSES, ids=["sqlite"])
+async def harness(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Harness]:
+    harness: Harness = await request.param(tmp_path, monkeypatch)
+    yield harness
+    await harness.store.close()
+
+
+@pytest.fixture
+def store(harness: Harness) -> Store:
+    return harness.store
 
 
 _counter = iter(range(1, 1_000_000))
 
 
 def delivery(
-    incident: str = "QINC", event_type: str = "incident.triggered", *, at: float = NOW
+    incident: str = "QINC",
+    event_type: str = "incident.triggered",
+    *,
+    at: float = NOW,
+    id: str = "",
+    event_id: str = "",
+    source: str = "pagerduty",
+    dedupe_key: str = "",
+    dedupe_window: float = 0.0,
 ) -> NewDelivery:
     n = next(_counter)
     return NewDelivery(
-        id=f"d-{n}",
-        source="pagerduty",
-        event_id=f"e-{n}",
+        id=id or f"d-{n}",
+        source=source,
+        event_id=event_id or f"e-{n}",
         event_type=event_type,
         incident_id=incident,
         status=DeliveryStatus.ACCEPTED,
         body=b"{}",
         received_at=at,
+        dedupe_key=dedupe_key,
+        dedupe_window=dedupe_window,
     )
 
 
-def job(stack: str = "s1", playbook: str = "pb", **options: object) -> NewJob:
+def job(
+    stack: str = "s1",
+    playbook: str = "pb",
+    *,
+    project: str = "proj",
+    delay: float = 0.0,
+    coalesce: bool = False,
+    cancel_on: tuple[str, ...] = (),
+) -> NewJob:
     return NewJob(
         playbook=playbook,
-        project="proj",
+        project=project,
         stack=stack,
         event=bare_event(),
         max_attempts=3,
-        **options,  # type: ignore[arg-type]
+        delay=delay,
+        coalesce=coalesce,
+        cancel_on=cancel_on,
     )
 
 
-async def enqueue(store: Store, *jobs: NewJob, **kw: object) -> list[int]:
-    recorded = await store.record_delivery(delivery(**kw), list(jobs))  # type: ignore[arg-type]
+async def enqueue(
+    store: Store,
+    *jobs: NewJob,
+    incident: str = "QINC",
+    event_type: str = "incident.triggered",
+    at: float = NOW,
+) -> list[int]:
+    recorded = await store.record_delivery(delivery(incident, event_type, at=at), list(jobs))
     return recorded.job_ids
+
+
+def stack_record(stack: str, incident: str = "QINC", service: str = "svc") -> StackRecord:
+    return StackRecord(
+        "proj", stack, "prog", incident, "pb", service, StackStatus.PROVISIONING, NOW, NOW, ""
+    )
+
+
+# -- the queue: order, one job per stack, retries, delays ----------------------------------------
 
 
 async def test_claims_follow_arrival_order_one_job_per_stack(store: Store) -> None:
     a1, b1 = await enqueue(store, job("a"), job("b"), incident="QA")
     (a2,) = await enqueue(store, job("a"), incident="QA2")
+    (other,) = await enqueue(store, job("a", project="other"), incident="QA3")
     first = await store.claim_next(NOW)
     second = await store.claim_next(NOW)
-    assert first is not None and second is not None
-    assert (first.id, second.id) == (a1, b1)
-    assert await store.claim_next(NOW) is None  # a2 waits: a1 still runs on stack a
-    await store.finish(a1, JobStatus.SUCCEEDED, NOW)
     third = await store.claim_next(NOW)
-    assert third is not None and third.id == a2
-    assert third.status == JobStatus.RUNNING and third.attempts == 1
+    assert first is not None and second is not None and third is not None
+    # a2 waits behind a1 on proj/a; other/a is another stack.
+    assert (first.id, second.id, third.id) == (a1, b1, other)
+    assert await store.claim_next(NOW) is None
+    await store.finish(a1, JobStatus.SUCCEEDED, NOW)
+    fourth = await store.claim_next(NOW)
+    assert fourth is not None and fourth.id == a2
+    assert fourth.status == JobStatus.RUNNING and fourth.attempts == 1
 
 
 async def test_a_retry_waits_in_its_place_until_due(store: Store) -> None:
@@ -114,8 +213,9 @@ async def test_a_listed_event_cancels_a_scheduled_job_of_its_incident(store: Sto
         event_type="incident.resolved",
     )
     await enqueue(store, incident="QOTHER", event_type="incident.reopened")
+    await enqueue(store, incident="QC", event_type="incident.annotated")
     stored = await store.get_job(destroy)
-    assert stored is not None and stored.status == JobStatus.SCHEDULED  # another incident's event
+    assert stored is not None and stored.status == JobStatus.SCHEDULED  # not a listed event
     await enqueue(store, incident="QC", event_type="incident.reopened")
     stored = await store.get_job(destroy)
     assert stored is not None and stored.status == JobStatus.CANCELLED
@@ -124,12 +224,17 @@ async def test_a_listed_event_cancels_a_scheduled_job_of_its_incident(store: Sto
 async def test_queued_coalescing_runs_collapse_into_the_newest(store: Store) -> None:
     (running,) = await enqueue(store, job(coalesce=True))
     assert (await store.claim_next(NOW)) is not None
+    # Not superseded: a run that does not coalesce, and runs of another stack or playbook.
+    others = await enqueue(
+        store, job(), job("s2", coalesce=True), job(playbook="pb2", coalesce=True), incident="QX"
+    )
     waiting = [
         (await enqueue(store, job(coalesce=True), event_type="incident.acknowledged"))[0]
         for _ in range(3)
     ]
-    jobs = {j.id: j for j in await store.list_jobs(limit=10)}
+    jobs = {j.id: j for j in await store.list_jobs(limit=20)}
     assert jobs[running].status == JobStatus.RUNNING  # a running job is never superseded
+    assert [jobs[i].status for i in others] == [JobStatus.QUEUED] * 3
     assert [jobs[i].status for i in waiting] == [
         JobStatus.COALESCED,
         JobStatus.COALESCED,
@@ -139,56 +244,238 @@ async def test_queued_coalescing_runs_collapse_into_the_newest(store: Store) -> 
     assert [jobs[i].coalesced_into for i in waiting] == [waiting[1], waiting[2], None]
 
 
+async def test_a_run_waiting_to_retry_is_not_superseded(store: Store) -> None:
+    (first,) = await enqueue(store, job(coalesce=True))
+    assert (await store.claim_next(NOW)) is not None
+    await store.retry_later(first, NOW + 30, "transient")
+    (newer,) = await enqueue(store, job(coalesce=True), event_type="incident.acknowledged")
+    retrying, queued = await store.get_job(first), await store.get_job(newer)
+    assert retrying is not None and retrying.status == JobStatus.QUEUED
+    assert queued is not None and queued.status == JobStatus.QUEUED
+
+
+async def test_jobs_are_listed_by_incident_and_status_page_by_page(store: Store) -> None:
+    ids = await enqueue(store, job("a"), job("b"), job("c"), incident="QL")
+    await enqueue(store, job("d"), incident="QOTHER")
+    assert (await store.claim_next(NOW)) is not None
+    page = await store.list_jobs(incident_id="QL", limit=2)
+    rest = await store.list_jobs(incident_id="QL", limit=2, offset=2)
+    assert [j.id for j in page + rest] == ids
+    running = await store.list_jobs(status=JobStatus.RUNNING)
+    assert [j.id for j in running] == [ids[0]]
+
+
+# -- dedupe ------------------------------------------------------------------------------------
+
+
 async def test_a_redelivery_creates_nothing(store: Store) -> None:
     original = delivery("QR")
     first = await store.record_delivery(original, [job()])
     again = await store.record_delivery(original, [job()])
     assert first.created and len(first.job_ids) == 1
-    assert not again.created and again.job_ids == []
+    assert not again.created and again.job_ids == [] and again.duplicate_of == original.id
+    assert again.status == DeliveryStatus.DUPLICATE
     assert len(await store.list_jobs(limit=10)) == 1
+
+
+async def test_the_same_event_under_a_new_delivery_id_is_a_redelivery(store: Store) -> None:
+    first = await store.record_delivery(delivery(id="wh-1", event_id="E1"), [job()])
+    replay = await store.record_delivery(delivery(id="wh-2", event_id="E1"), [job()])
+    other_source = await store.record_delivery(
+        delivery("QAM", id="am-1", event_id="E1", source="alertmanager"), [job()]
+    )
+    assert first.created and not replay.created and replay.duplicate_of == "wh-1"
+    assert other_source.created  # event ids are only unique within a source
+    assert len(await store.list_jobs()) == 2
+
+
+async def test_content_dedupe_holds_only_within_its_window(store: Store) -> None:
+    def ev2(at: float) -> NewDelivery:
+        return delivery("QW", at=at, dedupe_key="body-1", dedupe_window=300)
+
+    assert (await store.record_delivery(ev2(NOW), [job()])).created
+    repeat = await store.record_delivery(ev2(NOW + 299), [job()])
+    assert not repeat.created and repeat.job_ids == []
+    later = await store.record_delivery(ev2(NOW + 301), [job()])
+    # Past the window it is a new delivery; the incident is still open, so no new job.
+    assert later.created and later.status == DeliveryStatus.DEDUPLICATED and later.job_ids == []
+
+
+async def test_a_change_of_incident_state_ends_content_dedupe(store: Store) -> None:
+    def ev2(event_type: str, key: str) -> NewDelivery:
+        return delivery("QS", event_type, dedupe_key=key, dedupe_window=300)
+
+    assert (await store.record_delivery(ev2("incident.triggered", "T"), [job()])).job_ids
+    assert (await store.record_delivery(ev2("incident.resolved", "R"), [job()])).job_ids
+    # The very same trigger body, re-fired after the resolve (same clock: not the window's doing).
+    refire = await store.record_delivery(ev2("incident.triggered", "T"), [job()])
+    assert refire.created and refire.job_ids
+    assert not (await store.record_delivery(ev2("incident.triggered", "T"), [job()])).created
 
 
 async def test_a_trigger_for_an_open_incident_is_a_repeat(store: Store) -> None:
     await enqueue(store, job(), incident="QO")
     repeat = await store.record_delivery(delivery("QO"), [job()])
-    assert repeat.created and repeat.job_ids == [] and repeat.status == "deduplicated"
+    assert repeat.created and repeat.job_ids == []
+    assert repeat.status == DeliveryStatus.DEDUPLICATED
     await enqueue(store, incident="QO", event_type="incident.resolved")
     reopened = await store.record_delivery(delivery("QO"), [job()])
     assert len(reopened.job_ids) == 1
 
 
-async def test_concurrent_deliveries_all_commit(store: Store) -> None:
+async def test_concurrent_repeats_create_one_delivery(store: Store) -> None:
+    calls = [
+        store.record_delivery(delivery(dedupe_key="same-body", dedupe_window=300), [job()])
+        for _ in range(10)
+    ]
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls), 10)
+    assert sum(o.created for o in outcomes) == 1
+    assert len(await store.list_jobs()) == 1
+
+
+# -- group commit --------------------------------------------------------------------------------
+
+
+async def test_concurrent_deliveries_commit_together_each_with_its_own_answer(
+    harness: Harness,
+) -> None:
+    store, batches = harness.store, list[int]()
+    harness.on_commit(batches.append)
     results = await asyncio.gather(
         *(store.record_delivery(delivery(f"QP{i}"), [job(f"s{i}")]) for i in range(50))
     )
-    assert all(r.created and len(r.job_ids) == 1 for r in results)
-    assert len({r.job_ids[0] for r in results}) == 50
-    assert len(await store.list_jobs(limit=100)) == 50
+    assert sum(batches) == 50 and len(batches) <= 2  # the first may commit alone
+    for i, result in enumerate(results):
+        incident = await store.incident(f"QP{i}")
+        assert incident is not None and result.created
+        assert result.job_ids == [j.id for j in incident.jobs]  # its own jobs, nobody else's
+        assert incident.jobs[0].stack == f"s{i}"
 
 
-async def test_running_jobs_are_what_recovery_sees(store: Store) -> None:
-    a, b = await enqueue(store, job("a"), job("b"))
-    claimed = await store.claim_next(NOW)
-    assert claimed is not None
-    await store.add_step(claimed.id, StepRecord("up", NOW, 12.5, "succeeded", None, {"create": 1}))
-    assert [j.id for j in await store.running_jobs()] == [a]
+class Broken(Exception):
+    """A commit that failed as a whole."""
+
+
+async def test_a_failed_commit_fails_its_callers_and_no_others(harness: Harness) -> None:
+    store = harness.store
+    loop = asyncio.get_running_loop()
+    entered, release = asyncio.Event(), threading.Event()
+    commits: list[int] = []
+
+    def hook(size: int) -> None:
+        commits.append(size)
+        if len(commits) == 1:  # hold the first commit until the second batch waits, then fail it
+            loop.call_soon_threadsafe(entered.set)
+            release.wait(10)
+            raise Broken("the disk went away")
+
+    harness.on_commit(hook)
+    first = [asyncio.ensure_future(store.record_delivery(delivery("QF"), [job()]))]
+    await asyncio.wait_for(entered.wait(), 10)
+    second = [
+        asyncio.ensure_future(store.record_delivery(delivery(f"QN{i}"), [job(f"n{i}")]))
+        for i in range(5)
+    ]
+    await asyncio.sleep(0)  # one turn of the loop: the second batch is waiting for the next commit
+    release.set()
+    failed = await asyncio.gather(*first, return_exceptions=True)
+    committed = await asyncio.wait_for(asyncio.gather(*second), 10)
+    assert all(isinstance(o, (Broken, StoreUnavailable)) for o in failed), failed
+    assert all(r.created and len(r.job_ids) == 1 for r in committed)
+    assert commits == [1, 5]
+    assert await store.incident("QF") is None  # nothing of the failed commit was stored
+
+
+async def test_a_delivery_the_store_cannot_hold_fails_alone(store: Store) -> None:
+    good = [delivery(f"QG{i}") for i in range(10)]
+    # A lone surrogate, as aiohttp makes of a non-UTF-8 byte in an unsigned header.
+    bad = delivery("QB", id="bad-\udcff")
+    calls = [store.record_delivery(d, [job(d.incident_id)]) for d in good]
+    calls.insert(5, store.record_delivery(bad, [job()]))
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+    rejected = outcomes.pop(5)
+    assert isinstance(rejected, RecordRejected) and "delivery id" in str(rejected)
+    assert all(not isinstance(o, BaseException) and o.created for o in outcomes)
+    assert await store.incident("QB") is None
+    assert len(await store.list_jobs(limit=100)) == 10
+
+
+async def test_a_request_is_stored_whole_or_not_at_all(store: Store) -> None:
+    request = [(delivery("QW1"), [job()]), (delivery("QW2", id="bad-\udcff"), [job()])]
+    with pytest.raises(RecordRejected):
+        await store.record_deliveries(request)
+    assert await store.incident("QW1") is None and await store.list_jobs() == []
+
+
+# -- recovery, steps and the incident record -----------------------------------------------------
+
+
+async def test_running_jobs_survive_a_restart(harness: Harness) -> None:
+    a, b = await enqueue(harness.store, job("a"), job("b", delay=60.0))
+    claimed = await harness.store.claim_next(NOW)
+    assert claimed is not None and claimed.id == a
+    steps = (
+        StepRecord("preview", NOW, 3.0, "succeeded"),
+        StepRecord("up", NOW, 12.5, "failed", "boom", {"create": 1}),
+    )
+    for step in steps:
+        await harness.store.add_step(a, step)
+    store = await harness.reopen()
+    [running] = await store.running_jobs()
+    assert running.id == a and running.attempts == 1
     stored = await store.get_job(a)
-    assert stored is not None and [s.step for s in stored.steps] == ["up"]
+    assert stored is not None and stored.steps == steps
+    scheduled = await store.get_job(b)
+    assert scheduled is not None and scheduled.status == JobStatus.SCHEDULED
     await store.retry_later(a, NOW, "interrupted")
     assert await store.running_jobs() == []
     again = await store.claim_next(NOW)
-    assert again is not None and again.id == a  # back first in line for its stack, before b
-    assert b != a
+    assert again is not None and again.id == a and again.attempts == 2
 
 
-async def test_cancel_ends_a_waiting_job_and_flags_a_running_one(store: Store) -> None:
-    running, waiting = await enqueue(store, job("a"), job("b", delay=60.0))
-    assert (await store.claim_next(NOW)) is not None
-    cancelled = await store.request_cancel(waiting, NOW)
-    flagged = await store.request_cancel(running, NOW)
-    assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
-    assert flagged is not None and flagged.status == JobStatus.RUNNING and flagged.cancel_requested
-    assert await store.request_cancel(999_999, NOW) is None
+async def test_an_incident_record_holds_its_deliveries_jobs_and_stacks(store: Store) -> None:
+    trigger = delivery("QI", at=NOW)
+    ack = delivery("QI", "incident.acknowledged", at=NOW + 5)
+    [(j1,)] = [(await store.record_delivery(trigger, [job("qi")])).job_ids]
+    await store.record_delivery(ack, [])
+    await store.record_delivery(delivery("QELSE"), [job("else")])
+    claimed = await store.claim_next(NOW)
+    assert claimed is not None and claimed.id == j1
+    step = StepRecord("up", NOW, 1.0, "succeeded")
+    await store.add_step(j1, step)
+    assert await store.reserve_stack(stack_record("qi", "QI"), Caps()) is None
+    await store.touch_stack("proj", "qi", operation="up", now=NOW + 1, status=StackStatus.LIVE)
+
+    incident = await store.incident("QI")
+    assert incident is not None and incident.id == "QI"
+    assert incident.status == IncidentStatus.ACKNOWLEDGED
+    assert [(d.id, d.event_type, d.status) for d in incident.deliveries] == [
+        (trigger.id, "incident.triggered", DeliveryStatus.ACCEPTED),
+        (ack.id, "incident.acknowledged", DeliveryStatus.ACCEPTED),
+    ]
+    assert incident.deliveries[1].received_at == NOW + 5
+    assert [(j.id, j.steps) for j in incident.jobs] == [(j1, (step,))]
+    [stack] = incident.stacks
+    assert (stack.stack, stack.status, stack.incident_status) == (
+        "qi",
+        StackStatus.LIVE,
+        IncidentStatus.ACKNOWLEDGED,
+    )
+    assert await store.incident("QNONE") is None
+
+
+async def test_responder_s_own_deliveries_are_no_news_of_their_incident(store: Store) -> None:
+    # A manual run's event type is no lifecycle change, but "manual.pb" runs after a trigger: a run
+    # made by responder itself never counts as a repeat trigger, nor sets the incident's status.
+    recorded = await store.record_delivery(delivery("QM", source="manual"), [job()])
+    again = await store.record_delivery(delivery("QM", source="manual"), [job()])
+    assert recorded.job_ids and again.job_ids
+    assert again.status == DeliveryStatus.ACCEPTED
+    incident = await store.incident("QM")
+    assert incident is not None and incident.status is None and len(incident.jobs) == 2
+
+
+# -- approvals and cancellation ------------------------------------------------------------------
 
 
 async def test_approval_puts_a_job_back_first_in_line(store: Store) -> None:
@@ -200,10 +487,122 @@ async def test_approval_puts_a_job_back_first_in_line(store: Store) -> None:
     assert meanwhile is not None and meanwhile.id == behind
     await store.finish(behind, JobStatus.SUCCEEDED, NOW)
     (later,) = await enqueue(store, job("a"), incident="QLATER")
+    assert await store.expired_approvals(NOW - 1) == []
     assert await store.expired_approvals(NOW) == [gated]
     decided = await store.decide(gated, True, NOW)
     assert decided is not None and decided.status == JobStatus.QUEUED
     assert decided.approved_plan == {"operation": "destroy", "steps": []}
     claimed = await store.claim_next(NOW)
     assert claimed is not None and claimed.id == gated  # ahead of the job queued after it
+    assert claimed.attempts == 1  # waiting for approval used no attempt
     assert later > gated
+
+
+async def test_a_rejection_ends_the_job_and_a_decision_needs_a_waiting_job(store: Store) -> None:
+    gated, other = await enqueue(store, job("a"), job("b"))
+    assert (await store.claim_next(NOW)) is not None
+    await store.await_approval(gated, {"steps": []}, NOW)
+    rejected = await store.decide(gated, False, NOW + 1, "not now")
+    assert rejected is not None and rejected.status == JobStatus.REJECTED
+    assert rejected.error == "not now" and rejected.finished_at == NOW + 1
+    again = await store.decide(gated, True, NOW + 2)  # already decided: unchanged
+    assert again is not None and again.status == JobStatus.REJECTED
+    queued = await store.decide(other, True, NOW)
+    assert queued is not None and queued.status == JobStatus.QUEUED and queued.attempts == 0
+    assert await store.decide(999_999, True, NOW) is None
+
+
+async def test_cancel_ends_a_waiting_job_and_flags_a_running_one(store: Store) -> None:
+    running, waiting, done = await enqueue(store, job("a"), job("b", delay=60.0), job("c"))
+    assert (await store.claim_next(NOW)) is not None
+    assert (await store.claim_next(NOW)) is not None
+    await store.finish(done, JobStatus.SUCCEEDED, NOW)
+    cancelled = await store.request_cancel(waiting, NOW)
+    flagged = await store.request_cancel(running, NOW)
+    finished = await store.request_cancel(done, NOW)
+    assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
+    assert flagged is not None and flagged.status == JobStatus.RUNNING and flagged.cancel_requested
+    assert finished is not None and finished.status == JobStatus.SUCCEEDED
+    assert not finished.cancel_requested
+    assert await store.request_cancel(999_999, NOW) is None
+
+
+# -- stacks --------------------------------------------------------------------------------------
+
+
+async def test_caps_count_live_stacks_only(store: Store) -> None:
+    caps = Caps(live_stacks=2, per_service=1)
+    assert await store.reserve_stack(stack_record("a", service="web"), caps) is None
+    assert await store.reserve_stack(stack_record("a", service="web"), caps) is None  # ours
+    assert await store.reserve_stack(stack_record("b", service="web"), caps) == (
+        "max_stacks_per_service=1"
+    )
+    assert await store.reserve_stack(stack_record("c", service="db"), caps) is None
+    assert await store.reserve_stack(stack_record("d", service="q"), caps) == "max_live_stacks=2"
+    await store.touch_stack("proj", "a", operation="up", now=NOW, status=StackStatus.FAILED)
+    await store.touch_stack("proj", "c", operation="destroy", now=NOW, status=StackStatus.DESTROYED)
+    # A failed or destroyed stack holds no slot, and a new reservation takes its record over.
+    assert await store.reserve_stack(stack_record("b", service="web"), caps) is None
+    assert await store.reserve_stack(stack_record("a", service="q"), caps) is None
+    again = await store.get_stack("proj", "a")
+    assert again is not None and again.status == StackStatus.PROVISIONING
+    listed = {s.stack for s in await store.list_stacks()}
+    assert listed == {"a", "b"}
+    assert {s.stack for s in await store.list_stacks(include_destroyed=True)} == {"a", "b", "c"}
+
+
+async def test_a_cap_per_playbook_counts_that_playbook_s_stacks(store: Store) -> None:
+    caps = Caps(per_playbook=1)
+    assert await store.reserve_stack(stack_record("a"), caps) is None
+    assert await store.reserve_stack(replace(stack_record("b"), playbook="pb2"), caps) is None
+    assert await store.reserve_stack(stack_record("c"), caps) == "max_stacks_per_playbook=1"
+
+
+async def test_a_stack_s_pending_jobs_and_recent_operations_are_counted(store: Store) -> None:
+    first, _, done = await enqueue(store, job("a"), job("a", delay=60.0), job("other"))
+    assert (await store.claim_next(NOW)) is not None
+    assert (await store.claim_next(NOW)) is not None
+    await store.finish(done, JobStatus.SUCCEEDED, NOW)
+    assert await store.pending_jobs_for("proj", "a") == 2  # running and scheduled
+    assert await store.pending_jobs_for("proj", "other") == 0
+    await store.add_step(first, StepRecord("up", NOW - 61, 1.0, "succeeded"))
+    await store.add_step(first, StepRecord("up", NOW - 1, 1.0, "succeeded"))
+    assert await store.operations_since(NOW - 60) == 1
+
+
+# -- retention -----------------------------------------------------------------------------------
+
+
+async def test_prune_deletes_only_what_finished_before_the_cutoff(store: Store) -> None:
+    old, cutoff, recent = NOW, NOW + 1000, NOW + 2000
+    ids = {}
+    for name in ("done", "running", "waiting", "late", "queued"):
+        (ids[name],) = await enqueue(store, job(name), incident=f"Q-{name}", at=old)
+    for name in ("done", "running", "waiting", "late"):  # claimed in arrival order
+        claimed = await store.claim_next(old)
+        assert claimed is not None and claimed.id == ids[name]
+    await store.add_step(ids["done"], StepRecord("up", old, 1.0, "succeeded"))
+    await store.finish(ids["done"], JobStatus.SUCCEEDED, old)
+    await store.finish(ids["late"], JobStatus.FAILED, recent)  # finished after the cutoff
+    await store.await_approval(ids["waiting"], {"changes": {}}, old)
+    counts = await store.prune(cutoff)
+    assert counts["jobs"] == 1 and counts["steps"] == 1 and counts["deliveries"] == 1
+    remaining = {j.id for j in await store.list_jobs(limit=100)}
+    assert remaining == {ids[n] for n in ("queued", "running", "waiting", "late")}
+    assert await store.incident("Q-done") is None
+    assert await store.incident("Q-late") is not None
+    assert await store.prune(cutoff) == dict.fromkeys(counts, 0)
+
+
+async def test_prune_forgets_destroyed_stacks_and_resolved_incidents(store: Store) -> None:
+    assert await store.reserve_stack(stack_record("gone", "QGONE"), Caps()) is None
+    assert await store.reserve_stack(stack_record("live", "QLIVE"), Caps()) is None
+    await store.touch_stack(
+        "proj", "gone", operation="destroy", now=NOW, status=StackStatus.DESTROYED
+    )
+    await store.record_delivery(delivery("QGONE", "incident.resolved"), [])
+    counts = await store.prune(NOW + 1)
+    assert counts["stacks"] == 1 and counts["incidents"] == 1 and counts["deliveries"] == 1
+    assert await store.incident("QGONE") is None
+    assert await store.get_stack("proj", "gone") is None
+    assert await store.get_stack("proj", "live") is not None

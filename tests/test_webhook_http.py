@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from responder.playbook import Context, Playbook, on
+from responder.playbook import Context, Playbook, on, playbook
 from responder.store import JobStatus
 from tests.helpers import (
     API_TOKEN,
@@ -26,7 +26,8 @@ MakeClient = Callable[..., Awaitable[Client]]
 
 
 def recording_playbooks(calls: list[Context]) -> list[Playbook]:
-    @on("incident.triggered", "incident.acknowledged", params=("request",))
+    @playbook(params=("request",))
+    @on("incident.triggered", "incident.acknowledged")
     async def record(ctx: Context) -> None:
         """Remember the context."""
         calls.append(ctx)
@@ -204,6 +205,7 @@ async def test_unknown_path_is_a_json_404(client: Client) -> None:
     assert response.status == 404 and (await response.json())["status"] == 404
 
 
+@pytest.mark.pulumi  # readiness reports the real CLI's version
 async def test_health_root_and_readiness(client: Client) -> None:
     assert (await (await client.http.get("/")).json()) == {"response": "OK"}
     assert (await client.http.get("/healthz")).status == 200

@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from responder.events import Event, Incident, Reference
+from responder.events import Event, Incident, Link, Reference
 from responder.sources import Arrival, Delivery, InvalidDelivery, Unauthorized
 from responder.sources.parsing import (
     bearer_matches,
@@ -99,6 +99,8 @@ def _event(
     starts_at = text(alert, "startsAt", where)
     ends_at = text(alert, "endsAt", where)
     generator_url = text(alert, "generatorURL", where)
+    external_url = text(document, "externalURL", "")
+    links = ((generator_url, "alert source"), (external_url, "Alertmanager"))
     name = labels.get("alertname", "")
     service = labels.get("service") or labels.get("job") or ""
     severity = labels.get("severity", "")
@@ -113,6 +115,7 @@ def _event(
         created_at=starts_at,
         severity=severity,
         labels={**common, **labels},
+        links=tuple(Link(href, name) for href, name in links if href),
     )
     return Event(
         id=f"{incident.id}:{status}:{starts_at}",

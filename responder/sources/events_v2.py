@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from responder.events import Event, Incident, Reference
+from responder.events import Event, Incident, Link, Reference
 from responder.sources import Arrival, Delivery, InvalidDelivery, Unauthorized
 from responder.sources.parsing import InvalidJson, Problems, decode_json, json_type
 
@@ -196,6 +196,14 @@ def _is_timestamp(value: Any) -> bool:
     return True
 
 
+def _links(document: dict[str, Any]) -> tuple[Link, ...]:
+    """The event's `links` (validated by `parse`), then its `client_url` named by its `client`."""
+    links = [Link(item["href"], item.get("text") or "") for item in document.get("links") or ()]
+    if document.get("client_url"):
+        links.append(Link(document["client_url"], document.get("client") or ""))
+    return tuple(links)
+
+
 def incident_id(routing_key: str, dedup_key: str) -> str:
     """Alerts dedupe per routing key and dedup_key, so that pair names the incident (without the key)."""
     digest = hashlib.sha256(f"{routing_key}\0{dedup_key}".encode()).hexdigest()[:20]
@@ -220,6 +228,7 @@ def _event(
         incident_key=dedup_key,
         severity=severity,
         labels=labels,
+        links=_links(document),
     )
     data: dict[str, Any] = {
         k: document[k]

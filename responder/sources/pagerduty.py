@@ -6,7 +6,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from responder.events import Event, Incident, Reference
+from responder.events import PAGERDUTY_PAGE, Event, Incident, Link, Reference
 from responder.sources import Arrival, Delivery, InvalidDelivery, Unauthorized
 from responder.sources.parsing import decode_json, json_type, optional, quoted, text
 
@@ -138,7 +138,13 @@ def _incident(data: dict[str, Any]) -> Incident | None:
     ref = _reference(data, "incident", "event.data")
     if ref is None:
         return None
-    return Incident(id=ref.id, title=ref.summary, html_url=ref.html_url)
+    return Incident(
+        id=ref.id, title=ref.summary, html_url=ref.html_url, links=_page(ref.html_url), partial=True
+    )
+
+
+def _page(html_url: str) -> tuple[Link, ...]:
+    return (Link(html_url, PAGERDUTY_PAGE),) if html_url else ()
 
 
 def _full_incident(data: dict[str, Any]) -> Incident:
@@ -162,6 +168,7 @@ def _full_incident(data: dict[str, Any]) -> Incident:
         incident_key=text(data, "incident_key", where),
         html_url=text(data, "html_url", where),
         created_at=text(data, "created_at", where),
+        links=_page(text(data, "html_url", where)),
     )
 
 

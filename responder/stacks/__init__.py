@@ -4,27 +4,41 @@ from responder.stacks.environment import PulumiEnvironment
 from responder.stacks.errors import (
     CLIError,
     DestroyNotAllowed,
+    ErrorKind,
     OperationCancelled,
     OperationTimeout,
     ProgramError,
+    StackAlreadyExistsError,
     StackError,
     StackLockedError,
     StackNotFoundError,
     WorkerCrashed,
 )
-from responder.stacks.operations import Secret, Stack, StackOperations, StackTarget
+from responder.stacks.interface import (
+    Call,
+    Config,
+    Secret,
+    StackOperations,
+    StackTarget,
+    check_config,
+)
+from responder.stacks.operations import PulumiOperations
 from responder.stacks.results import OutputValue, StepResult, mask_outputs
 
 __all__ = [
     "CLIError",
+    "Call",
+    "Config",
     "DestroyNotAllowed",
+    "ErrorKind",
     "OperationCancelled",
     "OperationTimeout",
     "OutputValue",
     "ProgramError",
     "PulumiEnvironment",
+    "PulumiOperations",
     "Secret",
-    "Stack",
+    "StackAlreadyExistsError",
     "StackError",
     "StackLockedError",
     "StackNotFoundError",
@@ -32,5 +46,6 @@ __all__ = [
     "StackTarget",
     "StepResult",
     "WorkerCrashed",
+    "check_config",
     "mask_outputs",
 ]

@@ -1,11 +1,29 @@
 """Our exceptions for stack operations; Pulumi's CLI errors are mapped onto these."""
 
+from enum import StrEnum
+from typing import ClassVar
+
+
+class ErrorKind(StrEnum):
+    """What went wrong, as the worker reports it and as each `StackError` subclass is keyed."""
+
+    STACK_ERROR = "stack_error"
+    STACK_LOCKED = "stack_locked"
+    STACK_NOT_FOUND = "stack_not_found"
+    STACK_ALREADY_EXISTS = "stack_already_exists"
+    PROGRAM_ERROR = "program_error"
+    CLI_ERROR = "cli_error"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    DESTROY_NOT_ALLOWED = "destroy_not_allowed"
+    WORKER_CRASHED = "worker_crashed"
+
 
 class StackError(Exception):
     """A stack operation failed. `retryable` says whether trying again later may succeed."""
 
-    kind = "stack_error"
-    retryable = False
+    kind: ClassVar[ErrorKind] = ErrorKind.STACK_ERROR
+    retryable: ClassVar[bool] = False
 
     def __init__(self, message: str, *, stack: str = "", step: str = "") -> None:
         super().__init__(message)
@@ -25,56 +43,56 @@ class StackError(Exception):
 class StackLockedError(StackError):
     """Another update holds the stack's lock."""
 
-    kind = "stack_locked"
+    kind = ErrorKind.STACK_LOCKED
     retryable = True
 
 
 class StackNotFoundError(StackError):
     """The stack does not exist in the backend."""
 
-    kind = "stack_not_found"
+    kind = ErrorKind.STACK_NOT_FOUND
 
 
 class StackAlreadyExistsError(StackError):
-    kind = "stack_already_exists"
+    kind = ErrorKind.STACK_ALREADY_EXISTS
 
 
 class ProgramError(StackError):
     """The Pulumi program or one of its resources raised."""
 
-    kind = "program_error"
+    kind = ErrorKind.PROGRAM_ERROR
 
 
 class CLIError(StackError):
     """The pulumi CLI failed for another reason (treated as transient)."""
 
-    kind = "cli_error"
+    kind = ErrorKind.CLI_ERROR
     retryable = True
 
 
 class OperationTimeout(StackError):
-    kind = "timeout"
+    kind = ErrorKind.TIMEOUT
     retryable = True
 
 
 class OperationCancelled(StackError):
-    kind = "cancelled"
+    kind = ErrorKind.CANCELLED
 
 
 class DestroyNotAllowed(StackError):
     """Destroy was asked for without explicitly allowing it."""
 
-    kind = "destroy_not_allowed"
+    kind = ErrorKind.DESTROY_NOT_ALLOWED
 
 
 class WorkerCrashed(StackError):
     """The isolated worker process died without reporting a result."""
 
-    kind = "worker_crashed"
+    kind = ErrorKind.WORKER_CRASHED
     retryable = True
 
 
-ERRORS_BY_KIND: dict[str, type[StackError]] = {
+ERRORS_BY_KIND: dict[ErrorKind, type[StackError]] = {
     cls.kind: cls
     for cls in (
         StackError,
@@ -89,3 +107,14 @@ ERRORS_BY_KIND: dict[str, type[StackError]] = {
         WorkerCrashed,
     )
 }
+# Every kind has its class: the worker reports kinds, the daemon raises the class.
+assert set(ERRORS_BY_KIND) == set(ErrorKind)
+
+
+def error_for(kind: str, message: str, *, stack: str = "", step: str = "") -> StackError:
+    """The exception for a kind the worker reported (an unknown kind is a plain `StackError`)."""
+    try:
+        cls = ERRORS_BY_KIND[ErrorKind(kind)]
+    except ValueError:
+        cls = StackError
+    return cls(message, stack=stack, step=step)

@@ -1,5 +1,6 @@
 """The typed stack-operations API: what the runner, the reaper, the HTTP API and replay need of stacks."""
 
+import json
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -22,6 +23,30 @@ class Secret(str):
 
     def __repr__(self) -> str:
         return "Secret('[secret]')"
+
+
+# Secret config shorter than this is refused: the log redactor ignores short strings (they would
+# mask ordinary words), so a shorter secret would appear in logs and errors unmasked.
+SECRET_MIN_LENGTH = 8
+
+
+def check_config(config: Config) -> None:
+    """Refuse config that cannot be handled safely, with a ValueError that names the key (never the
+    value): a `Secret` shorter than SECRET_MIN_LENGTH, or a value that is neither a string nor
+    JSON-encodable."""
+    for key, value in config.items():
+        if isinstance(value, Secret) and len(value) < SECRET_MIN_LENGTH:
+            raise ValueError(
+                f"secret config {key!r} is shorter than {SECRET_MIN_LENGTH} characters: "
+                "too short to be masked in logs"
+            )
+        if not isinstance(value, str):
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"config {key!r} is a {type(value).__name__}: give a string or a JSON value"
+                ) from None
 
 
 @dataclass(frozen=True)
@@ -56,7 +81,9 @@ class StackOperations(Protocol):
     """Pulumi's steps for many stacks. Operations on one stack run one at a time, in call order.
 
     `config=` is applied in the same session just before the operation; `tags=` are set if the
-    operation creates the stack. Failures raise `StackError` subclasses (see stacks.errors).
+    operation creates the stack (any that takes `config=` may). Failures raise `StackError`
+    subclasses (see stacks.errors); config refused by `check_config` raises its ValueError before
+    anything runs.
     """
 
     pulumi_version: str  # empty until started
@@ -69,7 +96,12 @@ class StackOperations(Protocol):
         ...
 
     async def set_config(
-        self, target: StackTarget, config: Config, *, call: Call = DEFAULT_CALL
+        self,
+        target: StackTarget,
+        config: Config,
+        *,
+        tags: Mapping[str, str] | None = None,
+        call: Call = DEFAULT_CALL,
     ) -> StepResult:
         """Only set config (creating the stack if needed)."""
         ...
@@ -95,11 +127,23 @@ class StackOperations(Protocol):
         ...
 
     async def refresh(
-        self, target: StackTarget, *, config: Config | None = None, call: Call = DEFAULT_CALL
-    ) -> StepResult: ...
+        self,
+        target: StackTarget,
+        *,
+        config: Config | None = None,
+        tags: Mapping[str, str] | None = None,
+        call: Call = DEFAULT_CALL,
+    ) -> StepResult:
+        """Refresh the stack's state from its resources; `config=` may create it (then `tags=`)."""
+        ...
 
     async def preview_destroy(
-        self, target: StackTarget, *, config: Config | None = None, call: Call = DEFAULT_CALL
+        self,
+        target: StackTarget,
+        *,
+        config: Config | None = None,
+        tags: Mapping[str, str] | None = None,
+        call: Call = DEFAULT_CALL,
     ) -> StepResult: ...
 
     async def destroy(
@@ -109,6 +153,7 @@ class StackOperations(Protocol):
         remove: bool = False,
         export_to: Path | None = None,
         config: Config | None = None,
+        tags: Mapping[str, str] | None = None,
         call: Call = DEFAULT_CALL,
     ) -> StepResult:
         """Destroy every resource; `remove` also deletes the stack; `export_to` first saves its state

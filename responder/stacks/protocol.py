@@ -8,15 +8,16 @@ its protocol stream, each with a `kind`:
 Its environment carries the daemon's pid and the grace between SIGTERM and SIGKILL.
 """
 
+import json
 from typing import Any, Literal, NotRequired, TypedDict
+
+from responder.stacks.interface import Config, Secret, check_config
 
 PARENT_VARIABLE = "RESPONDER_WORKER_PARENT"
 GRACE_VARIABLE = "RESPONDER_KILL_GRACE"
 
 StepName = Literal[
-    "select",
     "set_config",
-    "set_tags",
     "refresh",
     "preview",
     "preview_destroy",
@@ -37,7 +38,6 @@ class ConfigValue(TypedDict):
 class Step(TypedDict):
     op: StepName
     config: NotRequired[dict[str, ConfigValue]]
-    tags: NotRequired[dict[str, str]]
     remove: NotRequired[bool]
     create: NotRequired[bool]
     path: NotRequired[str]
@@ -60,5 +60,18 @@ class Message(TypedDict):
     step: str
     event: NotRequired[dict[str, Any]]
     result: NotRequired[dict[str, Any]]
-    error: NotRequired[str]
+    error: NotRequired[str]  # an ErrorKind
     message: NotRequired[str]
+
+
+def config_values(config: Config) -> dict[str, ConfigValue]:
+    """The config as the worker takes it: strings as they are, anything else JSON-encoded. Checked
+    first (see `check_config`)."""
+    check_config(config)
+    return {
+        key: {
+            "value": value if isinstance(value, str) else json.dumps(value),
+            "secret": isinstance(value, Secret),
+        }
+        for key, value in config.items()
+    }

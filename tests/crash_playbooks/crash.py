@@ -1,9 +1,10 @@
 """Playbooks for the crash test: one slow stack update, one instant job per acknowledgement."""
 
-from responder.playbook import Context, on
+from responder.playbook import Context, on, playbook
 
 
-@on("incident.triggered", project="crashtest", program="tests.programs.slow:pulumi_program")
+@playbook(project="crashtest", program="tests.programs.slow:pulumi_program")
+@on("incident.triggered")
 async def slow_up(ctx: Context) -> None:
     """Update a stack whose only resource takes as many seconds to create as the title says."""
     seconds = ctx.incident.title.split()[-1] if ctx.incident else "0"

@@ -7,15 +7,14 @@ import asyncio
 import sys
 from pathlib import Path
 
-from responder.stacks import PulumiEnvironment, StackOperations
+from responder.stacks import PulumiEnvironment, PulumiOperations, StackTarget
 
 
 async def main(data_dir: str, project: str, stack: str, program: str, *config: str) -> None:
-    ops = StackOperations(PulumiEnvironment.create(Path(data_dir)), kill_grace=3, warm_workers=0)
+    ops = PulumiOperations(PulumiEnvironment.create(Path(data_dir)), kill_grace=3, warm_workers=0)
     await ops.start()
-    target = ops.stack(stack, project=project, program=program)
-    await target.set_config(dict(item.split("=", 1) for item in config))
-    await target.up()
+    target = StackTarget(stack, project, program)
+    await ops.up(target, config=dict(item.split("=", 1) for item in config))
     await ops.close()
 
 

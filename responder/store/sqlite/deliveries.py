@@ -1,4 +1,4 @@
-"""The SQL of recording deliveries (dedupe, incident state, jobs) and of pruning what has finished.
+"""The SQL of recording deliveries: dedupe, incident state, jobs (with coalescing and `cancel_on`).
 
 Each function runs inside the caller's transaction on the store's connection; the rules of incident
 state are `responder.incidents`': this module asks them and persists the answer.
@@ -10,17 +10,15 @@ from collections.abc import Sequence
 
 from responder import incidents
 from responder.events import event_to_dict
-from responder.incidents import IncidentStatus
 from responder.store import (
-    FINAL_STATUSES,
     DeliveryStatus,
-    JobStatus,
+    IncidentStatus,
     NewDelivery,
     NewJob,
     RecordedDelivery,
     RecordRejected,
 )
-from responder.store.schema import payload_digest
+from responder.store.sqlite.schema import payload_digest
 
 Request = Sequence[tuple[NewDelivery, list[NewJob]]]
 
@@ -222,42 +220,3 @@ def _insert_jobs(db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJo
             )
         ids.append(job_id)
     return ids
-
-
-def prune(db: sqlite3.Connection, before: float) -> dict[str, int]:
-    """See `Store.prune`. Children first, so no foreign key is ever left dangling."""
-    final = sorted(FINAL_STATUSES)
-    marks = ", ".join("?" * len(final))
-    unfinished = sorted(set(JobStatus) - FINAL_STATUSES)
-    old_jobs = (
-        f"SELECT id FROM jobs WHERE status IN ({marks}) AND COALESCE(finished_at, created_at) < ?"
-    )
-    counts = {
-        "steps": db.execute(f"DELETE FROM steps WHERE job_id IN ({old_jobs})", (*final, before)),
-        "jobs": db.execute(f"DELETE FROM jobs WHERE id IN ({old_jobs})", (*final, before)),
-        "deliveries": db.execute(
-            "DELETE FROM deliveries WHERE received_at < ?"
-            " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.delivery_id = deliveries.id)",
-            (before,),
-        ),
-        "payloads": db.execute(
-            "DELETE FROM payloads"
-            " WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.payload = payloads.digest)"
-        ),
-        "stacks": db.execute(
-            "DELETE FROM stacks WHERE status = 'destroyed' AND last_activity_at < ?"
-            f" AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.status IN ({', '.join('?' * len(unfinished))})"
-            " AND jobs.project = stacks.project AND jobs.stack = stacks.stack)",
-            (before, *unfinished),
-        ),
-        # An incident nothing refers to any more, resolved before the cutoff, is forgotten: a later
-        # event for it is handled as for an unknown incident, which for a resolved one is the same.
-        "incidents": db.execute(
-            "DELETE FROM incidents WHERE status = 'resolved' AND last_event_at < ?"
-            " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.incident_id = incidents.id)"
-            " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.incident_id = incidents.id)"
-            " AND NOT EXISTS (SELECT 1 FROM stacks WHERE stacks.incident_id = incidents.id)",
-            (before,),
-        ),
-    }
-    return {table: cursor.rowcount for table, cursor in counts.items()}

@@ -1,0 +1,229 @@
+"""What each step of a request does with the Pulumi Automation API, inside the worker process."""
+
+import functools
+import importlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from pulumi import automation as auto
+from pulumi.automation import events
+
+from responder.stacks import sdk
+from responder.stacks.errors import ErrorKind
+from responder.stacks.protocol import Message, Request, Step
+
+Program = Callable[[], None]
+Result = dict[str, object]  # a step's JSON result (see StepResult.from_message)
+
+
+class Sink(Protocol):
+    """Where the worker's protocol lines go."""
+
+    def send(self, message: Message) -> None: ...
+    def event(self, step: str, event: events.EngineEvent) -> None: ...
+
+
+def run(request: Request, sink: Sink, cancelled: threading.Event) -> int:
+    """Run the request's steps in order; the first failure (or a cancel) ends it. The exit code."""
+    program = load_program(request["program"])
+    workspace_dir = Path(request["work_dir"])
+    workspace_dir.mkdir(parents=True, exist_ok=True)
+    opts = auto.LocalWorkspaceOptions(
+        work_dir=str(workspace_dir),
+        pulumi_home=os.environ.get("PULUMI_HOME"),
+        secrets_provider="passphrase",
+        project_settings=None,  # Pulumi.yaml is written once by the daemon (see PulumiOperations)
+        pulumi_command=sdk.known_command(request["pulumi_command"], request["pulumi_version"]),
+    )
+    stack: auto.Stack | None = None
+    for step in request["steps"]:
+        op = step["op"]
+        if cancelled.is_set():  # a step that finished despite the cancel must not start another
+            message = "cancelled before this step started"
+            sink.send(
+                {"kind": "error", "step": op, "error": ErrorKind.CANCELLED, "message": message}
+            )
+            return 1
+        try:
+            if op == "list_stacks":
+                result = _list_stacks(program, opts)
+            else:
+                if stack is None:
+                    stack = _open_stack(request, program, opts, create=step.get("create", False))
+                result = _run_step(stack, step, functools.partial(sink.event, op))
+        except Exception as e:
+            kind, message = classify(e)
+            if cancelled.is_set():
+                kind = ErrorKind.CANCELLED
+            sink.send({"kind": "error", "step": op, "error": kind, "message": message})
+            return 1
+        sink.send({"kind": "done", "step": op, "result": result})
+    return 0
+
+
+def _workspace(program: Program, opts: auto.LocalWorkspaceOptions) -> auto.LocalWorkspace:
+    return auto.LocalWorkspace(
+        work_dir=opts.work_dir,
+        pulumi_home=opts.pulumi_home,
+        program=program,
+        secrets_provider=opts.secrets_provider,
+        project_settings=opts.project_settings,
+        pulumi_command=opts.pulumi_command,
+    )
+
+
+def _open_stack(
+    request: Request, program: Program, opts: auto.LocalWorkspaceOptions, *, create: bool
+) -> auto.Stack:
+    if request.get("exists"):
+        return sdk.known_stack(request["stack"], _workspace(program, opts))
+    name, project = request["stack"], request["project"]
+
+    def select() -> auto.Stack:
+        return auto.select_stack(stack_name=name, project_name=project, program=program, opts=opts)
+
+    def created() -> auto.Stack:
+        stack = auto.create_stack(stack_name=name, project_name=project, program=program, opts=opts)
+        # Ownership: which incident, playbook and delivery made it, and when.
+        for key, value in (request.get("tags") or {}).items():
+            stack.set_tag(key, value)
+        return stack
+
+    if create and request.get("tags"):
+        # The daemon expects a new stack (it sends tags only then): init first, select only if it
+        # exists after all. A failing `stack select` would be one CLI process spent on nothing.
+        try:
+            return created()
+        except auto.errors.StackAlreadyExistsError:
+            return select()
+    try:
+        return select()
+    except auto.errors.StackNotFoundError:
+        if not create:
+            raise
+    return created()
+
+
+def _list_stacks(program: Program, opts: auto.LocalWorkspaceOptions) -> Result:
+    return {"stacks": [s.name for s in _workspace(program, opts).list_stacks()]}
+
+
+def _run_step(stack: auto.Stack, step: Step, on_event: sdk.OnEvent) -> Result:
+    op = step["op"]
+    if op == "set_config":
+        config = step["config"]
+        plain = {k: auto.ConfigValue(v["value"]) for k, v in config.items() if not v["secret"]}
+        if plain:
+            stack.set_all_config(plain)
+        for key, entry in config.items():
+            if entry["secret"]:
+                sdk.set_secret_config(stack, key, entry["value"])
+        return {"keys": sorted(config)}
+    if op == "up":
+        with sdk.summary_from_events(stack, on_event) as events_seen:
+            up = stack.up(on_event=events_seen, show_secrets=False)
+        return {"outputs": _outputs(up.outputs), "changes": up.summary.resource_changes or {}}
+    if op in ("preview", "preview_destroy"):
+        return _preview(stack, op == "preview_destroy", on_event)
+    if op == "refresh":
+        # run_program: the program re-registers its outputs, so stack outputs show the refreshed state.
+        with sdk.summary_from_events(stack, on_event) as events_seen:
+            refresh = stack.refresh(on_event=events_seen, show_secrets=False, run_program=True)
+        return {
+            "changes": refresh.summary.resource_changes or {},
+            "outputs": _outputs(stack.outputs()),
+        }
+    if op == "destroy":
+        remove = step.get("remove", False)
+        with sdk.summary_from_events(stack, on_event) as events_seen:
+            destroy = stack.destroy(on_event=events_seen, show_secrets=False, remove=remove)
+        return {"changes": destroy.summary.resource_changes or {}, "removed": remove}
+    if op == "outputs":
+        return {"outputs": _outputs(stack.outputs())}
+    if op == "export":
+        # Secrets stay encrypted: the CLI exports ciphertext unless --show-secrets is passed.
+        path = Path(step["path"])
+        sdk.export_state(stack, path)
+        return {"path": str(path), "bytes": path.stat().st_size}
+    if op == "repair":
+        return _repair(stack)
+    raise ValueError(f"unknown step {op!r}")
+
+
+def _preview(stack: auto.Stack, destroying: bool, on_event: sdk.OnEvent) -> Result:
+    """The change summary and, sorted, each resource step that is not a no-op."""
+    planned: list[dict[str, str]] = []
+
+    def collect(event: events.EngineEvent) -> None:
+        pre = event.resource_pre_event
+        if pre is not None and pre.metadata is not None:
+            kind = pre.metadata.op.value
+            if kind not in ("same", "read"):
+                planned.append({"urn": pre.metadata.urn, "op": kind})
+        on_event(event)
+
+    preview = (stack.preview_destroy if destroying else stack.preview)(on_event=collect)
+    return {
+        "changes": preview.change_summary or {},
+        "plan": sorted(planned, key=lambda p: (p["urn"], p["op"])),
+    }
+
+
+def _repair(stack: auto.Stack) -> Result:
+    """Clear what a killed CLI left behind: its lock, then pending operations in the state.
+
+    Only called when the daemon knows no CLI for this stack is alive.
+    """
+    stack.cancel()  # on a file backend this only deletes the stack's lock files
+    state = stack.export_stack()
+    deployment = dict(state.deployment or {})
+    pending = deployment.get("pending_operations") or []
+    if pending:
+        deployment["pending_operations"] = []
+        stack.import_stack(auto.Deployment(version=state.version, deployment=deployment))
+    return {"unlocked": True, "cleared_pending_operations": len(pending)}
+
+
+def _outputs(outputs: auto.OutputMap) -> Result:
+    return {name: {"value": out.value, "secret": out.secret} for name, out in outputs.items()}
+
+
+def classify(e: Exception) -> tuple[ErrorKind, str]:
+    """Which of our errors an SDK or program exception is, and the message to report."""
+    errors = auto.errors
+    if isinstance(e, errors.StackNotFoundError):
+        return ErrorKind.STACK_NOT_FOUND, "stack not found"
+    if isinstance(e, errors.StackAlreadyExistsError):
+        return ErrorKind.STACK_ALREADY_EXISTS, "stack already exists"
+    if isinstance(e, errors.ConcurrentUpdateError):
+        return ErrorKind.STACK_LOCKED, "the stack is locked by another update"
+    if isinstance(
+        e, errors.InlineSourceRuntimeError | errors.RuntimeError | errors.CompilationError
+    ):
+        return ErrorKind.PROGRAM_ERROR, _summarize(e)
+    if isinstance(e, errors.CommandError):
+        return ErrorKind.CLI_ERROR, _summarize(e)
+    if isinstance(e, ImportError | AttributeError | ValueError):
+        return ErrorKind.PROGRAM_ERROR, f"{type(e).__name__}: {e}"
+    return ErrorKind.STACK_ERROR, f"{type(e).__name__}: {e}"
+
+
+def _summarize(e: Exception) -> str:
+    """The CLI's own error lines, not its whole output."""
+    text = str(e)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower() and not ln.startswith("code:")]
+    chosen = errors[-6:] if errors else lines[-6:]
+    return "\n".join(chosen)[:2000]
+
+
+def load_program(spec: str) -> Program:
+    """The program named `module:function` (the function defaults to `pulumi_program`)."""
+    module_name, _, attr = spec.partition(":")
+    program = getattr(importlib.import_module(module_name), attr or "pulumi_program")
+    if not callable(program):
+        raise TypeError(f"program {spec!r} is not callable")
+    return program  # type: ignore[no-any-return]

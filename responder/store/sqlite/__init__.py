@@ -1,0 +1,16 @@
+"""The SQLite job store: one file in the data dir, its connection on a thread of its own.
+
+`SQLiteStore` is the one class the daemon imports. It implements `responder.store.Store` from parts
+that each have one reason to change: the connection and its transactions (`connection`), recording
+deliveries with group commit (`intake`, SQL in `deliveries`), the job queue (`queue`), stack records
+and caps (`stacks`), and reading back and pruning what was recorded (`history`).
+"""
+
+from responder.store.sqlite.history import History
+from responder.store.sqlite.intake import Intake
+from responder.store.sqlite.queue import JobQueue
+from responder.store.sqlite.stacks import StackRecords
+
+
+class SQLiteStore(Intake, JobQueue, StackRecords, History):
+    """The embedded `Store`: `SQLiteStore(path)`, then `await store.open()`."""

@@ -1,0 +1,100 @@
+"""The SQLite connection: one file in the data dir, WAL mode, one connection on its own thread.
+
+Every store method runs as one function on that thread, so a transaction is never interleaved with
+another coroutine's statements and the event loop never waits on the disk.
+"""
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from responder.store import StoreUnavailable
+from responder.store.sqlite.schema import ensure_schema
+
+T = TypeVar("T")
+
+
+class Connection:
+    """The connection and its thread; the store's parts (intake, queue, stacks, history) build on it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_file(self.path)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL for job bookkeeping: in WAL mode a commit survives a crash of this process, and a job
+        # whose last state is lost to a power cut is simply recovered and run again. Deliveries are
+        # committed with FULL (see `_transaction`): a 2xx survives power loss too.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        ensure_schema(db)
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._call(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except (sqlite3.Error, RuntimeError) as e:  # RuntimeError: executor already shut down
+            raise StoreUnavailable(f"job store unavailable: {e}") from e
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` on the store's thread, each statement committed on its own (reads, single updates)."""
+        return await self._call(lambda: fn(self._conn()))
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` on the store's thread, in one transaction."""
+        return await self._call(lambda: self._transaction(fn))
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("store is closed")
+        return self._db
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = False) -> T:
+        """Run `fn` in one transaction; `durable` commits with an fsync (and so also makes every
+        earlier NORMAL commit durable, since they precede it in the WAL)."""
+        db = self._conn()
+        if durable:
+            db.execute("PRAGMA synchronous=FULL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            if durable:
+                db.execute("PRAGMA synchronous=NORMAL")
+        return result
+
+
+def _private_file(path: Path) -> None:
+    """Create the database file (and tighten an existing one) to 0600 whatever the umask: it holds
+    every webhook body. SQLite gives its -wal and -shm files the database file's mode."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists():
+            file.chmod(0o600)

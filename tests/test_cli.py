@@ -1,0 +1,87 @@
+"""The `responder` command's offline subcommands: check and playbooks (replay runs the CLI: marked)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from responder.cli import main
+from tests.helpers import FIXTURES, REPO
+
+GOOD = '''
+from responder.playbook import Context, manual, on
+
+
+@on("incident.triggered", service="checkout-*")
+async def page(ctx: Context) -> None:
+    """Bring up the stack."""
+
+
+@manual
+async def by_hand(ctx: Context) -> None:
+    """Only when someone asks."""
+'''
+
+
+@pytest.fixture
+def playbooks_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    directory = tmp_path / "playbooks"
+    directory.mkdir()
+    monkeypatch.setenv("RESPONDER_PLAYBOOKS_DIR", str(directory))
+    monkeypatch.setenv("RESPONDER_DATA_DIR", str(tmp_path / "data"))
+    return directory
+
+
+def test_playbooks_lists_triggers_manual_runs_and_docs(
+    playbooks_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (playbooks_dir / "mine.py").write_text(GOOD)
+    assert main(["playbooks"]) == 0
+    out = capsys.readouterr().out
+    page, by_hand = out.split("by_hand")
+    assert "on incident.triggered service=checkout-*" in page and "Bring up the stack." in page
+    assert "manual (run by hand only)" in by_hand and "manual" not in page
+    assert "Only when someone asks." in by_hand
+
+
+def test_check_accepts_good_playbooks_and_names_the_file_of_a_bad_one(
+    playbooks_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (playbooks_dir / "mine.py").write_text(GOOD)
+    assert main(["check"]) == 0
+    assert "2 playbooks loaded" in capsys.readouterr().out
+
+    (playbooks_dir / "broken.py").write_text(
+        "from responder.playbook import Context, playbook, manual\n"
+        "@playbook(delay=1)\n@playbook(delay=2)\n@manual\n"
+        "async def twice(ctx: Context) -> None: ...\n"
+    )
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.py" in err and "delay" in err
+
+
+def test_check_refuses_an_unknown_setting(
+    playbooks_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RESPONDER_WORKRES", "4")  # a typo of RESPONDER_WORKERS
+    assert main(["check"]) == 2
+    assert "RESPONDER_WORKRES" in capsys.readouterr().err
+
+
+@pytest.mark.pulumi
+def test_replay_previews_the_built_in_playbooks_on_a_saved_payload(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RESPONDER_PLAYBOOKS_DIR", str(REPO / "playbooks"))
+    monkeypatch.setenv("RESPONDER_DATA_DIR", str(tmp_path / "data"))
+    body = json.loads((FIXTURES / "pd_v3_incident_triggered.json").read_text())
+    payload = tmp_path / "payload.json"
+    payload.write_text(json.dumps(body))
+    assert main(["replay", str(payload)]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["playbook"] for r in results] == ["provision_diagnostics"]
+    assert results[0]["outcome"] == "previewed"
+    assert results[0]["plans"][0]["instead_of"] == "up"
+    assert results[0]["plans"][0]["changes"].get("create", 0) >= 1
+    assert not (tmp_path / "data").exists()  # replay never touches the daemon's data dir

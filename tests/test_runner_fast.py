@@ -1,0 +1,462 @@
+"""The runner and its job stacks over a real SQLite store and the in-memory stack operations: order,
+retries, deadlines, cancels, deferred config, destroy, caps and approval, without the Pulumi CLI."""
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from responder.events import Event, Incident
+from responder.logs import Redactor
+from responder.playbook import Context, Playbook, PlaybookFunc
+from responder.runner import Runner
+from responder.stacks import CLIError, Secret, StackLockedError, StackNotFoundError, StackTarget
+from responder.store import Caps, Job, JobStatus, NewDelivery, NewJob, StackStatus
+from responder.store.sqlite import SQLiteStore
+from tests.fakes import FakeOperations
+from tests.helpers import FakeClock
+
+PROJECT = "fast"
+PROGRAM = "tests.programs.slow:pulumi_program"
+
+
+def book(func: PlaybookFunc, **options: Any) -> Playbook:
+    """A playbook of `func` (jobs are stored directly here, so it needs no trigger)."""
+    playbook = Playbook(func.__name__, func, [], project=PROJECT, program=PROGRAM)
+    return dataclasses.replace(playbook, **options)
+
+
+@dataclass
+class Rig:
+    """A runner over a fresh store and fake stacks, on a clock the test moves."""
+
+    store: SQLiteStore
+    ops: FakeOperations
+    clock: FakeClock
+    runner: Runner
+    postmortem: Path
+    _sent: int = 0
+
+    async def enqueue(
+        self,
+        playbook: Playbook,
+        stack: str = "s1",
+        *,
+        max_attempts: int = 1,
+        params: dict[str, str] | None = None,
+    ) -> int:
+        self._sent += 1
+        event = Event(
+            id=f"e{self._sent}",
+            source="manual",
+            type="manual.run",
+            resource_type="manual",
+            incident=Incident(id=f"Q{stack.upper()}"),
+        )
+        delivery = NewDelivery.of(event, id=f"d{self._sent}", body=b"{}", received_at=self.clock())
+        job = NewJob(
+            playbook.name, playbook.project, stack, event, max_attempts, params=params or {}
+        )
+        [job_id] = (await self.store.record_delivery(delivery, [job])).job_ids
+        return job_id
+
+    async def job(self, job_id: int) -> Job:
+        job = await self.store.get_job(job_id)
+        assert job is not None
+        return job
+
+    def steps(self, job: Job) -> list[tuple[str, str]]:
+        return [(s.step, s.outcome) for s in job.steps]
+
+    async def until_final(self, *job_ids: int) -> list[Job]:
+        """The jobs once all are final (the runner's own workers run them)."""
+        async with asyncio.timeout(10):
+            while True:
+                jobs = [await self.job(i) for i in job_ids]
+                if all(j.status.final for j in jobs):
+                    return jobs
+                await asyncio.sleep(0.01)
+
+
+MakeRig = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+async def make_rig(tmp_path: Path) -> AsyncIterator[MakeRig]:
+    stores: list[SQLiteStore] = []
+    runners: list[Runner] = []
+
+    async def make(
+        playbooks: list[Playbook], *, replaces_on: frozenset[str] = frozenset(), **options: Any
+    ) -> Rig:
+        store = SQLiteStore(tmp_path / "responder.db")
+        await store.open()
+        stores.append(store)
+        ops, clock = FakeOperations(replaces_on=replaces_on), FakeClock()
+        settings: dict[str, Any] = {"workers": 1, "job_timeout": 30.0, "retry_backoff": 1.0}
+        runner = Runner(
+            store,
+            ops,
+            {p.name: p for p in playbooks},
+            clock=clock,
+            postmortem_dir=tmp_path / "postmortem",
+            redactor=Redactor(),
+            **{**settings, **options},
+        )
+        runners.append(runner)
+        return Rig(store, ops, clock, runner, tmp_path / "postmortem")
+
+    yield make
+    for runner in runners:
+        await runner.stop(grace=1)
+    for store in stores:
+        await store.close()
+
+
+async def up(ctx: Context) -> None:
+    await ctx.stack.set_config({"size": "1"})
+    await ctx.stack.up()
+
+
+async def test_jobs_for_one_stack_run_one_at_a_time_in_order(make_rig: MakeRig) -> None:
+    started: list[tuple[str, int | None]] = []
+
+    async def first(ctx: Context) -> None:
+        started.append((ctx.stack.name, ctx.job_id))
+        await ctx.stack.up()
+
+    async def second(ctx: Context) -> None:
+        started.append((ctx.stack.name, ctx.job_id))
+        await ctx.stack.preview()
+
+    rig = await make_rig([book(first), book(second)], workers=2)
+    gate = rig.ops.gate("up")
+    a = await rig.enqueue(book(first), "s1")
+    b = await rig.enqueue(book(second), "s1")
+    other = await rig.enqueue(book(second), "s2")
+    await rig.runner.start()
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    # The second worker is free, and runs the other stack's job; s1's next waits for s1.
+    await rig.until_final(other)
+    assert started == [("s1", a), ("s2", other)]
+    assert (await rig.job(b)).status == JobStatus.QUEUED
+    gate.release.set()
+    jobs = await rig.until_final(a, b)
+    assert [j.status for j in jobs] == [JobStatus.SUCCEEDED, JobStatus.SUCCEEDED]
+    assert started == [("s1", a), ("s2", other), ("s1", b)]
+    assert rig.ops.ops("s1") == ["up", "preview"]
+    assert all(c.call.held for c in rig.ops.calls)  # under the lock the runner took for the job
+
+
+async def test_a_retryable_error_is_retried_with_exponential_backoff(make_rig: MakeRig) -> None:
+    rig = await make_rig([book(up)], retry_backoff=2.0)
+    rig.ops.fail("up", StackLockedError("locked by another update"), times=3)
+    job_id = await rig.enqueue(book(up), max_attempts=4)
+    start = rig.clock.now
+
+    assert await rig.runner.run_once() == job_id
+    job = await rig.job(job_id)
+    assert job.status == JobStatus.QUEUED and job.attempts == 1 and "locked" in (job.error or "")
+    assert rig.steps(job) == [("set_config", "succeeded"), ("up", "failed")]
+    waited = 0.0
+    for attempt, delay in ((2, 2.0), (3, 4.0), (4, 8.0)):  # backoff * 2**(attempt - 2)
+        assert job.not_before == start + waited + delay
+        rig.clock.advance(delay - 0.1)
+        assert await rig.runner.run_once() is None  # not due yet
+        rig.clock.advance(0.1)
+        waited += delay
+        assert await rig.runner.run_once() == job_id
+        job = await rig.job(job_id)
+        assert job.attempts == attempt
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.outputs == {"stack": "s1", "size": "1"}
+    assert rig.ops.ops() == ["up", "up", "up", "up"]
+
+
+async def test_retries_stop_at_max_attempts_and_permanent_errors_are_not_retried(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig([book(up)], retry_backoff=0.0)
+    rig.ops.fail("up", CLIError("the CLI fell over"), times=5)
+    retried = await rig.enqueue(book(up), "s1", max_attempts=2)
+    assert await rig.runner.run_once() == retried
+    assert await rig.runner.run_once() == retried
+    job = await rig.job(retried)
+    assert job.status == JobStatus.FAILED and job.attempts == 2 and "fell over" in (job.error or "")
+
+    rig.ops.fail("refresh", StackNotFoundError("no such stack"))
+
+    async def refresh(ctx: Context) -> None:
+        await ctx.stack.refresh()
+
+    rig.runner.playbooks = {"refresh": book(refresh)}
+    permanent = await rig.enqueue(book(refresh), "s2", max_attempts=3)
+    assert await rig.runner.run_once() == permanent
+    job = await rig.job(permanent)
+    assert job.status == JobStatus.FAILED and job.attempts == 1
+
+
+async def test_the_job_timeout_stops_an_operation_and_records_the_stopped_step(
+    make_rig: MakeRig,
+) -> None:
+    after: list[str] = []
+
+    async def hangs(ctx: Context) -> None:
+        await ctx.stack.set_config({"size": "1"})
+        await ctx.stack.up()  # never finishes: its gate is never opened
+        after.append("up returned")
+
+    rig = await make_rig([book(hangs)], job_timeout=0.2)
+    rig.ops.gate("up")
+    job_id = await rig.enqueue(book(hangs))
+    await rig.runner.run_once()
+    job = await rig.job(job_id)
+    assert job.status == JobStatus.FAILED and "timeout" in (job.error or ""), job.error
+    assert rig.steps(job) == [("set_config", "succeeded"), ("up", "failed")]
+    assert "timeout" in (job.steps[-1].error or "")
+    assert after == []
+    record = await rig.store.get_stack(PROJECT, "s1")
+    assert record is not None and record.status == StackStatus.FAILED  # its cap slot is freed
+
+
+async def test_cancelling_a_running_job_stops_its_operation(make_rig: MakeRig) -> None:
+    after: list[str] = []
+
+    async def hangs(ctx: Context) -> None:
+        await ctx.stack.up()
+        after.append("up returned")
+
+    rig = await make_rig([book(hangs)])
+    gate = rig.ops.gate("up")
+    job_id = await rig.enqueue(book(hangs))
+    running = asyncio.create_task(rig.runner.run_once())
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    cancelled = await rig.runner.cancel(job_id)
+    assert cancelled is not None and cancelled.cancel_requested
+    await asyncio.wait_for(running, 10)
+    job = await rig.job(job_id)
+    assert job.status == JobStatus.CANCELLED and job.error == "cancelled by request"
+    assert rig.steps(job) == [("up", "failed")] and after == []
+
+
+async def test_config_is_checked_at_once_and_sent_with_the_next_operation(
+    make_rig: MakeRig,
+) -> None:
+    async def configured(ctx: Context) -> None:
+        await ctx.stack.set_config({"size": "1"})
+        await ctx.stack.set_config({"token": Secret("a-long-enough-secret")})
+        await ctx.stack.up()
+        await ctx.stack.set_config({"size": "2"})  # nothing follows: applied as the job ends
+
+    refusals: list[str] = []
+
+    async def short_secret(ctx: Context) -> None:
+        try:
+            await ctx.stack.set_config({"token": Secret("hunter2")})
+        except ValueError as e:  # raised here, where the playbook set it
+            refusals.append(str(e))
+        await ctx.stack.up()
+
+    rig = await make_rig([book(configured), book(short_secret)])
+    done = await rig.enqueue(book(configured))
+    await rig.runner.run_once()
+    job = await rig.job(done)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    [sent_with_up, flushed] = rig.ops.calls
+    assert (sent_with_up.op, sent_with_up.config) == (
+        "up",
+        {"size": "1", "token": "a-long-enough-secret"},
+    )
+    assert isinstance((sent_with_up.config or {})["token"], Secret)
+    assert sent_with_up.tags is not None  # the job reserved the stack it creates
+    assert (flushed.op, flushed.config) == ("set_config", {"size": "2"})
+    assert rig.steps(job) == [
+        ("set_config", "succeeded"),
+        ("up", "succeeded"),
+        ("set_config", "succeeded"),
+    ]
+    assert job.outputs == {"stack": "s1", "size": "1", "token": "[secret]"}
+
+    refused = await rig.enqueue(book(short_secret), "s2")
+    await rig.runner.run_once()
+    assert (await rig.job(refused)).status == JobStatus.SUCCEEDED
+    assert len(refusals) == 1 and "'token' is shorter" in refusals[0]
+    assert "hunter2" not in refusals[0]
+    [up_s2] = [c for c in rig.ops.calls if c.target.name == "s2"]
+    assert (up_s2.op, up_s2.config) == ("up", None)  # the refused config was never kept
+
+
+async def test_a_stack_created_by_config_alone_or_a_refresh_carries_the_jobs_tags(
+    make_rig: MakeRig,
+) -> None:
+    async def config_only(ctx: Context) -> None:
+        await ctx.stack.set_config({"size": "1"})  # applied as the job ends: that creates the stack
+
+    async def refresh_first(ctx: Context) -> None:
+        await ctx.stack.set_config({"size": "1"})
+        await ctx.stack.refresh()  # the config sent with it creates the stack
+
+    rig = await make_rig([book(config_only), book(refresh_first)])
+    jobs = [
+        await rig.enqueue(book(config_only), "s1"),
+        await rig.enqueue(book(refresh_first), "s2"),
+    ]
+    for _ in jobs:
+        await rig.runner.run_once()
+    for job_id, stack, playbook in zip(
+        jobs, ("s1", "s2"), ("config_only", "refresh_first"), strict=True
+    ):
+        job = await rig.job(job_id)
+        assert job.status == JobStatus.SUCCEEDED, job.error
+        tags = rig.ops.stacks[f"{PROJECT}/{stack}"].tags
+        assert tags["responder:playbook"] == playbook
+        assert tags["responder:incident"] == f"Q{stack.upper()}"
+
+
+async def test_destroy_exports_first_and_a_stack_already_gone_is_recorded_destroyed(
+    make_rig: MakeRig,
+) -> None:
+    async def destroy(ctx: Context) -> None:
+        await ctx.stack.destroy()
+
+    async def tolerant(ctx: Context) -> None:
+        result = await ctx.stack.destroy(missing_ok=True)
+        assert result.details == {"already_gone": True}
+
+    playbooks = [book(up), book(destroy, allow_destroy=True), book(tolerant, allow_destroy=True)]
+    rig = await make_rig(playbooks)
+    for name in ("s1", "s2", "s3"):
+        await rig.enqueue(playbooks[0], name)
+        await rig.runner.run_once()
+
+    destroyed = await rig.enqueue(playbooks[1], "s1")
+    await rig.runner.run_once()
+    job = await rig.job(destroyed)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert rig.steps(job) == [("export", "succeeded"), ("destroy", "succeeded")]
+    [call] = [c for c in rig.ops.calls if c.op == "destroy"]
+    assert call.remove and call.export_to is not None and call.export_to.parent == rig.postmortem
+    record = await rig.store.get_stack(PROJECT, "s1")
+    assert record is not None and record.status == StackStatus.DESTROYED
+    assert record.export_path == str(call.export_to)
+    assert json.loads(call.export_to.read_text())["config"] == {"size": "1"}
+
+    # s2 and s3 vanish from the backend behind the store's back.
+    del rig.ops.stacks[f"{PROJECT}/s2"], rig.ops.stacks[f"{PROJECT}/s3"]
+    strict = await rig.enqueue(playbooks[1], "s2")
+    await rig.runner.run_once()
+    job = await rig.job(strict)
+    assert job.status == JobStatus.FAILED and "no stack named" in (job.error or "")
+    lenient = await rig.enqueue(playbooks[2], "s3")
+    await rig.runner.run_once()
+    job = await rig.job(lenient)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    for name in ("s2", "s3"):
+        record = await rig.store.get_stack(PROJECT, name)
+        assert record is not None and record.status == StackStatus.DESTROYED, name
+
+
+async def test_a_stack_over_a_cap_is_refused_before_anything_runs(make_rig: MakeRig) -> None:
+    rig = await make_rig([book(up)], caps=Caps(live_stacks=1))
+    first = await rig.enqueue(book(up), "s1")
+    await rig.runner.run_once()
+    assert (await rig.job(first)).status == JobStatus.SUCCEEDED
+    over = await rig.enqueue(book(up), "s2")
+    await rig.runner.run_once()
+    job = await rig.job(over)
+    assert job.status == JobStatus.REFUSED and "live_stacks" in (job.error or ""), job.error
+    assert job.steps == () and rig.ops.ops("s2") == []
+    # The stack that is already live may still be updated.
+    again = await rig.enqueue(book(up), "s1")
+    await rig.runner.run_once()
+    assert (await rig.job(again)).status == JobStatus.SUCCEEDED
+
+
+async def test_a_risky_change_waits_for_approval_of_exactly_its_plan(make_rig: MakeRig) -> None:
+    async def resize(ctx: Context) -> None:
+        await ctx.stack.set_config({k: ctx.params.get(k, "1") for k in ("size", "color")})
+        await ctx.stack.up()
+
+    gated = book(resize, approve_changes=True, params=("size", "color"))
+    rig = await make_rig([gated], replaces_on=frozenset({"size"}))
+    # Creating, or updating in place, is not risky: no approval needed.
+    for params in ({}, {"color": "2"}):
+        job_id = await rig.enqueue(gated, params=params)
+        await rig.runner.run_once()
+        assert (await rig.job(job_id)).status == JobStatus.SUCCEEDED
+    assert rig.ops.ops() == ["preview", "up", "preview", "up"]
+
+    risky = await rig.enqueue(gated, params={"size": "2", "color": "2"})
+    await rig.runner.run_once()
+    job = await rig.job(risky)
+    assert job.status == JobStatus.AWAITING_APPROVAL
+    assert job.plan is not None and job.plan["steps"] == [{"op": "replace", "urn": "resource"}]
+    assert rig.ops.ops()[4:] == ["preview"]  # no up for the unapproved change
+    stack = rig.ops.stacks[f"{PROJECT}/s1"]
+    assert stack.deployed == {"size": "1", "color": "2"}
+
+    await rig.store.decide(risky, True, rig.clock())
+    await rig.runner.run_once()
+    job = await rig.job(risky)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert stack.deployed == {"size": "2", "color": "2"}
+
+
+async def test_recovery_repairs_the_stack_of_an_interrupted_job_and_retries_it(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig([book(up)])
+    job_id = await rig.enqueue(book(up), max_attempts=2)
+    claimed = await rig.store.claim_next(rig.clock())  # a crash leaves it running
+    assert claimed is not None and claimed.id == job_id
+    await rig.runner.recover()
+    assert rig.ops.recovered == [StackTarget("s1", PROJECT, PROGRAM)]
+    job = await rig.job(job_id)
+    assert job.status == JobStatus.QUEUED and "interrupted" in (job.error or "")
+    assert await rig.runner.run_once() == job_id
+    assert (await rig.job(job_id)).status == JobStatus.SUCCEEDED
+
+
+async def test_a_stored_error_never_quotes_a_registered_secret(make_rig: MakeRig) -> None:
+    secret = "s3cret-value-registered-by-the-stack-operations"
+
+    async def leaky(ctx: Context) -> None:
+        raise RuntimeError(f"could not reach https://user:{secret}@db.internal")
+
+    rig = await make_rig([book(leaky)])
+    rig.runner.redactor.add(secret)
+    job_id = await rig.enqueue(book(leaky))
+    await rig.runner.run_once()
+    job = await rig.job(job_id)
+    assert job.status == JobStatus.FAILED
+    assert job.error is not None and "db.internal" in job.error
+    assert secret not in job.error and "[secret]" in job.error
+
+
+async def test_config_that_is_not_json_is_refused_where_the_playbook_sets_it(
+    make_rig: MakeRig,
+) -> None:
+    refusals: list[str] = []
+
+    async def odd_config(ctx: Context) -> None:
+        try:
+            await ctx.stack.set_config({"size": "1", "when": {1, 2}})
+        except ValueError as e:
+            refusals.append(str(e))
+        await ctx.stack.set_config({"count": 3, "labels": {"team": "db"}})
+        await ctx.stack.up()
+
+    rig = await make_rig([book(odd_config)])
+    job_id = await rig.enqueue(book(odd_config))
+    await rig.runner.run_once()
+    job = await rig.job(job_id)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert refusals == ["config 'when' is a set: give a string or a JSON value"]
+    [sent] = rig.ops.calls
+    assert sent.config == {"count": 3, "labels": {"team": "db"}}  # nothing of the refused call
+    assert rig.ops.stacks[f"{PROJECT}/s1"].config == {"count": "3", "labels": '{"team": "db"}'}
