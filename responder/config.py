@@ -2,7 +2,9 @@
 
 import math
 import os
+import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -94,8 +96,41 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-def _setting(default: Any, parse: Callable[[str], Any] = str, secret: bool = False) -> Any:
-    return field(default=default, metadata={"parse": parse, "secret": secret})
+def _database_url(raw: str) -> str:
+    """a postgresql:// URL (empty: SQLite in the data dir)"""
+    url = raw.strip()
+    if url and urllib.parse.urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql:// URL")
+    return url
+
+
+def database_secrets(url: str) -> tuple[str, ...]:
+    """The passwords a database URL holds (in its authority or as `?password=`), as written and
+    percent-decoded, for the Redactor."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query).get("password", [])
+    found = {p for p in (parts.password, *query) if p}
+    return tuple(sorted(found | {urllib.parse.unquote(p) for p in found}))
+
+
+def masked_url(url: str) -> str:
+    """The URL with each password it holds replaced by [secret]: what logs may show of it."""
+    head, mark, query = url.partition("?")
+    netloc = urllib.parse.urlsplit(head).netloc
+    if "@" in netloc and ":" in netloc.rpartition("@")[0]:
+        user, _, host = netloc.rpartition("@")
+        head = head.replace(netloc, f"{user.split(':', 1)[0]}:[secret]@{host}", 1)
+    return head + mark + re.sub(r"(^|&)password=[^&]*", r"\1password=[secret]", query)
+
+
+def _setting(
+    default: Any,
+    parse: Callable[[str], Any] = str,
+    secret: bool = False,
+    public: Callable[[Any], str] | None = None,
+) -> Any:
+    """A setting; `public` shows a secret one in part (its password masked) instead of not at all."""
+    return field(default=default, metadata={"parse": parse, "secret": secret, "public": public})
 
 
 @dataclass(frozen=True)
@@ -107,6 +142,8 @@ class Settings:
     data_dir: Path = _setting(Path("data"), Path)
     playbooks_dir: Path = _setting(PACKAGE_ROOT / "playbooks", Path)
     log_level: str = _setting("INFO", _level)
+    # The job store: a PostgreSQL database shared by every node; unset, SQLite in the data dir.
+    database_url: str = _setting("", _database_url, secret=True, public=masked_url)
     # PagerDuty V3 webhooks
     pagerduty_secrets: tuple[str, ...] = _setting((), _secrets, secret=True)
     verify_signatures: bool = _setting(True, _bool)
@@ -178,12 +215,15 @@ class Settings:
 
     def public(self) -> dict[str, Any]:
         """The settings for a start-up log line, secrets masked."""
-        return {
-            f.name: ("[secret]" if getattr(self, f.name) else "")
-            if f.metadata["secret"]
-            else str(getattr(self, f.name))
-            for f in fields(self)
-        }
+        return {f.name: _public(f.metadata, getattr(self, f.name)) for f in fields(self)}
+
+
+def _public(metadata: Mapping[str, Any], value: Any) -> str:
+    if metadata["public"] is not None and value:
+        return str(metadata["public"](value))
+    if metadata["secret"]:
+        return "[secret]" if value else ""
+    return str(value)
 
 
 def _read_toml(path: Path) -> dict[str, tuple[str, str]]:

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import structlog
+from structlog.typing import FilteringBoundLogger
 
 from responder.events import Event, Incident
 from responder.stacks.results import StepResult
@@ -32,7 +32,7 @@ class Context:
 
     event: Event
     incident: Incident | None
-    log: structlog.stdlib.BoundLogger
+    log: FilteringBoundLogger
     stack: StackHandle
     playbook: str
     job_id: int | None = None

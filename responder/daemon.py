@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from responder.config import Settings
+from responder.config import Settings, database_secrets, masked_url
 from responder.lifecycle import SYSTEM_PLAYBOOKS, Reaper
 from responder.logs import Redactor, get_logger
 from responder.playbook import Playbook
@@ -23,6 +23,7 @@ from responder.runner import Runner
 from responder.secret_files import ensure_secret_file
 from responder.stacks import PulumiEnvironment, PulumiOperations, StackOperations
 from responder.store import Caps, Store
+from responder.store.postgres import PostgresStore
 from responder.store.sqlite import SQLiteStore
 from responder.web.app import http_app
 from responder.web.daemon import DAEMON, SETTINGS, Credentials, Daemon
@@ -93,7 +94,16 @@ def contexts(
             os.umask(umask)
 
     async def store(app: web.Application) -> AsyncIterator[None]:
-        opened = SQLiteStore(app[DATA_DIR] / "responder.db")
+        settings = app[SETTINGS]
+        opened: SQLiteStore | PostgresStore
+        if settings.database_url:
+            # The password must never reach a log line, whatever error might quote the URL.
+            redactor.add(*database_secrets(settings.database_url))
+            log.info("store.opening", kind="postgresql", url=masked_url(settings.database_url))
+            # Every worker may hold a connection for a moment, beside the intake's and the reaper's.
+            opened = PostgresStore(settings.database_url, max_connections=settings.workers + 8)
+        else:
+            opened = SQLiteStore(app[DATA_DIR] / "responder.db")
         await opened.open()
         app[STORE] = opened
         yield

@@ -26,6 +26,7 @@ from tests.helpers import (
     session_processes,
     settings_for,
 )
+from tests.postgres_server import PostgresServer, fresh_database
 
 LEAK_GRACE = 20.0  # seconds for stragglers, e.g. a worker ending after its daemon was killed
 
@@ -49,6 +50,22 @@ def no_process_outlives_the_suite() -> Iterator[None]:
             os.kill(pid, signal.SIGKILL)
     if leaked:
         pytest.fail(f"processes outlived the test session: {leaked}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throw-away PostgreSQL cluster for the session, started by the first test that needs it."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def postgres_url(postgres_server: PostgresServer) -> AsyncIterator[str]:
+    """A fresh, empty database of the session's cluster for one test (its URL carries a password)."""
+    async with fresh_database(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture

@@ -148,12 +148,13 @@ async def test_a_short_secret_in_config_is_refused_before_anything_runs(
 
 
 async def test_export_to_saves_the_state_before_the_destroy(
-    stack_ops: StackOperations, tmp_path: Path
+    stack_ops: StackOperations, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = StackTarget("inc-export")
     planted = "s3cr3t-exported-value-456"
     await stack_ops.up(target, config={"access_token": Secret(planted)})
-    export = tmp_path / "postmortem" / "inc-export.json"
+    monkeypatch.chdir(tmp_path)
+    export = Path("postmortem") / "inc-export.json"  # relative to us, not to the CLI's workspace
     seen: list[StepResult] = []
     destroyed = await stack_ops.destroy(
         target, remove=True, export_to=export, call=Call(on_step=seen.append)

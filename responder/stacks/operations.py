@@ -153,6 +153,8 @@ class PulumiOperations:
         there (the postmortem record, secrets still encrypted)."""
         export: list[Step] = []
         if export_to is not None:
+            # Made absolute here: the worker runs in the project's workspace, not in our directory.
+            export_to = Path.cwd() / export_to
             export_to.parent.mkdir(parents=True, exist_ok=True)
             export = [{"op": "export", "path": str(export_to)}]
         step: Step = {"op": "destroy", "remove": remove}

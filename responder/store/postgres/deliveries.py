@@ -1,0 +1,238 @@
+"""The SQL of recording deliveries: dedupe, incident state, jobs (with coalescing and `cancel_on`)."""
+
+# Each function runs inside the caller's transaction; the rules of incident state are
+# `responder.incidents`': this module asks them and persists the answer. Concurrent callers, on this
+# node or another, are serialised by transaction-scoped advisory locks on what they would dedupe
+# against (delivery id, source and event id, dedupe key, incident), taken in one sorted batch first
+# so that two requests never wait on each other in opposite orders.
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+import asyncpg
+
+from responder import incidents
+from responder.events import event_to_dict
+from responder.store import (
+    DeliveryStatus,
+    IncidentStatus,
+    NewDelivery,
+    NewJob,
+    RecordedDelivery,
+    RecordRejected,
+)
+from responder.store.postgres.connection import Conflict
+from responder.store.postgres.driver import Db
+
+Request = Sequence[tuple[NewDelivery, list[NewJob]]]
+
+# A value the server refuses (bad encoding, out of range) fails its request alone.
+REJECTIONS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+# What a delivery is judged on, read after its locks are held: the earlier delivery it repeats
+# (the most specific reason first), and its incident's status.
+READ = """
+SELECT (
+    (SELECT id FROM deliveries WHERE id = $1)
+    UNION ALL (SELECT id FROM deliveries WHERE source = $2 AND event_id = $3 LIMIT 1)
+    UNION ALL (SELECT id FROM deliveries WHERE $4 <> '' AND dedupe_key = $4 AND received_at > $5 LIMIT 1)
+    LIMIT 1
+) AS earlier, (SELECT status FROM incidents WHERE id = $6) AS incident_status
+"""
+
+# Everything a new delivery writes, in one statement (one round trip): the incident's record and
+# the scheduled jobs it cancels (when the delivery is news of it), the body, the delivery, its jobs.
+# The parts share one snapshot, so the cancel and the dedupe reset never see this statement's own
+# rows, as when they ran before the inserts.
+WRITE = """
+WITH reset AS (
+    UPDATE deliveries SET dedupe_key = NULL
+    WHERE $17 AND incident_id = $5 AND dedupe_key IS NOT NULL
+), noted AS (
+    INSERT INTO incidents (id, status, last_event_at, resolved_at)
+    SELECT $5, $15, $8, $16 WHERE $14 AND $15::text IS NOT NULL
+    ON CONFLICT (id) DO UPDATE SET status = excluded.status, last_event_at = excluded.last_event_at,
+        resolved_at = CASE WHEN excluded.status = 'resolved'
+            THEN COALESCE(incidents.resolved_at, excluded.resolved_at) ELSE NULL END
+), touched AS (
+    UPDATE incidents SET last_event_at = $8 WHERE $14 AND $15::text IS NULL AND id = $5
+), cancelled AS (
+    UPDATE jobs SET status = 'cancelled', finished_at = $8,
+        error = 'cancelled by ' || $4 || ' (delivery ' || $1 || ')'
+    WHERE $14 AND status = 'scheduled' AND incident_id = $5 AND $4 = ANY (cancel_on)
+), body AS (
+    INSERT INTO payloads (digest, body) SELECT $7, $18 WHERE $18::bytea IS NOT NULL
+    ON CONFLICT DO NOTHING
+), delivery AS (
+    INSERT INTO deliveries (id, source, event_id, event_type, incident_id, status, payload,
+        received_at, dedupe_key)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT DO NOTHING RETURNING id
+), created AS (
+    INSERT INTO jobs (delivery_id, playbook, project, stack, event, incident_id, event_type,
+        status, max_attempts, coalesce, params, created_at, not_before, cancel_on)
+    SELECT d.id, j.playbook, j.project, j.stack, j.event, $5, $4, j.status, j.max_attempts,
+        j.coalesce, j.params, $8, j.not_before, j.cancel_on::text[]
+    FROM delivery AS d, unnest($10::text[], $11::text[], $12::text[], $13::text[], $19::text[],
+        $20::int[], $21::bool[], $22::text[], $23::float8[], $24::text[])
+        WITH ORDINALITY AS j (playbook, project, stack, event, status, max_attempts, coalesce,
+            params, not_before, cancel_on, n)
+    ORDER BY j.n
+    RETURNING id
+)
+SELECT (SELECT id FROM delivery) AS inserted, ARRAY(SELECT id FROM created ORDER BY id) AS job_ids
+"""
+
+
+async def record_request(db: Db, request: Request) -> list[RecordedDelivery]:
+    """Store one request's deliveries and their jobs (the caller's transaction: all or none)."""
+    for delivery, jobs in request:
+        _check_text(delivery, jobs)
+    # unnest keeps the array's order, so the locks are taken in the sorted order given.
+    await db.execute(
+        "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", lock_keys(request)
+    )
+    digests: dict[bytes, str] = {}  # the deliveries of one notification share one body
+    try:
+        return [await record(db, d, jobs, digests) for d, jobs in request]
+    except asyncpg.ForeignKeyViolationError as e:
+        # The body this delivery shares with an earlier one was pruned meanwhile: run again.
+        raise Conflict(str(e)) from e
+    except REJECTIONS as e:
+        raise RecordRejected(
+            f"the store refused the delivery ({type(e).__name__}: {str(e)[:200]})"
+        ) from e
+
+
+def lock_keys(request: Request) -> list[int]:
+    """The advisory lock keys of everything the request's deliveries are deduped or judged by."""
+    names = set()
+    for d, _ in request:
+        names |= {f"delivery\0{d.id}", f"event\0{d.source}\0{d.event_id}"}
+        if d.incident_id:
+            names.add(f"incident\0{d.incident_id}")
+        if d.dedupe_key:
+            names.add(f"dedupe\0{d.dedupe_key}")
+    return sorted(_key(name) for name in names)
+
+
+def _key(name: str) -> int:
+    # 64 bits of a hash: a collision only makes two unrelated requests take turns.
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), signed=True)
+
+
+async def record(
+    db: Db, delivery: NewDelivery, jobs: list[NewJob], digests: dict[bytes, str]
+) -> RecordedDelivery:
+    """Store one delivery and its jobs, unless it repeats an earlier delivery."""
+    read = await db.fetchrow(
+        READ,
+        delivery.id,
+        delivery.source,
+        delivery.event_id,
+        delivery.dedupe_key,
+        delivery.received_at - delivery.dedupe_window,
+        delivery.incident_id,
+    )
+    assert read is not None  # one row, always
+    if read["earlier"] is not None:
+        return RecordedDelivery(
+            created=False,
+            job_ids=[],
+            status=DeliveryStatus.DUPLICATE,
+            duplicate_of=read["earlier"],
+        )
+    status, news, after, known = delivery.status, False, None, None
+    if incidents.tracks_incident(delivery):
+        known = incidents.parse_status(read["incident_status"])
+        verdict = incidents.judge(delivery, known)
+        status, news, after = verdict.status, verdict.news, verdict.incident_status
+        if not verdict.creates_jobs:
+            jobs = []
+    digest = digests.get(delivery.body)
+    new_body = digest is None  # the first delivery of the request with this body stores it
+    if digest is None:
+        digest = digests[delivery.body] = hashlib.sha256(delivery.body).hexdigest()
+    now = delivery.received_at
+    written = await db.fetchrow(
+        WRITE,
+        delivery.id,
+        delivery.source,
+        delivery.event_id,
+        delivery.event_type,
+        delivery.incident_id,
+        status.value,
+        digest,
+        now,
+        delivery.dedupe_key or None,
+        [j.playbook for j in jobs],
+        [j.project for j in jobs],
+        [j.stack for j in jobs],
+        [json.dumps(event_to_dict(j.event)) for j in jobs],
+        news,
+        after.value if after is not None else None,
+        now if after == IncidentStatus.RESOLVED else None,
+        news and incidents.ends_content_dedupe(known, after),
+        delivery.body if new_body else None,
+        ["scheduled" if j.delay > 0 else "queued" for j in jobs],
+        [j.max_attempts for j in jobs],
+        [j.coalesce for j in jobs],
+        [json.dumps(j.params) for j in jobs],
+        [now + j.delay if j.delay > 0 else 0.0 for j in jobs],
+        # One text[] column of arrays is not a type unnest takes: each job's list as an array literal.
+        [_array_literal(j.cancel_on) for j in jobs],
+    )
+    assert written is not None
+    if written["inserted"] is None:
+        # Committed by another transaction after our check (the locks make this all but
+        # impossible): run again, and the check sees it.
+        raise Conflict(f"delivery {delivery.id!r} was recorded concurrently")
+    ids: list[int] = list(written["job_ids"])
+    for job_id, job in zip(ids, jobs, strict=True):
+        if job.coalesce:
+            await _coalesce(db, job_id, job, now)
+    return RecordedDelivery(created=True, job_ids=ids, status=status)
+
+
+def _array_literal(values: tuple[str, ...]) -> str:
+    """A PostgreSQL array literal of strings (quoted, backslashes and quotes escaped)."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
+
+
+async def _coalesce(db: Db, job_id: int, job: NewJob, now: float) -> None:
+    """Older queued runs of this playbook on this stack are superseded by this newer one."""
+    await db.execute(
+        "UPDATE jobs SET status = 'coalesced', coalesced_into = $1, finished_at = $2"
+        " WHERE status = 'queued' AND coalesce AND playbook = $3 AND project = $4 AND stack = $5"
+        " AND id < $1 AND attempts = 0",
+        job_id,
+        now,
+        job.playbook,
+        job.project,
+        job.stack,
+    )
+
+
+def _check_text(delivery: NewDelivery, jobs: list[NewJob]) -> None:
+    """Refuse text PostgreSQL cannot store, naming the field: lone surrogates (e.g. from a header
+    decoded with surrogateescape) and NUL characters, which no PostgreSQL text may hold."""
+    fields = [
+        ("delivery id", delivery.id),
+        ("source", delivery.source),
+        ("event id", delivery.event_id),
+        ("event type", delivery.event_type),
+        ("incident id", delivery.incident_id),
+        ("dedupe key", delivery.dedupe_key),
+    ]
+    for job in jobs:
+        fields += [("playbook", job.playbook), ("project", job.project), ("stack", job.stack)]
+        fields += [("cancel_on event type", t) for t in job.cancel_on]
+    for name, value in fields:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise RecordRejected(f"the {name} is not valid Unicode text") from None
+        if "\0" in value:
+            raise RecordRejected(f"the {name} contains a NUL character")

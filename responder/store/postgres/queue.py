@@ -1,0 +1,177 @@
+"""The job queue: claims in arrival order one job per stack, finishing, retries, approvals, cancels."""
+
+import json
+
+from responder.store import Job, JobStatus, JsonObject, StepRecord
+from responder.store.postgres import rows
+from responder.store.postgres.connection import Connection
+from responder.store.postgres.driver import Db
+
+# The first queued job of the oldest stack whose first queued job is due and that runs nothing:
+# strict arrival order per stack. SKIP LOCKED lets concurrent claimers (other workers, other nodes)
+# pass over a job another is taking instead of queueing behind it; the partial unique index on
+# running jobs is the last word if two ever picked the same stack.
+CLAIM = """
+UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1
+WHERE id = (
+    SELECT j.id FROM jobs AS j
+    WHERE j.status = 'queued' AND j.not_before <= $1
+      AND NOT EXISTS (SELECT 1 FROM jobs AS r
+                      WHERE r.status = 'running' AND r.project = j.project AND r.stack = j.stack)
+      AND NOT EXISTS (SELECT 1 FROM jobs AS q
+                      WHERE q.status = 'queued' AND q.project = j.project AND q.stack = j.stack
+                        AND q.id < j.id)
+    ORDER BY j.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *
+"""
+
+
+class JobQueue(Connection):
+    async def claim_next(self, now: float) -> Job | None:
+        async def claim(db: Db) -> Job | None:
+            # Due scheduled jobs join the queue in their original place (by id).
+            await db.execute(
+                "UPDATE jobs SET status = 'queued', not_before = 0"
+                " WHERE status = 'scheduled' AND not_before <= $1",
+                now,
+            )
+            row = await db.fetchrow(CLAIM, now)
+            return rows.job(row) if row is not None else None
+
+        return await self._write(claim)
+
+    async def next_due(self) -> float | None:
+        due: float | None = await self._run(
+            lambda db: db.fetchval(
+                "SELECT MIN(not_before) FROM jobs"
+                " WHERE status IN ('queued', 'scheduled') AND not_before > 0"
+            )
+        )
+        return due
+
+    async def add_step(self, job_id: int, step: StepRecord) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                job_id,
+                step.step,
+                step.started_at,
+                step.duration_ms,
+                step.outcome,
+                step.error,
+                json.dumps(step.changes),
+            )
+        )
+
+    async def finish(
+        self,
+        job_id: int,
+        status: JobStatus,
+        now: float,
+        *,
+        error: str | None = None,
+        outputs: JsonObject | None = None,
+    ) -> None:
+        encoded = json.dumps(outputs) if outputs is not None else None
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE jobs SET status = $1, finished_at = $2, error = $3, outputs = $4 WHERE id = $5",
+                status.value,
+                now,
+                error,
+                encoded,
+                job_id,
+            )
+        )
+
+    async def retry_later(self, job_id: int, not_before: float, error: str) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE jobs SET status = 'queued', not_before = $1, error = $2 WHERE id = $3",
+                not_before,
+                error,
+                job_id,
+            )
+        )
+
+    async def running_jobs(self) -> list[Job]:
+        found = await self._run(
+            lambda db: db.fetch("SELECT * FROM jobs WHERE status = 'running' ORDER BY id")
+        )
+        return [rows.job(r) for r in found]
+
+    async def await_approval(self, job_id: int, plan: JsonObject, now: float) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE jobs SET status = 'awaiting_approval', plan = $1, approved_plan = NULL,"
+                " finished_at = NULL, not_before = $2 WHERE id = $3",
+                json.dumps(plan),
+                now,
+                job_id,
+            )
+        )
+
+    async def decide(self, job_id: int, approve: bool, now: float, reason: str = "") -> Job | None:
+        """Approve (back in line, first for its stack) or reject a job awaiting approval."""
+
+        async def decide(db: Db) -> Job | None:
+            status = await _lock_status(db, job_id)
+            if status != JobStatus.AWAITING_APPROVAL:
+                return await rows.job_by_id(db, job_id)
+            if approve:
+                await db.execute(
+                    "UPDATE jobs SET status = 'queued', approved_plan = plan, not_before = 0,"
+                    " attempts = attempts - 1 WHERE id = $1",
+                    job_id,
+                )
+            else:
+                await db.execute(
+                    "UPDATE jobs SET status = 'rejected', finished_at = $1, error = $2 WHERE id = $3",
+                    now,
+                    reason or "rejected",
+                    job_id,
+                )
+            return await rows.job_by_id(db, job_id)
+
+        return await self._write(decide)
+
+    async def expired_approvals(self, older_than: float) -> list[int]:
+        found = await self._run(
+            lambda db: db.fetch(
+                "SELECT id FROM jobs WHERE status = 'awaiting_approval' AND not_before <= $1"
+                " ORDER BY id",
+                older_than,
+            )
+        )
+        return [r["id"] for r in found]
+
+    async def request_cancel(self, job_id: int, now: float) -> Job | None:
+        """Cancel a waiting job at once; flag a running one (the runner stops it)."""
+
+        async def cancel(db: Db) -> Job | None:
+            status = await _lock_status(db, job_id)
+            if status is None:
+                return None
+            if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.AWAITING_APPROVAL):
+                await db.execute(
+                    "UPDATE jobs SET status = 'cancelled', finished_at = $1,"
+                    " error = 'cancelled by request' WHERE id = $2",
+                    now,
+                    job_id,
+                )
+            elif status == JobStatus.RUNNING:
+                await db.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", job_id)
+            return await rows.job_by_id(db, job_id)
+
+        return await self._write(cancel)
+
+
+async def _lock_status(db: Db, job_id: int) -> JobStatus | None:
+    """The job's status, its row locked until the transaction ends: a concurrent claim, decision or
+    cancel waits, then sees what this one made of it."""
+    status = await db.fetchval("SELECT status FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+    return JobStatus(status) if status is not None else None

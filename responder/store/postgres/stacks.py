@@ -1,0 +1,137 @@
+"""Stack records: reserving a stack under the blast-radius caps, and following its lifecycle."""
+
+import json
+
+from responder.store import (
+    FINAL_STATUSES,
+    RELEASED_STACKS,
+    Caps,
+    JobStatus,
+    JsonObject,
+    StackRecord,
+    StackStatus,
+)
+from responder.store.postgres import rows
+from responder.store.postgres.connection import Connection
+from responder.store.postgres.driver import Db
+
+LIVE = f"status NOT IN ({rows.sql_list(RELEASED_STACKS)})"  # the stacks a cap counts
+UNFINISHED = rows.sql_list(set(JobStatus) - FINAL_STATUSES)
+# pg_advisory_xact_lock key that serialises reservations: counting the stacks under a cap and
+# adding one must be one step for every node, or two nodes could each take the last slot.
+RESERVE_LOCK = 0x7265_7370_5F63_6170  # "resp_cap"
+
+
+class StackRecords(Connection):
+    async def reserve_stack(self, record: StackRecord, caps: Caps) -> str | None:
+        """Record a stack about to be created, unless a cap forbids it: then name the cap."""
+
+        async def reserve(db: Db) -> str | None:
+            await db.execute("SELECT pg_advisory_xact_lock($1)", RESERVE_LOCK)
+            status = await db.fetchval(
+                "SELECT status FROM stacks WHERE project = $1 AND stack = $2",
+                record.project,
+                record.stack,
+            )
+            if status is not None and StackStatus(status) not in RELEASED_STACKS:
+                return None  # already ours and alive: no new stack
+            cap = await _cap_reached(db, record, caps)
+            if cap is not None:
+                return cap
+            # A released record is taken over whole, as a new reservation (outputs and export gone).
+            await db.execute(
+                "INSERT INTO stacks (project, stack, program, incident_id, playbook, service, status,"
+                " created_at, last_activity_at, last_operation, idle_ttl, max_age)"
+                " VALUES ($1, $2, $3, $4, $5, $6, 'provisioning', $7, $7, 'reserve', $8, $9)"
+                " ON CONFLICT (project, stack) DO UPDATE SET program = excluded.program,"
+                " incident_id = excluded.incident_id, playbook = excluded.playbook,"
+                " service = excluded.service, status = excluded.status,"
+                " created_at = excluded.created_at, last_activity_at = excluded.last_activity_at,"
+                " last_operation = excluded.last_operation, outputs = NULL, export_path = NULL,"
+                " idle_ttl = excluded.idle_ttl, max_age = excluded.max_age",
+                record.project,
+                record.stack,
+                record.program,
+                record.incident_id,
+                record.playbook,
+                record.service,
+                record.created_at,
+                record.idle_ttl,
+                record.max_age,
+            )
+            return None
+
+        return await self._write(reserve)
+
+    async def touch_stack(
+        self,
+        project: str,
+        stack: str,
+        *,
+        operation: str,
+        now: float,
+        status: StackStatus | None = None,
+        outputs: JsonObject | None = None,
+        export_path: str | None = None,
+    ) -> None:
+        encoded = json.dumps(outputs) if outputs is not None else None
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE stacks SET last_operation = $1, last_activity_at = $2,"
+                " status = COALESCE($3, status), outputs = COALESCE($4, outputs),"
+                " export_path = COALESCE($5, export_path) WHERE project = $6 AND stack = $7",
+                operation,
+                now,
+                status.value if status is not None else None,
+                encoded,
+                export_path,
+                project,
+                stack,
+            )
+        )
+
+    async def get_stack(self, project: str, stack: str) -> StackRecord | None:
+        row = await self._run(
+            lambda db: db.fetchrow(
+                f"{rows.STACKS_WITH_INCIDENT} WHERE s.project = $1 AND s.stack = $2",
+                project,
+                stack,
+            )
+        )
+        return rows.stack(row) if row is not None else None
+
+    async def list_stacks(self, *, include_destroyed: bool = False) -> list[StackRecord]:
+        where = "" if include_destroyed else " WHERE s.status != 'destroyed'"
+        sql = f"{rows.STACKS_WITH_INCIDENT}{where} ORDER BY s.created_at, s.project, s.stack"
+        return [rows.stack(r) for r in await self._run(lambda db: db.fetch(sql))]
+
+    async def operations_since(self, since: float) -> int:
+        sql = "SELECT COUNT(*) FROM steps WHERE started_at >= $1"
+        count: int = await self._run(lambda db: db.fetchval(sql, since))
+        return count
+
+    async def pending_jobs_for(self, project: str, stack: str) -> int:
+        sql = f"SELECT COUNT(*) FROM jobs WHERE project = $1 AND stack = $2 AND status IN ({UNFINISHED})"
+        count: int = await self._run(lambda db: db.fetchval(sql, project, stack))
+        return count
+
+
+async def _cap_reached(db: Db, record: StackRecord, caps: Caps) -> str | None:
+    """The first cap one more live stack would exceed, as `name=limit`. A destroyed stack, or one
+    whose first `up` failed, holds no cap slot."""
+    for cap, limit, where, args in (
+        ("max_live_stacks", caps.live_stacks, LIVE, ()),
+        ("max_stacks_per_service", caps.per_service, f"{LIVE} AND service = $1", (record.service,)),
+        (
+            "max_stacks_per_playbook",
+            caps.per_playbook,
+            f"{LIVE} AND playbook = $1",
+            (record.playbook,),
+        ),
+    ):
+        if (
+            limit
+            and await db.fetchval(f"SELECT COUNT(*) FROM stacks WHERE {where}", *args) >= limit
+        ):
+            return f"{cap}={limit}"
+    return None

@@ -1,0 +1,241 @@
+"""The PostgreSQL store beyond the contract: migrations, outages, what it cannot hold, its setting."""
+
+import asyncio
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from responder.config import ConfigError, Settings
+from responder.playbook import Context, on, playbook
+from responder.store import JobStatus, RecordRejected, StoreUnavailable
+from responder.store.postgres import PostgresStore, migrations
+from tests.alertmanager_server import free_port
+from tests.helpers import Client, LogCapture, fixture_bytes, pd_event
+from tests.postgres_server import PostgresServer
+from tests.test_store_contract import NOW, delivery, job
+
+PASSWORD = "pw-never-shown-4f1d9a"
+
+
+async def schema_rows(url: str) -> list[tuple[int, str, str]]:
+    db = await asyncpg.connect(url)
+    try:
+        found = await db.fetch("SELECT version, name, checksum FROM schema_migrations ORDER BY 1")
+    finally:
+        await db.close()
+    return [(r["version"], r["name"], r["checksum"]) for r in found]
+
+
+async def test_first_opens_racing_on_an_empty_database_migrate_it_once(postgres_url: str) -> None:
+    """Nodes starting together on a new database: one applies each migration, once, and records it;
+    a later open applies nothing."""
+    stores = [PostgresStore(postgres_url) for _ in range(4)]
+    await asyncio.wait_for(asyncio.gather(*(s.open() for s in stores)), 30)
+    for store in stores:
+        await store.close()
+    shipped = [(m.version, m.name, m.checksum) for m in migrations.available()]
+    assert shipped and await schema_rows(postgres_url) == shipped
+    db = await asyncpg.connect(postgres_url)
+    try:
+        assert await migrations.migrate(db, migrations.available()) == []
+    finally:
+        await db.close()
+
+
+async def test_a_new_migration_file_is_applied_at_the_next_open(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    store = PostgresStore(postgres_url)
+    await store.open()
+    await store.close()
+    for path in migrations.DIRECTORY.glob("*.sql"):
+        shutil.copy(path, tmp_path)
+    version = len(migrations.available()) + 1
+    (tmp_path / f"{version:04d}_notes.sql").write_text("CREATE TABLE notes (text text);")
+    db = await asyncpg.connect(postgres_url)
+    try:
+        assert await migrations.migrate(db, migrations.available(tmp_path)) == [version]
+        assert await db.fetchval("SELECT COUNT(*) FROM notes") == 0
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("INSERT INTO schema_migrations VALUES (999, 'future', 'x')", "999"),
+        ("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1", "never edit"),
+    ],
+)
+async def test_a_schema_this_responder_did_not_write_is_refused(
+    postgres_url: str, change: str, message: str
+) -> None:
+    """A database migrated by a newer responder, or whose applied migration differs from ours."""
+    store = PostgresStore(postgres_url)
+    await store.open()
+    await store.close()
+    db = await asyncpg.connect(postgres_url)
+    try:
+        await db.execute(change)
+    finally:
+        await db.close()
+    with pytest.raises(StoreUnavailable, match=message):
+        await PostgresStore(postgres_url).open()
+
+
+async def test_no_server_is_unavailable_and_the_password_is_never_shown() -> None:
+    store = PostgresStore(
+        f"postgresql://responder:{PASSWORD}@127.0.0.1:{free_port()}/jobs", connect_timeout=2
+    )
+    with pytest.raises(StoreUnavailable, match="unavailable") as error:
+        await store.open()
+    assert PASSWORD not in str(error.value)
+    with pytest.raises(StoreUnavailable):
+        await store.ping()  # closed: unavailable, not a crash
+
+
+async def test_a_wrong_password_is_unavailable_without_echoing_it(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.url().replace(postgres_server.password, PASSWORD)
+    with pytest.raises(StoreUnavailable, match="password authentication failed") as error:
+        await PostgresStore(url).open()
+    assert PASSWORD not in str(error.value)
+
+
+async def test_an_outage_is_unavailable_until_the_server_is_back() -> None:
+    """Calls fail as StoreUnavailable while the server is down (nothing half-stored), and the same
+    store answers again once it is back: the pool reconnects."""
+    server = PostgresServer()
+    await asyncio.to_thread(server.start)
+    store = PostgresStore(server.url(), connect_timeout=2)
+    try:
+        await store.open()
+        before = await store.record_delivery(delivery("QUP"), [job()])
+        await asyncio.to_thread(server.pause)
+        with pytest.raises(StoreUnavailable):
+            await store.record_delivery(delivery("QDOWN"), [job("down")])
+        with pytest.raises(StoreUnavailable):
+            await store.claim_next(NOW)
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        await asyncio.to_thread(server.resume)
+        for attempt in range(20):  # a connection the restart broke may fail one last call
+            try:
+                await store.ping()
+                break
+            except StoreUnavailable:
+                assert attempt < 19
+                await asyncio.sleep(0.1)
+        assert [j.id for j in await store.list_jobs()] == before.job_ids
+        assert await store.incident("QDOWN") is None
+        after = await store.record_delivery(delivery("QBACK"), [job("back")])
+        assert after.created and after.job_ids
+    finally:
+        await store.close()
+        await asyncio.to_thread(server.stop)
+
+
+async def test_a_nul_character_fails_its_delivery_alone(postgres_url: str) -> None:
+    """PostgreSQL text cannot hold NUL: the delivery is refused naming the field; others commit."""
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        outcomes = await asyncio.gather(
+            store.record_delivery(delivery("QNUL", id="bad\0id"), [job()]),
+            store.record_delivery(delivery("QFINE"), [job()]),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[0], RecordRejected) and "delivery id" in str(outcomes[0])
+        assert not isinstance(outcomes[1], BaseException) and outcomes[1].created
+        assert await store.incident("QNUL") is None
+    finally:
+        await store.close()
+
+
+def test_the_database_url_is_logged_with_its_password_masked() -> None:
+    url = f"postgresql://responder:{PASSWORD}@db.internal:5432/jobs?sslmode=require"
+    settings = Settings.load({"RESPONDER_DATABASE_URL": url})
+    assert settings.database_url == url
+    shown = settings.public()["database_url"]
+    assert shown == "postgresql://responder:[secret]@db.internal:5432/jobs?sslmode=require"
+    with pytest.raises(ConfigError, match="RESPONDER_DATABASE_URL") as error:
+        Settings.load({"RESPONDER_DATABASE_URL": f"mysql://responder:{PASSWORD}@db/jobs"})
+    assert PASSWORD not in str(error.value)
+    assert Settings.load({}).database_url == ""  # unset: SQLite in the data dir
+
+
+async def test_a_daemon_with_a_database_url_keeps_its_jobs_there(
+    make_client: Callable[..., Awaitable[Client]], postgres_url: str, logs: LogCapture
+) -> None:
+    """The setting chooses the store: a delivery's job is recorded in PostgreSQL and runs, and the
+    URL's password appears in no log line."""
+    ran: list[str] = []
+
+    @playbook()
+    @on("incident.triggered")
+    async def record(ctx: Context) -> None:
+        """Remember the incident."""
+        ran.append(ctx.incident.id if ctx.incident else "")
+
+    client = await make_client([record], database_url=postgres_url)
+    assert isinstance(client.daemon.store, PostgresStore)
+    response = await client.deliver(fixture_bytes("pd_v3_incident_triggered.json"), "wh-pg")
+    assert response.status == 202
+    jobs = await client.wait_for_jobs(timeout=30)
+    assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] and ran == ["Q1X7KD4R9PVM2T"]
+    db = await asyncpg.connect(postgres_url)
+    try:
+        assert await db.fetchval("SELECT id FROM deliveries") == "wh-pg"
+    finally:
+        await db.close()
+    password = postgres_url.split(":")[2].split("@")[0]
+    assert password not in logs.text
+    [opening] = logs.events("store.opening")
+    assert "[secret]" in str(opening["url"])
+
+
+async def test_a_daemon_answers_503_while_its_database_is_down(
+    make_client: Callable[..., Awaitable[Client]], logs: LogCapture
+) -> None:
+    """PostgreSQL restarted under a running daemon: deliveries get 503 (the sender retries) and
+    /readyz names the store meanwhile; afterwards the retried delivery is accepted and runs, and
+    the one acknowledged before the outage was not lost."""
+    ran: list[str] = []
+
+    @playbook()
+    @on("incident.triggered")
+    async def record(ctx: Context) -> None:
+        """Remember the incident."""
+        ran.append(ctx.incident.id if ctx.incident else "")
+
+    server = PostgresServer()
+    await asyncio.to_thread(server.start)
+    try:
+        client = await make_client([record], database_url=server.url())
+        assert (
+            await client.deliver(pd_event("incident.triggered", "QBEFORE"), "d-1")
+        ).status == 202
+        await client.wait_for_jobs(timeout=30)
+        await asyncio.to_thread(server.pause)
+        during = await client.deliver(pd_event("incident.triggered", "QDURING"), "d-2")
+        assert during.status == 503
+        ready = await client.http.get("/readyz")
+        assert ready.status == 503 and "unavailable" in (await ready.json())["checks"]["store"]
+        await asyncio.to_thread(server.resume)
+        for _ in range(50):  # the first calls may meet connections the restart broke
+            retried = await client.deliver(pd_event("incident.triggered", "QDURING"), "d-2")
+            if retried.status != 503:
+                break
+            await asyncio.sleep(0.1)
+        assert retried.status == 202
+        jobs = await client.wait_for_jobs(timeout=30)
+        assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] * 2
+        assert sorted(ran) == ["QBEFORE", "QDURING"]
+        await client.http.close()  # the daemon stops (and closes its pool) before the server goes
+        assert server.password not in logs.text
+    finally:
+        await asyncio.to_thread(server.stop)
