@@ -1,0 +1,111 @@
+"""Rows of either store read back as its records: the columns' JSON decoded, statuses as enums."""
+
+import json
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Any, Protocol
+
+from responder.events import event_from_dict
+from responder.incidents import parse_status
+from responder.store.records import (
+    DeliveryRecord,
+    DeliveryStatus,
+    Job,
+    JobStatus,
+    StackRecord,
+    StackStatus,
+    StepRecord,
+)
+
+# A stack with the state of its incident, which the reaper's idle and orphan rules read.
+STACKS_WITH_INCIDENT = (
+    "SELECT s.*, i.status AS incident_status, i.last_event_at AS incident_last_event_at,"
+    " i.resolved_at AS incident_resolved_at FROM stacks AS s LEFT JOIN incidents AS i ON i.id = s.incident_id"
+)
+
+
+class Row(Protocol):
+    """A row by column name: `sqlite3.Row` and `asyncpg.Record` alike."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def sql_list(statuses: Iterable[StrEnum]) -> str:
+    """Statuses as an SQL list of literals, for a rule written once in Python (`FINAL_STATUSES`)."""
+    return ", ".join(f"'{status.value}'" for status in sorted(statuses))
+
+
+def _json(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def job(row: Row, steps: tuple[StepRecord, ...] = ()) -> Job:
+    return Job(
+        id=row["id"],
+        delivery_id=row["delivery_id"],
+        playbook=row["playbook"],
+        project=row["project"],
+        stack=row["stack"],
+        event=event_from_dict(json.loads(row["event"])),
+        incident_id=row["incident_id"],
+        event_type=row["event_type"],
+        status=JobStatus(row["status"]),
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        not_before=row["not_before"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        error=row["error"],
+        outputs=_json(row["outputs"]),
+        params=json.loads(row["params"]),
+        coalesced_into=row["coalesced_into"],
+        plan=_json(row["plan"]),
+        approved_plan=_json(row["approved_plan"]),
+        cancel_requested=bool(row["cancel_requested"]),  # SQLite's is an integer
+        steps=steps,
+    )
+
+
+def step(row: Row) -> StepRecord:
+    return StepRecord(
+        row["step"],
+        row["started_at"],
+        row["duration_ms"],
+        row["outcome"],
+        row["error"],
+        json.loads(row["changes"]),
+    )
+
+
+def stack(row: Row) -> StackRecord:
+    return StackRecord(
+        project=row["project"],
+        stack=row["stack"],
+        program=row["program"],
+        incident_id=row["incident_id"],
+        playbook=row["playbook"],
+        service=row["service"],
+        status=StackStatus(row["status"]),
+        created_at=row["created_at"],
+        last_activity_at=row["last_activity_at"],
+        last_operation=row["last_operation"],
+        outputs=_json(row["outputs"]),
+        export_path=row["export_path"],
+        idle_ttl=row["idle_ttl"],
+        max_age=row["max_age"],
+        incident_status=parse_status(row["incident_status"]),
+        incident_last_event_at=row["incident_last_event_at"],
+        incident_resolved_at=row["incident_resolved_at"],
+    )
+
+
+def delivery(row: Row) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row["id"],
+        source=row["source"],
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        status=DeliveryStatus(row["status"]),
+        received_at=row["received_at"],
+    )
