@@ -21,7 +21,9 @@ log = get_logger("responder.cli")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="responder", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the daemon")
+    serve = commands.add_parser("serve", help="run the daemon")
+    # Set by the supervisor on its children (several processes): the supervisor's pid.
+    serve.add_argument("--supervised-by", type=int, metavar="PID", help=argparse.SUPPRESS)
     commands.add_parser("check", help="validate the configuration and playbooks without serving")
     commands.add_parser("playbooks", help="list playbooks with their triggers and docstrings")
     replay = commands.add_parser(
@@ -62,13 +64,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"responder: cannot read {args.file}: {e}", file=sys.stderr)
             return 2
         return asyncio.run(_replay(body, settings, playbooks, redactor))
-    return _serve(settings, redactor)
+    return _serve(settings, redactor, args.supervised_by)
 
 
-def _serve(settings: Settings, redactor: Redactor) -> int:
+def _serve(settings: Settings, redactor: Redactor, supervisor: int | None = None) -> int:
+    """The daemon; or, for several processes, their supervisor; or, under one, one of them."""
+    from responder import supervisor as supervision
     from responder.daemon import create_app
     from responder.web.app import server_options
 
+    if supervisor is None and settings.process_count > 1:
+        try:
+            return supervision.supervise(settings, redactor)
+        except ConfigError as e:
+            print(f"responder: {e}", file=sys.stderr)
+            return 2
+    if supervisor is not None and not supervision.follow_supervisor(supervisor):
+        print("responder: the supervisor is gone; not starting", file=sys.stderr)
+        return 1
     log.info("daemon.starting", settings=settings.public())
     app = create_app(settings, redactor=redactor)
     try:
@@ -79,6 +92,8 @@ def _serve(settings: Settings, redactor: Redactor) -> int:
             port=settings.port,
             print=None,
             shutdown_timeout=settings.shutdown_grace,
+            # Under a supervisor, its children share the port: the kernel spreads connections.
+            reuse_port=supervisor is not None or None,
             **server_options(settings),
         )
     except ConfigError as e:  # found while starting, e.g. an unusable secret file

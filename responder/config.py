@@ -157,8 +157,14 @@ class Settings:
     # connection stays open), and to send its body once the headers are in.
     header_timeout: float = _setting(15.0, _positive_float)
     body_timeout: float = _setting(30.0, _positive_float)
+    # Server processes on this machine, sharing the port (SO_REUSEPORT) under one supervisor.
+    # 0: one with SQLite (a single process's store), one per CPU with PostgreSQL.
+    processes: int = _setting(0, _int_range(0, 256))
     # Jobs
     workers: int = _setting(os.cpu_count() or 2, _int_range(1, 256))
+    # A running job is leased to its node; this long after the node stops renewing it (it died, or
+    # lost the database), another node takes the job over.
+    lease_seconds: float = _setting(30.0, _positive_float)
     job_timeout: float = _setting(900.0, _positive_float)
     job_max_attempts: int = _setting(3, _int_range(1, 100))
     retry_backoff: float = _setting(2.0, _positive_float)
@@ -178,6 +184,20 @@ class Settings:
     orphan_age: float = _setting(86400.0, _positive_float)
     # Finished deliveries, jobs and their steps older than this many seconds are deleted.
     retention: float = _setting(30 * 86400.0, _positive_float)
+
+    def __post_init__(self) -> None:
+        if self.processes > 1 and not self.database_url:
+            raise ConfigError(
+                f"{PREFIX}PROCESSES={self.processes} needs {PREFIX}DATABASE_URL: the SQLite store "
+                "belongs to one process; run one, or share a PostgreSQL database"
+            )
+
+    @property
+    def process_count(self) -> int:
+        """How many server processes to run (`processes`, or its default for the store)."""
+        if self.processes:
+            return self.processes
+        return (os.cpu_count() or 1) if self.database_url else 1
 
     @classmethod
     def load(

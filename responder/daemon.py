@@ -78,8 +78,8 @@ def contexts(
         try:
             settings = app[SETTINGS]
             data_dir = settings.data_dir.resolve()
-            _prepare_data_dir(data_dir)
-            credentials = _credentials(settings, data_dir)
+            prepare_data_dir(data_dir)
+            credentials = credentials_for(settings, data_dir)
             redactor.add(*credentials.all())
             if not settings.verify_signatures:
                 log.warning(
@@ -101,24 +101,32 @@ def contexts(
             redactor.add(*database_secrets(settings.database_url))
             log.info("store.opening", kind="postgresql", url=masked_url(settings.database_url))
             # Every worker may hold a connection for a moment, beside the intake's and the reaper's.
-            opened = PostgresStore(settings.database_url, max_connections=settings.workers + 8)
+            opened = PostgresStore(
+                settings.database_url,
+                max_connections=settings.workers + 8,
+                lease=settings.lease_seconds,
+            )
         else:
-            opened = SQLiteStore(app[DATA_DIR] / "responder.db")
+            opened = SQLiteStore(app[DATA_DIR] / "responder.db", lease=settings.lease_seconds)
         await opened.open()
         app[STORE] = opened
         yield
         await opened.close()
 
     async def stack_operations(app: web.Application) -> AsyncIterator[None]:
-        ops = (
-            operations
-            if operations is not None
-            else PulumiOperations(
-                PulumiEnvironment.create(app[DATA_DIR]),
+        ops: StackOperations
+        if operations is not None:
+            ops = operations
+        else:
+            env = PulumiEnvironment.create(app[DATA_DIR])
+            # A postgres:// state backend's password must never reach a log line either.
+            redactor.add(*database_secrets(env.backend_url))
+            ops = PulumiOperations(
+                env,
                 timeout=app[SETTINGS].job_timeout,
                 redactor=redactor,
+                settings=app[STORE],  # stacks' config and salt, for whichever node runs them next
             )
-        )
         await ops.start()
         app[OPS] = ops
         yield
@@ -195,6 +203,7 @@ def contexts(
             pulumi=daemon.ops.pulumi_version,
             data_dir=str(app[DATA_DIR]),
             workers=app[SETTINGS].workers,
+            node=app[STORE].node,
         )
         yield
         daemon.ready = False
@@ -202,7 +211,7 @@ def contexts(
     return [private_files, store, stack_operations, runner, reaper, ready]
 
 
-def _prepare_data_dir(path: Path) -> None:
+def prepare_data_dir(path: Path) -> None:
     """Create the data dir for our user only. An existing one keeps its mode: the operator chose
     it, and changing it could break what else lives there (a shared dir's sticky bit, a group's
     access); a warning says when other users can reach into it."""
@@ -220,7 +229,7 @@ def _prepare_data_dir(path: Path) -> None:
         )
 
 
-def _credentials(settings: Settings, data_dir: Path) -> Credentials:
+def credentials_for(settings: Settings, data_dir: Path) -> Credentials:
     return Credentials(
         pagerduty_secrets=settings.pagerduty_secrets
         or (_generated(data_dir / "pagerduty-webhook-secret", "pagerduty webhook secret"),),

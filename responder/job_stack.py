@@ -25,7 +25,7 @@ from responder.stacks import (
     StepResult,
     check_config,
 )
-from responder.store import Caps, Job, StackStatus, Store
+from responder.store import Caps, Job, LeaseLost, StackStatus, Store
 
 T = TypeVar("T")
 
@@ -287,8 +287,14 @@ class JobStack:
         return result
 
     async def _write(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """A store call for this job, retried until the store takes it."""
-        return await self.deps.health.call(f"job {self.job.id}", fn)
+        """A store call for this job, retried until the store takes it. One refused because another
+        node holds the job now also refuses every later operation of this handle: a playbook that
+        catches the error must not go on changing a stack that is no longer its job's."""
+        try:
+            return await self.deps.health.call(f"job {self.job.id}", fn)
+        except LeaseLost:
+            self.cancelled = True
+            raise
 
 
 async def _uninterrupted(aw: Awaitable[T]) -> T:

@@ -90,6 +90,7 @@ class Reaper:
         self._last_prune = -math.inf  # the first pass prunes
         self._pass = asyncio.Lock()  # one pass at a time, so a stack never gets two reaps
         self._task: asyncio.Task[None] | None = None
+        self._leading_now: bool | None = None
 
     def start(self) -> None:
         self._last_sweep = time.monotonic()  # the first sweep comes one interval after start
@@ -107,6 +108,10 @@ class Reaper:
         while True:
             delay = self.interval
             try:
+                if not await self._leading():
+                    self.health.recovered("reaper")  # the store answered: nothing to wait for
+                    await asyncio.sleep(delay)
+                    continue
                 await self.run_once(
                     sweep=time.monotonic() - self._last_sweep >= self.orphan_interval,
                     prune=time.monotonic() - self._last_prune >= PRUNE_INTERVAL,
@@ -119,6 +124,15 @@ class Reaper:
             else:
                 self.health.recovered("reaper")
             await asyncio.sleep(delay)
+
+    async def _leading(self) -> bool:
+        """Whether this node leads: of the nodes sharing a store, one runs the reaper's passes; when
+        it dies (its lock with it), the next to ask takes over."""
+        leading = await self.store.lead()
+        if leading != self._leading_now:
+            log.info("reaper.leading" if leading else "reaper.standby", node=self.store.node)
+            self._leading_now = leading
+        return leading
 
     async def run_once(self, *, sweep: bool = False, prune: bool = False) -> list[int]:
         """One pass; returns the ids of the reap jobs it queued."""

@@ -11,12 +11,13 @@ import structlog
 
 from responder.health import StoreHealth
 from responder.job_stack import JobStack, StackDeps
+from responder.leases import LeaseKeeper
 from responder.lifecycle import SYSTEM_PLAYBOOKS
 from responder.logs import Redactor, get_logger
 from responder.outcome import judge, log_failed, ms_since
 from responder.playbook import OPERATOR_PARAMS, Context, Playbook
 from responder.stacks import StackOperations, StackTarget
-from responder.store import Caps, Job, JobStatus, Store
+from responder.store import Caps, Job, JobStatus, LeaseLost, Store
 
 T = TypeVar("T")
 
@@ -29,7 +30,12 @@ SYSTEM_NAMES = frozenset(p.name for p in SYSTEM_PLAYBOOKS)
 class Runner:
     """A pool of workers running jobs. Jobs for one stack run one at a time in arrival order (the
     store's claim guarantees it); retryable failures wait with exponential backoff in their place in
-    line; jobs interrupted by a crash are recovered at start."""
+    line; jobs interrupted by a crash are recovered at start.
+
+    Every job this node holds is leased to it in the store and renewed while it runs. Jobs whose
+    lease expired (their node died) are taken over and recovered like a crash's; a job whose lease
+    this node lost, or could not renew in time, is stopped here, and the store refuses its results.
+    """
 
     def __init__(
         self,
@@ -80,12 +86,22 @@ class Runner:
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[int, asyncio.Task[None]] = {}
+        self.leases = LeaseKeeper(
+            store,
+            self.health,
+            clock,
+            interrupt=self._interrupt,
+            recover=self._recover_one,
+            each_round=self._cancel_requested,
+        )
 
     def __repr__(self) -> str:
         return f"<Runner workers={self.workers} running={len(self._running)}>"
 
     async def start(self) -> None:
+        self.leases.start()  # first: the jobs taken over below are renewed while they recover
         await self.recover()
+        await self.store.listen(self.notify)  # other nodes' new work wakes ours at once
         self._loops = [
             asyncio.create_task(self._loop(i), name=f"runner-{i}") for i in range(self.workers)
         ]
@@ -120,7 +136,7 @@ class Runner:
         """
         self._stopping = True
         self._wakeup.set()
-        running = list(self._running.values())
+        running = [*self._running.values(), *self.leases.recoveries]
         if running:
             log.info("runner.draining", running=len(running), grace_seconds=grace)
             _, pending = await asyncio.wait(running, timeout=grace)
@@ -130,32 +146,67 @@ class Runner:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.leases.stop()  # last: leases are kept while their jobs drain
 
     async def recover(self) -> None:
-        """Repair the stacks of jobs a crash left `running`, then retry them or mark them failed."""
-        for job in await self.health.call("recovery", self.store.running_jobs):
-            structlog.contextvars.bind_contextvars(**_job_context(job))
-            try:
-                await self._recover(job)
-            finally:
-                structlog.contextvars.clear_contextvars()
+        """Take over the jobs whose node is gone (at start: a crash of this daemon), repair their
+        stacks, then retry them or mark them failed."""
+        taken = await self.health.call("recovery", lambda: self.store.take_over(self.clock()))
+        for job in taken:
+            self.leases.hold(job)
+        for job in taken:
+            await self._recover_one(job)
+
+    async def _recover_one(self, job: Job) -> None:
+        structlog.contextvars.bind_contextvars(**_job_context(job))
+        try:
+            await self._recover(job)
+        except LeaseLost:
+            log.warning("job.lease_lost", phase="recovery")
+        except Exception:  # one job's failure must not stop the others' recovery
+            log.exception("job.recovery_failed")
+        finally:
+            self.leases.release(job.id)
+            structlog.contextvars.clear_contextvars()
 
     async def _recover(self, job: Job) -> None:
-        log.warning("job.recovering", attempts=job.attempts)
+        log.warning("job.recovering", attempts=job.attempts, previous_node=job.node)
         playbook = self.playbooks.get(job.playbook)
         program = await self._program(job, playbook) if playbook is not None else None
         if program is not None:
             await self.ops.recover(StackTarget(job.stack, job.project, program))
-        error = "interrupted: the daemon stopped while this job ran"
-        now = self.clock()
+        error = "interrupted: the node running this job stopped"
+        now, fence = self.clock(), job.fence
         if program is not None and job.attempts < job.max_attempts:
-            await self._write(job, lambda: self.store.retry_later(job.id, now, error))
+            await self._write(job, lambda: self.store.retry_later(job.id, now, error, fence=fence))
             log.info("job.retrying", reason=error)
+            self._wakeup.set()
         else:
             await self._write(
-                job, lambda: self.store.finish(job.id, JobStatus.FAILED, now, error=error)
+                job,
+                lambda: self.store.finish(job.id, JobStatus.FAILED, now, error=error, fence=fence),
             )
             log.error("job.failed", error=error)
+
+    async def _cancel_requested(self) -> None:
+        """Cancel requests made through another node reach this one's running jobs."""
+        if not self._handles:
+            return
+        for job in await self.store.list_jobs(status=JobStatus.RUNNING, limit=1000):
+            handle = self._handles.get(job.id)
+            if job.cancel_requested and handle is not None and not handle.cancelled:
+                log.info("job.cancel_requested", job_id=job.id)
+                handle.cancel()
+
+    async def _interrupt(self, job_id: int, fence: int, reason: str) -> None:
+        """Stop a job here at once, recording nothing: its operation's processes are killed and its
+        stack left as it is, for the node that holds the job next to repair and recover."""
+        task, handle = self._running.get(job_id), self._handles.get(job_id)
+        if task is None or task.done() or handle is None or handle.job.fence != fence:
+            return  # ended meanwhile, or this is a later run of the job
+        log.warning("job.interrupted_here", job_id=job_id, reason=reason)
+        await self.ops.abandon(handle.target)
+        task.cancel()
 
     async def _loop(self, index: int) -> None:
         """One worker: claim, run, repeat. Nothing but cancellation ends it: a store outage is
@@ -171,6 +222,9 @@ class Runner:
                 await asyncio.sleep(self.health.max_delay)  # not a hot loop if the fault persists
 
     async def _next(self, caller: str) -> None:
+        # Cleared before the claim, not after it: new work announced while the claim or `next_due`
+        # is under way must still wake this worker.
+        self._wakeup.clear()
         job = await self.health.call(caller, lambda: self.store.claim_next(self.clock()))
         if job is None:
             await self._idle(caller)
@@ -182,7 +236,10 @@ class Runner:
         except asyncio.CancelledError:
             if not task.done():
                 await asyncio.wait([task])
-            raise
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            # Only the job was interrupted (its lease is gone, see `_interrupt`): the worker goes on.
         finally:
             self._running.pop(job.id, None)
             self._wakeup.set()  # the stack is free: its next job may now run
@@ -190,7 +247,6 @@ class Runner:
     async def _idle(self, caller: str) -> None:
         due = await self.health.call(caller, self.store.next_due)
         timeout = max(0.05, due - self.clock()) if due else 5.0
-        self._wakeup.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), min(timeout, 5.0))
 
@@ -215,17 +271,23 @@ class Runner:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(**_job_context(job))
         started = time.monotonic()
-        log.info("job.started", attempt=job.attempts, max_attempts=job.max_attempts)
+        log.info(
+            "job.started", attempt=job.attempts, max_attempts=job.max_attempts, fence=job.fence
+        )
+        self.leases.hold(job)
         try:
             await self._attempt(job, started)
         except asyncio.CancelledError:
             log.warning("job.interrupted", duration_ms=ms_since(started))
             raise
+        except LeaseLost:  # another node holds the job now: its result is that node's to write
+            log.warning("job.lease_lost", duration_ms=ms_since(started))
         except Exception as e:  # a fault of the runner or the store, not of the playbook
             log.exception("job.crashed")
             await self._fail(job, f"internal error: {e!r}", started, error_kind="internal_error")
         finally:
             self._handles.pop(job.id, None)
+            self.leases.release(job.id)
             structlog.contextvars.clear_contextvars()
 
     async def _attempt(self, job: Job, started: float) -> None:
@@ -260,6 +322,8 @@ class Runner:
             async with handle.stopping(), self.ops.locked(handle.target):
                 await playbook(ctx)
                 await handle.flush()
+        except LeaseLost:
+            raise
         except Exception as e:  # judged below, together with a cancel that may have caused it
             failure = e
         outcome = judge(
@@ -272,13 +336,17 @@ class Runner:
         )
         if outcome.status == JobStatus.AWAITING_APPROVAL:
             plan, now = outcome.plan or {}, self.clock()
-            await self._write(job, lambda: self.store.await_approval(job.id, plan, now))
+            await self._write(
+                job, lambda: self.store.await_approval(job.id, plan, now, fence=job.fence)
+            )
             return
         await handle.abandon()
         error = self.mask(outcome.error)
         if outcome.status == JobStatus.QUEUED:
             retry_at = self.clock() + outcome.retry_in
-            await self._write(job, lambda: self.store.retry_later(job.id, retry_at, error))
+            await self._write(
+                job, lambda: self.store.retry_later(job.id, retry_at, error, fence=job.fence)
+            )
             self._wakeup.set()
             return
         outputs = handle.last_outputs if outcome.status == JobStatus.SUCCEEDED else None
@@ -286,7 +354,7 @@ class Runner:
         await self._write(
             job,
             lambda: self.store.finish(
-                job.id, outcome.status, now, error=error or None, outputs=outputs
+                job.id, outcome.status, now, error=error or None, outputs=outputs, fence=job.fence
             ),
         )
         if outcome.status == JobStatus.SUCCEEDED:
@@ -297,7 +365,8 @@ class Runner:
         log_failed(error, started, error_kind)
         now = self.clock()
         await self._write(
-            job, lambda: self.store.finish(job.id, JobStatus.FAILED, now, error=error)
+            job,
+            lambda: self.store.finish(job.id, JobStatus.FAILED, now, error=error, fence=job.fence),
         )
 
     def mask(self, text: str) -> str:

@@ -130,7 +130,7 @@ class StackBook:
     async def step_failed(self, step: str, started_at: float, started: float, error: str) -> None:
         duration = round((time.monotonic() - started) * 1000, 1)
         failed = StepRecord(step, started_at, duration, "failed", error)
-        await self.write(lambda: self.store.add_step(self.job.id, failed))
+        await self.write(lambda: self.store.add_step(self.job.id, failed, fence=self.job.fence))
         log.warning("job.step_finished", step=step, outcome="failed", duration_ms=duration)
 
     async def succeeded(
@@ -140,7 +140,9 @@ class StackBook:
         for result in results:
             duration = round(result.duration * 1000, 1)
             done = StepRecord(result.step, started_at, duration, "succeeded", None, result.changes)
-            await self.write(functools.partial(self.store.add_step, self.job.id, done))
+            await self.write(
+                functools.partial(self.store.add_step, self.job.id, done, fence=self.job.fence)
+            )
             log.info(
                 "job.step_finished", step=result.step, outcome="succeeded", duration_ms=duration
             )

@@ -93,6 +93,7 @@ class FakeOperations:
         self.stacks: dict[str, FakeStack] = {}  # by target.key
         self.calls: list[Recorded] = []
         self.recovered: list[StackTarget] = []
+        self.abandoned: list[StackTarget] = []  # operations killed for a lost lease
         self.started = 0  # start() calls; an app using the fake starts it like the real one
         self._failures: dict[str, list[StackError]] = {}
         self._gates: dict[str, Gate] = {}
@@ -247,6 +248,10 @@ class FakeOperations:
             return False
         cancel.set()
         return True
+
+    async def abandon(self, target: StackTarget) -> bool:
+        self.abandoned.append(target)
+        return await self.cancel(target)
 
     async def recover(self, target: StackTarget) -> None:
         async with self.locked(target):

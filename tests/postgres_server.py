@@ -121,14 +121,19 @@ class PostgresServer:
 @contextlib.asynccontextmanager
 async def fresh_database(server: PostgresServer) -> AsyncIterator[str]:
     """A new, empty database on `server` for one test: its URL; dropped afterwards (any session
-    still connected to it is ended)."""
+    still connected to it is ended). Each statement on its own connection: a test may restart the
+    server in between."""
     name = f"test_{uuid.uuid4().hex}"
+    await _admin(server, f'CREATE DATABASE "{name}"')
+    try:
+        yield server.url(name)
+    finally:
+        await _admin(server, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+async def _admin(server: PostgresServer, statement: str) -> None:
     admin = await asyncpg.connect(server.url())
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield server.url(name)
-        finally:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.execute(statement)
     finally:
         await admin.close()

@@ -81,6 +81,8 @@ async def test_an_incident_shows_its_deliveries_jobs_and_stacks(make_client: Mak
                 "error": None,
                 "coalesced_into": None,
                 "plan": None,
+                "node": client.daemon.store.node,  # the node that ran it
+                "lease_expires_at": None,  # held only while it runs
                 "steps": [
                     {
                         "step": "up",

@@ -1,6 +1,7 @@
 """The `responder` command's offline subcommands: check and playbooks (replay runs the CLI: marked)."""
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,32 @@ def test_replay_previews_the_built_in_playbooks_on_a_saved_payload(
     assert results[0]["plans"][0]["instead_of"] == "up"
     assert results[0]["plans"][0]["changes"].get("create", 0) >= 1
     assert not (tmp_path / "data").exists()  # replay never touches the daemon's data dir
+
+
+def test_serve_refuses_several_processes_on_sqlite(
+    playbooks_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RESPONDER_PROCESSES", "2")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("responder: RESPONDER_PROCESSES=2 needs RESPONDER_DATABASE_URL")
+    assert "one process" in err
+
+
+def test_serve_with_several_processes_names_a_port_already_taken(
+    playbooks_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The supervisor binds the port before it starts any child: a taken port is one clear
+    error, not every child crashing in turn."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("RESPONDER_PORT", str(port))
+        monkeypatch.setenv("RESPONDER_PROCESSES", "2")
+        # Never connected to: the supervisor itself needs no database.
+        monkeypatch.setenv("RESPONDER_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+        assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"responder: cannot listen on 127.0.0.1:{port}: ")
+    assert "Address already in use" in err

@@ -412,7 +412,10 @@ async def test_recovery_repairs_the_stack_of_an_interrupted_job_and_retries_it(
 ) -> None:
     rig = await make_rig([book(up)])
     job_id = await rig.enqueue(book(up), max_attempts=2)
-    claimed = await rig.store.claim_next(rig.clock())  # a crash leaves it running
+    crashed = SQLiteStore(rig.store.path)  # the daemon before its crash: another node
+    await crashed.open()
+    claimed = await crashed.claim_next(rig.clock())  # the crash leaves it running
+    await crashed.close()
     assert claimed is not None and claimed.id == job_id
     await rig.runner.recover()
     assert rig.ops.recovered == [StackTarget("s1", PROJECT, PROGRAM)]

@@ -19,7 +19,9 @@ from responder.store import (
     Caps,
     DeliveryStatus,
     IncidentStatus,
+    Job,
     JobStatus,
+    LeaseLost,
     NewDelivery,
     NewJob,
     RecordedDelivery,
@@ -55,6 +57,9 @@ class Harness:
     # Whether concurrent deliveries share one commit (SQLite's group commit), or each request
     # commits alone on its own connection (PostgreSQL, which groups the WAL flushes itself).
     group_commit: bool = True
+    # Whether one process at a time uses the data (SQLite): another node's running jobs are then an
+    # earlier life's, taken over at once.
+    one_process: bool = True
 
 
 async def sqlite_harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
@@ -114,7 +119,9 @@ async def postgres_harness(request: pytest.FixtureRequest, url: str) -> Harness:
 
         monkeypatch.setattr(postgres_deliveries, "record_request", hooked)
 
-    made = Harness(await open_store(), reopen, on_commit, another, group_commit=False)
+    made = Harness(
+        await open_store(), reopen, on_commit, another, group_commit=False, one_process=False
+    )
     return made
 
 
@@ -235,6 +242,30 @@ async def test_a_retry_waits_in_its_place_until_due(store: Store) -> None:
     await store.finish(first, JobStatus.SUCCEEDED, NOW + 31)
     behind = await store.claim_next(NOW + 31)
     assert behind is not None and behind.id == later
+
+
+async def test_a_retry_is_not_due_before_its_turn_on_its_stack(store: Store) -> None:
+    """A retry behind its stack's running job, or behind an earlier job of its stack, runs when
+    that one is done, not at its own time: `next_due` names it only once it is next (else idle
+    workers would poll from its time until the job ahead ends). Scheduled jobs count."""
+    ahead, behind = await enqueue(store, job("a"), job("a"))
+    first = await claimed(store)
+    await store.await_approval(ahead, {"steps": []}, NOW, fence=first.fence)
+    second = await claimed(store)  # the stack is free while `ahead` awaits its approval
+    assert second.id == behind
+    await store.retry_later(behind, NOW + 10, "transient", fence=second.fence)
+    await store.decide(ahead, True, NOW)
+    running = await claimed(store)  # approved: first in line again
+    assert running.id == ahead
+    await enqueue(store, job("b", delay=300.0), incident="QS")
+    assert await store.next_due() == NOW + 300  # not NOW + 10: `behind` waits for `ahead`
+    assert await store.claim_next(NOW + 200) is None
+    await store.retry_later(ahead, NOW + 60, "transient", fence=running.fence)
+    assert await store.next_due() == NOW + 60  # `ahead` is still before `behind` in line
+    again = await claimed(store, NOW + 60)
+    await store.finish(ahead, JobStatus.SUCCEEDED, NOW + 61, fence=again.fence)
+    assert await store.next_due() == NOW + 10  # next on its stack: due since long ago
+    assert (await claimed(store, NOW + 61)).id == behind
 
 
 async def test_a_delayed_job_is_scheduled_until_its_time(store: Store) -> None:
@@ -614,6 +645,143 @@ async def test_responder_s_own_deliveries_are_no_news_of_their_incident(store: S
     assert again.status == DeliveryStatus.ACCEPTED
     incident = await store.incident("QM")
     assert incident is not None and incident.status is None and len(incident.jobs) == 2
+
+
+# -- leases: the node that runs a job, and its fence -----------------------------------------------
+
+
+async def claimed(store: Store, now: float = NOW) -> Job:
+    job = await store.claim_next(now)
+    assert job is not None
+    return job
+
+
+async def test_a_claim_leases_the_job_to_this_node_with_a_new_fence(store: Store) -> None:
+    (queued,) = await enqueue(store, job())
+    first = await claimed(store)
+    assert (first.id, first.node, first.fence) == (queued, store.node, 1)
+    assert first.lease_expires_at == NOW + store.lease
+    await store.retry_later(queued, NOW + 5, "transient", fence=first.fence)
+    second = await claimed(store, NOW + 5)
+    assert (second.fence, second.lease_expires_at) == (2, NOW + 5 + store.lease)
+    assert await store.get_job(queued) == replace(second, steps=())
+    assert await store.running_jobs() == [second]
+
+
+WRITES: dict[str, Callable[[Store, int, int], Awaitable[None]]] = {
+    "add_step": lambda s, j, f: s.add_step(j, StepRecord("up", NOW, 1.0, "succeeded"), fence=f),
+    "finish": lambda s, j, f: s.finish(j, JobStatus.SUCCEEDED, NOW, outputs={"a": 1}, fence=f),
+    "retry_later": lambda s, j, f: s.retry_later(j, NOW + 9, "again", fence=f),
+    "await_approval": lambda s, j, f: s.await_approval(j, {"steps": []}, NOW, fence=f),
+}
+
+
+@pytest.mark.parametrize("write", sorted(WRITES))
+async def test_a_write_with_a_stale_fence_raises_lease_lost_and_changes_nothing(
+    store: Store, write: str
+) -> None:
+    """The job was taken over (its lease expired): the old fence writes nothing; the new one does."""
+    (queued,) = await enqueue(store, job())
+    old = await claimed(store)
+    [taken] = await store.take_over(NOW + store.lease + 1)
+    assert taken.fence == old.fence + 1
+    before = await store.get_job(queued)
+    with pytest.raises(LeaseLost) as lost:
+        await WRITES[write](store, queued, old.fence)
+    assert lost.value.job_id == queued
+    assert await store.get_job(queued) == before
+    await WRITES[write](store, queued, taken.fence)
+    assert await store.get_job(queued) != before
+    if write != "add_step":  # the job no longer runs: no fence holds it any more
+        with pytest.raises(LeaseLost):
+            await WRITES[write](store, queued, taken.fence)
+
+
+async def test_renewal_extends_held_leases_and_names_the_lost_ones(store: Store) -> None:
+    a, b, c = await enqueue(store, job("a"), job("b"), job("c"))
+    held = {j.id: j.fence for j in [await claimed(store) for _ in range(3)]}
+    await store.finish(b, JobStatus.SUCCEEDED, NOW, fence=held[b])  # no longer running
+    stale = {**held, c: held[c] - 1, 999_999: 1}  # c's fence is not the one it runs under
+    assert await store.renew_leases(stale, NOW + 10) == {b, c, 999_999}
+    renewed, other = await store.get_job(a), await store.get_job(c)
+    assert renewed is not None and renewed.lease_expires_at == NOW + 10 + store.lease
+    assert other is not None and other.lease_expires_at == NOW + store.lease
+    assert await store.renew_leases({}, NOW) == set()
+
+
+async def test_take_over_takes_expired_leases_this_node_s_own_included(store: Store) -> None:
+    a, b = await enqueue(store, job("a"), job("b"))
+    first = await claimed(store)
+    assert await store.take_over(NOW + store.lease - 1) == []  # still leased
+    second = await claimed(store, NOW + 10)
+    [taken] = await store.take_over(NOW + store.lease + 1)  # the first lease only
+    assert (taken.id, taken.node, taken.fence) == (first.id, store.node, first.fence + 1)
+    assert taken.lease_expires_at == NOW + 2 * store.lease + 1
+    assert taken.status == JobStatus.RUNNING and taken.attempts == 1
+    assert await store.take_over(NOW + store.lease + 1) == []  # its new lease holds
+    [later] = await store.take_over(NOW + store.lease + 11)
+    assert later.id == second.id == b and first.id == a
+
+
+async def test_another_node_s_running_job_waits_for_its_lease_unless_one_process(
+    harness: Harness,
+) -> None:
+    """With PostgreSQL a running job of another (live) node is left alone until its lease expires.
+    With SQLite only one process uses the file: another node's job was left by an earlier life of
+    this process, and is taken over at once."""
+    (queued,) = await enqueue(harness.store, job())
+    earlier = await claimed(harness.store)
+    other = await harness.another()
+    await other.open()
+    try:
+        assert other.node != harness.store.node
+        taken = await other.take_over(NOW + 1)
+        if harness.one_process:
+            assert [(j.id, j.node, j.fence) for j in taken] == [(queued, other.node, 2)]
+        else:
+            assert taken == []
+            [late] = await other.take_over(NOW + harness.store.lease + 1)
+            assert (late.id, late.node, late.fence) == (queued, other.node, 2)
+        with pytest.raises(LeaseLost):
+            await harness.store.finish(queued, JobStatus.SUCCEEDED, NOW, fence=earlier.fence)
+        assert await harness.store.renew_leases({queued: earlier.fence}, NOW + 2) == {queued}
+    finally:
+        await other.close()
+
+
+async def test_a_stack_s_settings_file_round_trips_and_is_deleted(harness: Harness) -> None:
+    store = harness.store
+    assert await store.stack_settings("proj", "s1") is None
+    await store.save_stack_settings("proj", "s1", "config:\n  a: 1\n")
+    await store.save_stack_settings("proj", "s2", "salt: x\n")
+    await store.save_stack_settings("proj", "s1", "encryptionsalt: v1:abc\n")
+    other = await harness.another()  # any node reads what one saved
+    await other.open()
+    try:
+        assert await other.stack_settings("proj", "s1") == "encryptionsalt: v1:abc\n"
+        assert await other.stack_settings("other", "s1") is None
+        await other.save_stack_settings("proj", "s1", None)
+        await other.save_stack_settings("proj", "missing", None)  # nothing to delete: fine
+    finally:
+        await other.close()
+    assert await store.stack_settings("proj", "s1") is None
+    assert await store.stack_settings("proj", "s2") == "salt: x\n"
+
+
+async def test_a_store_says_whether_other_nodes_share_it(harness: Harness) -> None:
+    assert harness.store.shared is not harness.one_process  # PostgreSQL: shared; SQLite: not
+
+
+async def test_sqlite_listens_to_nobody_and_always_leads(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "responder.db", node="n1", lease=5.0)
+    await store.open()
+    try:
+        assert (store.node, store.lease) == ("n1", 5.0)
+        await store.listen(lambda: None)
+        assert await store.lead() and await store.lead()
+    finally:
+        await store.close()
+    assert SQLiteStore(tmp_path / "other.db").node != SQLiteStore(tmp_path / "other.db").node
 
 
 # -- approvals and cancellation ------------------------------------------------------------------

@@ -48,6 +48,14 @@ class PulumiEnvironment:
             passphrase_file = data_dir / "pulumi-passphrase"
             local = backend_url == backend_dir.as_uri()
             _ensure_passphrase_file(passphrase_file, lambda: not local or _has_stacks(backend_dir))
+            if not local:
+                log.warning(
+                    "pulumi.passphrase_not_shared",
+                    path=str(passphrase_file),
+                    message="a shared state backend with this node's own passphrase: other nodes "
+                    "cannot decrypt its stacks' secrets; give every node the same "
+                    "PULUMI_CONFIG_PASSPHRASE_FILE (or another secrets provider)",
+                )
             passphrase_env = {"PULUMI_CONFIG_PASSPHRASE_FILE": str(passphrase_file)}
         return cls(data_dir, pulumi_command or find_pulumi(), backend_url, passphrase_env)
 

@@ -17,6 +17,7 @@ class ErrorKind(StrEnum):
     CANCELLED = "cancelled"
     DESTROY_NOT_ALLOWED = "destroy_not_allowed"
     WORKER_CRASHED = "worker_crashed"
+    SETTINGS_UNAVAILABLE = "settings_unavailable"
 
 
 class StackError(Exception):
@@ -92,6 +93,14 @@ class WorkerCrashed(StackError):
     retryable = True
 
 
+class SettingsUnavailable(StackError):
+    """The stack's settings file could not be read from, or saved to, the store shared by the
+    nodes: running without it, or leaving it only here, could lose the stack's config."""
+
+    kind = ErrorKind.SETTINGS_UNAVAILABLE
+    retryable = True
+
+
 ERRORS_BY_KIND: dict[ErrorKind, type[StackError]] = {
     cls.kind: cls
     for cls in (
@@ -105,6 +114,7 @@ ERRORS_BY_KIND: dict[ErrorKind, type[StackError]] = {
         OperationCancelled,
         DestroyNotAllowed,
         WorkerCrashed,
+        SettingsUnavailable,
     )
 }
 # Every kind has its class: the worker reports kinds, the daemon raises the class.

@@ -170,6 +170,19 @@ class StackOperations(Protocol):
         """Stop the stack's running operation gracefully; False if none is running."""
         ...
 
+    async def abandon(self, target: StackTarget) -> bool:
+        """Kill the stack's running operation at once, every process of it, and leave the stack as
+        it is: no repair, no saved settings. For a job this node no longer holds: the node that
+        holds it now repairs the stack, and must not find us writing to it. False if none runs."""
+        ...
+
     async def recover(self, target: StackTarget) -> None:
         """After a crash: end what is left of the stack's last operation, repair and refresh it."""
         ...
+
+
+class StackSettingsStore(Protocol):
+    """Where each stack's settings file is kept for every node (the job store implements it)."""
+
+    async def stack_settings(self, project: str, stack: str) -> str | None: ...
+    async def save_stack_settings(self, project: str, stack: str, text: str | None) -> None: ...

@@ -11,12 +11,25 @@ from pathlib import Path
 from responder.logs import Redactor, get_logger
 from responder.stacks import processes
 from responder.stacks.environment import PulumiEnvironment
-from responder.stacks.errors import OperationCancelled, OperationTimeout, StackError
-from responder.stacks.interface import DEFAULT_CALL, DEFAULT_PROGRAM, Call, Config, StackTarget
+from responder.stacks.errors import (
+    OperationCancelled,
+    OperationTimeout,
+    SettingsUnavailable,
+    StackError,
+)
+from responder.stacks.interface import (
+    DEFAULT_CALL,
+    DEFAULT_PROGRAM,
+    Call,
+    Config,
+    StackSettingsStore,
+    StackTarget,
+)
 from responder.stacks.pool import WorkerPool
 from responder.stacks.protocol import GRACE_VARIABLE, Request, Step, config_values
 from responder.stacks.results import StepResult
 from responder.stacks.session import WorkerSession
+from responder.stacks.settings_files import SettingsFiles
 
 log = get_logger("responder.stacks")
 
@@ -35,14 +48,18 @@ class PulumiOperations:
         kill_grace: float = 15.0,
         redactor: Redactor | None = None,
         warm_workers: int = 1,
+        settings: StackSettingsStore | None = None,
     ) -> None:
+        """`settings`: where stacks' settings files are shared with other nodes (the job store)."""
         self.env = env
+        self.settings = SettingsFiles(settings)
         self.timeout = timeout
         self.kill_grace = kill_grace
         self.redactor = redactor
         self.pulumi_version = ""
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._cancels: dict[str, asyncio.Event] = {}  # per running stack operation
+        self._abandoned: set[str] = set()  # running operations to kill and leave as they are
         self._projects: set[str] = set()
         self._workers = WorkerPool(
             {**self._worker_env(), GRACE_VARIABLE: str(kill_grace)}, warm_workers
@@ -179,6 +196,14 @@ class PulumiOperations:
         cancel.set()
         return True
 
+    async def abandon(self, target: StackTarget) -> bool:
+        cancel = self._cancels.get(target.key)
+        if cancel is None:
+            return False
+        self._abandoned.add(target.key)
+        cancel.set()
+        return True
+
     async def recover(self, target: StackTarget) -> None:
         """After a daemon crash: end every process left of the stack's last operation (worker, CLI,
         plugins), then repair and refresh the stack.
@@ -252,6 +277,27 @@ class PulumiOperations:
             request["tags"] = dict(tags)
         if call.exists:
             request["exists"] = True
+        work_dir = self.env.workspace_dir(target.project)
+        stored = await self.settings.restore(work_dir, target) if target.name else None
+        try:
+            results = await self._send(target, request, call, repairing)
+        except BaseException:
+            if target.name and target.key not in self._abandoned:
+                # A failed operation may have changed the file too (a config step before it); the
+                # operation's own error is the one to report.
+                with contextlib.suppress(SettingsUnavailable):
+                    await asyncio.shield(self.settings.save(work_dir, target, stored))
+            raise
+        finally:
+            self._abandoned.discard(target.key)
+        if target.name:
+            await self.settings.save(work_dir, target, stored)
+        return results
+
+    async def _send(
+        self, target: StackTarget, request: Request, call: Call, repairing: bool
+    ) -> list[StepResult]:
+        steps = request["steps"]
         cancel = asyncio.Event()
         if target.name:  # read-only listings (no stack name) need neither cancel nor recovery
             # Registered before the worker is acquired, not after: a cancel in between is kept,
@@ -268,15 +314,21 @@ class PulumiOperations:
             record = self._worker_record(target) if target.name else None
             if record:  # for recovery, should the daemon die before the session ends
                 record.write_text(worker.marker)
+            abandoned = self._abandoned
             try:
                 timeout = call.timeout or self.timeout
-                return await session.run(request, timeout, cancel, self.kill_grace)
+                return await session.run(
+                    request,
+                    timeout,
+                    cancel,
+                    lambda: 0.0 if target.key in abandoned else self.kill_grace,
+                )
             except (OperationTimeout, OperationCancelled):
-                if not repairing:
+                if not repairing and target.key not in abandoned:
                     await self._repair(target)
                 raise
             except asyncio.CancelledError:
-                if not repairing:
+                if not repairing and target.key not in abandoned:
                     await asyncio.shield(self._repair(target))
                 raise
             finally:

@@ -4,11 +4,13 @@
 # (checked against pulumi 3.272): an SDK upgrade that breaks one fails the `pulumi` tests.
 
 import contextlib
+import json
 import os
 import subprocess
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from pulumi import automation as auto
 from pulumi.automation import events
@@ -67,25 +69,88 @@ def export_state(stack: auto.Stack, path: Path) -> None:
     stack._run_pulumi_cmd_sync(["stack", "export", "--file", str(path)])
 
 
+# The key by which the engine marks a secret value in the values it reports (the value itself is
+# replaced by "[secret]" unless --show-secrets is given).
+SECRET_SIGNATURE = "4dabf18193072939515e22adb298388d"
+STACK_TYPE = "pulumi:pulumi:Stack"
+SECRET_SHOWN = "[secret]"  # what `pulumi stack output` shows of a secret without --show-secrets
+
+
 @contextlib.contextmanager
-def summary_from_events(stack: auto.Stack, on_event: OnEvent) -> Iterator[OnEvent]:
-    """The SDK runs `pulumi stack history` (`Stack.info`) after up, refresh and destroy only to build
-    their summary; the engine's summary event already carries the same change counts. Yields the
-    event callback to pass to the operation, and shadows `info` on this instance meanwhile: one CLI
-    process fewer each time."""
+def results_from_events(stack: auto.Stack, on_event: OnEvent) -> Iterator[OnEvent]:
+    """What the SDK asks the CLI for after up, refresh and destroy that the engine's events already
+    say. Yields the event callback to pass to the operation, and meanwhile shadows on this instance:
+
+    - `info` (`pulumi stack history`, run only to build the summary): the summary event carries the
+      same change counts;
+    - `outputs` (`pulumi stack output` twice, masked and with secrets, to tell secrets apart): the
+      stack resource's outputs event marks each secret, so one call with secrets is enough. Marked
+      anywhere inside an output, the whole output counts as secret (the SDK looks at the top level
+      only, and would show a secret nested in a map).
+
+    Each shadow saves one CLI process per operation."""
     changes: dict[str, int] = {}
+    reported: list[Mapping[str, Any]] = []  # the stack's outputs as the engine last reported them
 
     def capture(event: events.EngineEvent) -> None:
         if event.summary_event is not None:
             for op, count in (event.summary_event.resource_changes or {}).items():
                 changes[op] = count
+        done = event.res_outputs_event
+        if done is not None and done.metadata.type == STACK_TYPE and done.metadata.new is not None:
+            reported[:] = [done.metadata.new.outputs or {}]
         on_event(event)
 
-    # An instance attribute shadowing the method, set through __dict__ because it replaces a method.
+    def outputs() -> auto.OutputMap:
+        if not reported:  # no outputs event (nothing ran the program): ask twice
+            return read_outputs(stack)
+        plain = json.loads(
+            stack._run_pulumi_cmd_sync(["stack", "output", "--json", "--show-secrets"]).stdout
+        )
+        marks = reported[0]
+        return {
+            # An output the event did not report is treated as secret: never shown by mistake.
+            name: auto.OutputValue(
+                value=value, secret=name not in marks or _has_secret(marks[name])
+            )
+            for name, value in plain.items()
+        }
+
+    # Instance attributes shadowing methods, set through __dict__ because they replace methods.
     stack.__dict__["info"] = lambda *_args, **_kwargs: types.SimpleNamespace(
         resource_changes=changes
     )
+    stack.__dict__["outputs"] = outputs
     try:
         yield capture
     finally:
-        del stack.__dict__["info"]
+        del stack.__dict__["info"], stack.__dict__["outputs"]
+
+
+def read_outputs(stack: auto.Stack) -> auto.OutputMap:
+    """The stack's outputs, as the SDK's `outputs()` reads them (masked, then with secrets), but an
+    output with a secret anywhere inside it counts as secret: the SDK looks at the top level only."""
+    masked = json.loads(stack._run_pulumi_cmd_sync(["stack", "output", "--json"]).stdout)
+    plain = json.loads(
+        stack._run_pulumi_cmd_sync(["stack", "output", "--json", "--show-secrets"]).stdout
+    )
+    return {
+        name: auto.OutputValue(value=value, secret=name not in masked or _masked(masked[name]))
+        for name, value in plain.items()
+    }
+
+
+def _masked(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_masked(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_masked(v) for v in value)
+    return bool(value == SECRET_SHOWN)
+
+
+def _has_secret(value: Any) -> bool:
+    if isinstance(value, dict):
+        return SECRET_SIGNATURE in value or any(_has_secret(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_secret(v) for v in value)
+    return False

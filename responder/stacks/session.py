@@ -44,10 +44,11 @@ class WorkerSession:
         self.stderr_tail: deque[str] = deque(maxlen=40)
 
     async def run(
-        self, request: Request, timeout: float, cancel: asyncio.Event, grace: float
+        self, request: Request, timeout: float, cancel: asyncio.Event, grace: Callable[[], float]
     ) -> list[StepResult]:
         """Run the request in the worker until it ends, `timeout` passes or `cancel` is set; when
-        this returns or raises, no process of it is alive."""
+        this returns or raises, no process of it is alive. A stopped operation gets `grace()`
+        seconds (asked when it is stopped) to cancel gracefully before it is killed."""
         reader = asyncio.create_task(self._communicate(request))
         cancelled = asyncio.create_task(cancel.wait())
         try:
@@ -56,7 +57,7 @@ class WorkerSession:
             )
         finally:
             cancelled.cancel()
-            await asyncio.shield(self._end(reader, grace))
+            await asyncio.shield(self._end(reader, grace()))
         stack = self.target.name
         if reader in finished:
             results = reader.result()
@@ -139,7 +140,9 @@ class WorkerSession:
 
     def _done(self, result: StepResult) -> None:
         if self.redactor:  # before anything can log or keep the step's secret outputs
-            self.redactor.add(*(str(o.value) for o in result.outputs.values() if o.secret))
+            self.redactor.add(
+                *(s for o in result.outputs.values() if o.secret for s in _texts(o.value))
+            )
         self.results.append(result)
         log.info(
             "stack.step",
@@ -157,3 +160,15 @@ class WorkerSession:
         assert self.proc.stderr
         async for raw in self.proc.stderr:
             self.stderr_tail.append(raw.decode(errors="replace").rstrip())
+
+
+def _texts(value: object) -> list[str]:
+    """The strings a secret output holds, a map's or a list's too, and the whole as it is printed:
+    each must be masked wherever it shows up."""
+    if isinstance(value, dict):
+        nested = [t for v in value.values() for t in _texts(v)]
+    elif isinstance(value, list):
+        nested = [t for v in value for t in _texts(v)]
+    else:
+        return [str(value)]
+    return [str(value), *nested]

@@ -38,6 +38,26 @@ def run(request: Request, sink: Sink, cancelled: threading.Event) -> int:
         project_settings=None,  # Pulumi.yaml is written once by the daemon (see PulumiOperations)
         pulumi_command=sdk.known_command(request["pulumi_command"], request["pulumi_version"]),
     )
+    tagging = Tagging(request.get("tags") or {})
+    code = _run_steps(request, program, opts, sink, cancelled, tagging)
+    failure = tagging.wait()
+    if (
+        failure is not None and code == 0
+    ):  # the tags' failure is the request's, once its steps ended
+        kind, message = classify(failure)
+        sink.send({"kind": "error", "step": "tag", "error": kind, "message": message})
+        return 1
+    return code
+
+
+def _run_steps(
+    request: Request,
+    program: Program,
+    opts: auto.LocalWorkspaceOptions,
+    sink: Sink,
+    cancelled: threading.Event,
+    tagging: "Tagging",
+) -> int:
     stack: auto.Stack | None = None
     for step in request["steps"]:
         op = step["op"]
@@ -52,7 +72,12 @@ def run(request: Request, sink: Sink, cancelled: threading.Event) -> int:
                 result = _list_stacks(program, opts)
             else:
                 if stack is None:
-                    stack = _open_stack(request, program, opts, create=step.get("create", False))
+                    create = step.get("create", False)
+                    stack, created = _open_stack(request, program, opts, create=create)
+                    if created:
+                        tagging.stack = stack
+                if op != "set_config":  # writes the file a tag command reads: not at the same time
+                    tagging.start()
                 result = _run_step(stack, step, functools.partial(sink.event, op))
         except Exception as e:
             kind, message = classify(e)
@@ -75,22 +100,52 @@ def _workspace(program: Program, opts: auto.LocalWorkspaceOptions) -> auto.Local
     )
 
 
+class Tagging:
+    """Sets a new stack's ownership tags (which incident, playbook and delivery made it, and when)
+    in a thread while the request's operation runs: the CLI sets one tag per process, and tags live
+    beside the state, not in it, so they need not wait for the stack's first `up`, nor it for them."""
+
+    def __init__(self, tags: dict[str, str]) -> None:
+        self.tags = tags
+        self.stack: auto.Stack | None = None  # set when the request created its stack
+        self.error: Exception | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.stack is not None and self.tags and self._thread is None:
+            self._thread = threading.Thread(target=self._set, args=(self.stack,), name="tags")
+            self._thread.start()
+
+    def _set(self, stack: auto.Stack) -> None:
+        try:
+            for key, value in self.tags.items():
+                stack.set_tag(key, value)
+        except Exception as e:  # reported once the request's steps have ended
+            self.error = e
+
+    def wait(self) -> Exception | None:
+        """Start them if no step did (a request that only sets config), and wait for them."""
+        self.start()
+        if self._thread is not None:
+            self._thread.join()
+        return self.error
+
+
 def _open_stack(
     request: Request, program: Program, opts: auto.LocalWorkspaceOptions, *, create: bool
-) -> auto.Stack:
+) -> tuple[auto.Stack, bool]:
+    """The request's stack, and whether this created it."""
     if request.get("exists"):
-        return sdk.known_stack(request["stack"], _workspace(program, opts))
+        return sdk.known_stack(request["stack"], _workspace(program, opts)), False
     name, project = request["stack"], request["project"]
 
-    def select() -> auto.Stack:
-        return auto.select_stack(stack_name=name, project_name=project, program=program, opts=opts)
+    def select() -> tuple[auto.Stack, bool]:
+        stack = auto.select_stack(stack_name=name, project_name=project, program=program, opts=opts)
+        return stack, False
 
-    def created() -> auto.Stack:
+    def created() -> tuple[auto.Stack, bool]:
         stack = auto.create_stack(stack_name=name, project_name=project, program=program, opts=opts)
-        # Ownership: which incident, playbook and delivery made it, and when.
-        for key, value in (request.get("tags") or {}).items():
-            stack.set_tag(key, value)
-        return stack
+        return stack, True
 
     if create and request.get("tags"):
         # The daemon expects a new stack (it sends tags only then): init first, select only if it
@@ -123,26 +178,24 @@ def _run_step(stack: auto.Stack, step: Step, on_event: sdk.OnEvent) -> Result:
                 sdk.set_secret_config(stack, key, entry["value"])
         return {"keys": sorted(config)}
     if op == "up":
-        with sdk.summary_from_events(stack, on_event) as events_seen:
+        with sdk.results_from_events(stack, on_event) as events_seen:
             up = stack.up(on_event=events_seen, show_secrets=False)
         return {"outputs": _outputs(up.outputs), "changes": up.summary.resource_changes or {}}
     if op in ("preview", "preview_destroy"):
         return _preview(stack, op == "preview_destroy", on_event)
     if op == "refresh":
         # run_program: the program re-registers its outputs, so stack outputs show the refreshed state.
-        with sdk.summary_from_events(stack, on_event) as events_seen:
+        with sdk.results_from_events(stack, on_event) as events_seen:
             refresh = stack.refresh(on_event=events_seen, show_secrets=False, run_program=True)
-        return {
-            "changes": refresh.summary.resource_changes or {},
-            "outputs": _outputs(stack.outputs()),
-        }
+            outputs = stack.outputs()
+        return {"changes": refresh.summary.resource_changes or {}, "outputs": _outputs(outputs)}
     if op == "destroy":
         remove = step.get("remove", False)
-        with sdk.summary_from_events(stack, on_event) as events_seen:
+        with sdk.results_from_events(stack, on_event) as events_seen:
             destroy = stack.destroy(on_event=events_seen, show_secrets=False, remove=remove)
         return {"changes": destroy.summary.resource_changes or {}, "removed": remove}
     if op == "outputs":
-        return {"outputs": _outputs(stack.outputs())}
+        return {"outputs": _outputs(sdk.read_outputs(stack))}
     if op == "export":
         # Secrets stay encrypted: the CLI exports ciphertext unless --show-secrets is passed.
         path = Path(step["path"])

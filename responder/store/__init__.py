@@ -4,7 +4,7 @@ SQLite is the embedded implementation; a PostgreSQL one (for several replicas) i
 `Store` protocol.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from responder.store.records import (
@@ -37,6 +37,7 @@ __all__ = [
     "Job",
     "JobStatus",
     "JsonObject",
+    "LeaseLost",
     "NewDelivery",
     "NewJob",
     "RecordRejected",
@@ -57,8 +58,29 @@ class RecordRejected(ValueError):
     """The store cannot hold this delivery (a value it cannot encode); it alone fails, with this reason."""
 
 
+class LeaseLost(Exception):
+    """A job's lease is no longer this node's (another node took the job over, or it ended): its
+    result must not be written. Raised by every fenced write."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id}: this node no longer holds its lease")
+        self.job_id = job_id
+
+
 class Store(Protocol):
-    """What the daemon needs from a job store. Every method is one transaction."""
+    """What the daemon needs from a job store. Every method is one transaction.
+
+    A store is opened by one node (`node`, unique per process start). A job it claims is leased to
+    that node for `lease` seconds, renewed by `renew_leases`; every claim or take-over increments the
+    job's `fence`, and writes for a running job given a `fence` succeed only while it still matches
+    (else `LeaseLost`), so a node that lost a job can never record its result.
+    """
+
+    node: str
+    lease: float
+    # Whether other nodes may share this store (PostgreSQL). Then a node that cannot renew its
+    # leases must stop its jobs before another takes them over; alone (SQLite), it goes on.
+    shared: bool
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -76,12 +98,40 @@ class Store(Protocol):
         stored or none); a body they share is stored once."""
 
     async def claim_next(self, now: float) -> Job | None:
-        """Mark the oldest runnable job running: the first queued job of a stack with none running."""
+        """Mark the oldest runnable job running: the first queued job of a stack with none running.
+        It is leased to this node until `now + lease`, with a new fence."""
+
+    async def renew_leases(self, fences: Mapping[int, int], now: float) -> set[int]:
+        """Extend to `now + lease` the leases of this node's running jobs (job id -> fence); return
+        the ids whose lease it no longer holds (taken over by another node, or no longer running)."""
+
+    async def take_over(self, now: float) -> list[Job]:
+        """Lease to this node, with a new fence, the running jobs whose lease expired before `now`
+        (their node died, or lost the database and stopped them), this node's own included; with
+        SQLite (one process per file) also every running job of an earlier node, at once. The caller
+        repairs their stacks, then retries or fails them with the new fence."""
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Call `wake` whenever another node makes a job runnable (new jobs, a retry, a freed stack,
+        an approval), until `close`. Best effort: callers still poll. A no-op with one process."""
+
+    async def lead(self) -> bool:
+        """Whether this node is the leader (runs the reaper): it takes the leadership when no live
+        node holds it and keeps it until it closes or loses its connection. Always True for SQLite."""
+
+    async def stack_settings(self, project: str, stack: str) -> str | None:
+        """The stack's Pulumi settings file (`Pulumi.<stack>.yaml`: config, secrets encrypted, and
+        the passphrase salt) as last saved by any node; None if none was saved."""
+
+    async def save_stack_settings(self, project: str, stack: str, text: str | None) -> None:
+        """Save the stack's settings file; None deletes it (the stack was removed)."""
 
     async def next_due(self) -> float | None:
         """When the earliest waiting (retrying or scheduled) job becomes runnable."""
 
-    async def add_step(self, job_id: int, step: StepRecord) -> None: ...
+    async def add_step(self, job_id: int, step: StepRecord, *, fence: int | None = None) -> None:
+        """Record a step of a job; with a `fence`, only while the job is running under it."""
+
     async def finish(
         self,
         job_id: int,
@@ -90,9 +140,14 @@ class Store(Protocol):
         *,
         error: str | None = None,
         outputs: JsonObject | None = None,
+        fence: int | None = None,
     ) -> None: ...
-    async def retry_later(self, job_id: int, not_before: float, error: str) -> None: ...
-    async def running_jobs(self) -> list[Job]: ...
+    async def retry_later(
+        self, job_id: int, not_before: float, error: str, *, fence: int | None = None
+    ) -> None: ...
+    async def running_jobs(self) -> list[Job]:
+        """Every running job, whichever node holds it."""
+
     async def get_job(self, job_id: int) -> Job | None: ...
     async def list_jobs(
         self,
@@ -124,7 +179,9 @@ class Store(Protocol):
     async def operations_since(self, since: float) -> int: ...
     async def pending_jobs_for(self, project: str, stack: str) -> int: ...
 
-    async def await_approval(self, job_id: int, plan: JsonObject, now: float) -> None: ...
+    async def await_approval(
+        self, job_id: int, plan: JsonObject, now: float, *, fence: int | None = None
+    ) -> None: ...
     async def decide(
         self, job_id: int, approve: bool, now: float, reason: str = ""
     ) -> Job | None: ...

@@ -163,6 +163,10 @@ class Job:
     approved_plan: JsonObject | None = None
     cancel_requested: bool = False
     steps: tuple[StepRecord, ...] = ()
+    # The lease of a running job: the node that holds it, until when, and the fence its writes carry.
+    node: str | None = None
+    lease_expires_at: float | None = None
+    fence: int = 0
 
     @property
     def stack_key(self) -> str:

@@ -64,6 +64,9 @@ def job(row: Row, steps: tuple[StepRecord, ...] = ()) -> Job:
         approved_plan=_json(row["approved_plan"]),
         cancel_requested=bool(row["cancel_requested"]),  # SQLite's is an integer
         steps=steps,
+        node=row["node"],
+        lease_expires_at=row["lease_expires_at"],
+        fence=row["fence"],
     )
 
 

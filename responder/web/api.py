@@ -52,7 +52,8 @@ async def readyz(request: web.Request) -> web.Response:
     )
     ready = all(v.startswith("ok") for v in checks.values())
     return web.json_response(
-        {"status": "ready" if ready else "not ready", "checks": checks},
+        # `node` tells apart the processes behind one address (several processes, several nodes).
+        {"status": "ready" if ready else "not ready", "node": daemon.store.node, "checks": checks},
         status=200 if ready else 503,
     )
 

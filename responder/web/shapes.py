@@ -2,7 +2,7 @@
 
 import datetime
 
-from responder.store import DeliveryRecord, IncidentRecord, Job, StackRecord, StepRecord
+from responder.store import DeliveryRecord, IncidentRecord, Job, JobStatus, StackRecord, StepRecord
 
 JSON = dict[str, object]
 
@@ -33,6 +33,9 @@ def job_json(job: Job, *, steps: bool = True) -> JSON:
         "error": job.error,
         "coalesced_into": job.coalesced_into,
         "plan": job.plan,
+        # The node that holds (or last held) the job, and until when, while it runs.
+        "node": job.node,
+        "lease_expires_at": iso(job.lease_expires_at) if job.status == JobStatus.RUNNING else None,
     }
     if steps:
         data["steps"] = [step_json(s) for s in job.steps]

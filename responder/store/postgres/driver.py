@@ -12,4 +12,18 @@ else:
     Db = PoolConnectionProxy | asyncpg.Connection
 
 # What stops the store from answering: a server error, a broken or refused connection, a timeout.
-UNAVAILABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# InternalClientError: asyncpg's state after the server ended an idle session (pg_terminate_backend,
+# a restart) may refuse the next query so before it sees the connection closed.
+UNAVAILABLE = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+
+def describe(error: BaseException) -> str:
+    """The error for a log line and /readyz: its type and message (neither holds the URL)."""
+    text = str(error) or repr(error)
+    return f"{type(error).__name__}: {text[:300]}"

@@ -18,4 +18,10 @@ class Intake(Connection):
         self, deliveries: Sequence[tuple[NewDelivery, list[NewJob]]]
     ) -> list[RecordedDelivery]:
         """Committed (synchronous_commit: flushed to the server's disk) before it returns."""
-        return await self._write(lambda db: delivery_sql.record_request(db, deliveries))
+        recorded = await self._write(lambda db: delivery_sql.record_request(db, deliveries))
+        if any(
+            outcome.job_ids and any(job.delay <= 0 for job in jobs)  # a job runnable now
+            for (_, jobs), outcome in zip(deliveries, recorded, strict=True)
+        ):
+            self._announce()
+        return recorded

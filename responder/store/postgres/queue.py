@@ -2,31 +2,84 @@
 
 import json
 
-from responder.store import Job, JobStatus, JsonObject, StepRecord
+from responder.store import Job, JobStatus, JsonObject, LeaseLost, StepRecord
 from responder.store.postgres import rows
 from responder.store.postgres.connection import Connection
 from responder.store.postgres.driver import Db
+
+# A queued job `j` that is next on its stack: nothing runs there, and no earlier job waits there.
+# Each NOT EXISTS is one probe of the (status, project, stack, id) index.
+FIRST_IN_LINE = """NOT EXISTS (SELECT 1 FROM jobs AS r
+                  WHERE r.status = 'running' AND r.project = j.project AND r.stack = j.stack)
+  AND NOT EXISTS (SELECT 1 FROM jobs AS q
+                  WHERE q.status = 'queued' AND q.project = j.project AND q.stack = j.stack
+                    AND q.id < j.id)"""
 
 # The first queued job of the oldest stack whose first queued job is due and that runs nothing:
 # strict arrival order per stack. SKIP LOCKED lets concurrent claimers (other workers, other nodes)
 # pass over a job another is taking instead of queueing behind it; the partial unique index on
 # running jobs is the last word if two ever picked the same stack.
-CLAIM = """
-UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1
+CLAIM = f"""
+UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
+    node = $2, lease_expires_at = $3, fence = fence + 1
 WHERE id = (
     SELECT j.id FROM jobs AS j
-    WHERE j.status = 'queued' AND j.not_before <= $1
-      AND NOT EXISTS (SELECT 1 FROM jobs AS r
-                      WHERE r.status = 'running' AND r.project = j.project AND r.stack = j.stack)
-      AND NOT EXISTS (SELECT 1 FROM jobs AS q
-                      WHERE q.status = 'queued' AND q.project = j.project AND q.stack = j.stack
-                        AND q.id < j.id)
+    WHERE j.status = 'queued' AND j.not_before <= $1 AND {FIRST_IN_LINE}
     ORDER BY j.id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
 RETURNING *
 """
+
+# When the earliest waiting job becomes runnable: a scheduled job (it then joins the queue), or a
+# retry next on its stack. A retry behind a running job is due only when that job ends, which its
+# node announces: counting it would have every idle worker of every node poll until then. Queued
+# jobs with a time are retries, few: only they are probed.
+NEXT_DUE = f"""
+SELECT MIN(not_before) FROM (
+    SELECT not_before FROM jobs WHERE status = 'scheduled' AND not_before > 0
+    UNION ALL
+    SELECT j.not_before FROM jobs AS j
+    WHERE j.status = 'queued' AND j.not_before > 0 AND {FIRST_IN_LINE}
+) AS waiting
+"""
+
+STEP = (
+    "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+)
+# A step of a job still running under the fence $8. FOR SHARE: a take-over committed meanwhile is
+# waited for and seen (the row then no longer matches), and one under way skips this job for now.
+FENCED_STEP = (
+    "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
+    " SELECT id, $2, $3, $4, $5, $6, $7 FROM jobs"
+    " WHERE id = $1 AND status = 'running' AND fence = $8 FOR SHARE"
+)
+
+
+def held(fence: str) -> str:
+    """The condition of a write given a fence (parameter `fence`): the job runs under it. An
+    unfenced write (NULL) is as before leases: the reaper's, and single-node recovery's."""
+    return f"({fence}::integer IS NULL OR (status = 'running' AND fence = {fence}))"
+
+
+FINISH = (
+    "UPDATE jobs SET status = $1, finished_at = $2, error = $3, outputs = $4,"
+    f" lease_expires_at = NULL WHERE id = $5 AND {held('$6')}"
+)
+RETRY = (
+    "UPDATE jobs SET status = 'queued', not_before = $1, error = $2, lease_expires_at = NULL"
+    f" WHERE id = $3 AND {held('$4')}"
+)
+AWAIT_APPROVAL = (
+    "UPDATE jobs SET status = 'awaiting_approval', plan = $1, approved_plan = NULL,"
+    f" finished_at = NULL, not_before = $2, lease_expires_at = NULL WHERE id = $3 AND {held('$4')}"
+)
+APPROVE = (
+    "UPDATE jobs SET status = 'queued', approved_plan = plan, not_before = 0,"
+    " attempts = attempts - 1 WHERE id = $1"
+)
 
 
 class JobQueue(Connection):
@@ -38,34 +91,26 @@ class JobQueue(Connection):
                 " WHERE status = 'scheduled' AND not_before <= $1",
                 now,
             )
-            row = await db.fetchrow(CLAIM, now)
+            row = await db.fetchrow(CLAIM, now, self.node, now + self.lease)
             return rows.job(row) if row is not None else None
 
         return await self._write(claim)
 
     async def next_due(self) -> float | None:
-        due: float | None = await self._run(
-            lambda db: db.fetchval(
-                "SELECT MIN(not_before) FROM jobs"
-                " WHERE status IN ('queued', 'scheduled') AND not_before > 0"
-            )
-        )
+        due: float | None = await self._run(lambda db: db.fetchval(NEXT_DUE))
         return due
 
-    async def add_step(self, job_id: int, step: StepRecord) -> None:
-        await self._run(
-            lambda db: db.execute(
-                "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                job_id,
-                step.step,
-                step.started_at,
-                step.duration_ms,
-                step.outcome,
-                step.error,
-                json.dumps(step.changes),
-            )
+    async def add_step(self, job_id: int, step: StepRecord, *, fence: int | None = None) -> None:
+        values = (step.step, step.started_at, step.duration_ms, step.outcome, step.error)
+        changes = json.dumps(step.changes)
+        if fence is None:
+            await self._run(lambda db: db.execute(STEP, job_id, *values, changes))
+            return
+        status = await self._run(
+            lambda db: db.execute(FENCED_STEP, job_id, *values, changes, fence)
         )
+        if rows.affected(status) == 0:
+            raise LeaseLost(job_id)
 
     async def finish(
         self,
@@ -75,28 +120,23 @@ class JobQueue(Connection):
         *,
         error: str | None = None,
         outputs: JsonObject | None = None,
+        fence: int | None = None,
     ) -> None:
         encoded = json.dumps(outputs) if outputs is not None else None
-        await self._run(
-            lambda db: db.execute(
-                "UPDATE jobs SET status = $1, finished_at = $2, error = $3, outputs = $4 WHERE id = $5",
-                status.value,
-                now,
-                error,
-                encoded,
-                job_id,
-            )
-        )
+        args = (status.value, now, error, encoded, job_id, fence)
+        changed = rows.affected(await self._run(lambda db: db.execute(FINISH, *args)))
+        _check_held(changed, job_id, fence)
+        if changed:
+            self._announce()  # its stack is free: the next job there may run
 
-    async def retry_later(self, job_id: int, not_before: float, error: str) -> None:
-        await self._run(
-            lambda db: db.execute(
-                "UPDATE jobs SET status = 'queued', not_before = $1, error = $2 WHERE id = $3",
-                not_before,
-                error,
-                job_id,
-            )
-        )
+    async def retry_later(
+        self, job_id: int, not_before: float, error: str, *, fence: int | None = None
+    ) -> None:
+        args = (not_before, error, job_id, fence)
+        changed = rows.affected(await self._run(lambda db: db.execute(RETRY, *args)))
+        _check_held(changed, job_id, fence)
+        if changed:
+            self._announce()
 
     async def running_jobs(self) -> list[Job]:
         found = await self._run(
@@ -104,30 +144,27 @@ class JobQueue(Connection):
         )
         return [rows.job(r) for r in found]
 
-    async def await_approval(self, job_id: int, plan: JsonObject, now: float) -> None:
-        await self._run(
-            lambda db: db.execute(
-                "UPDATE jobs SET status = 'awaiting_approval', plan = $1, approved_plan = NULL,"
-                " finished_at = NULL, not_before = $2 WHERE id = $3",
-                json.dumps(plan),
-                now,
-                job_id,
-            )
-        )
+    async def await_approval(
+        self, job_id: int, plan: JsonObject, now: float, *, fence: int | None = None
+    ) -> None:
+        args = (json.dumps(plan), now, job_id, fence)
+        status = await self._run(lambda db: db.execute(AWAIT_APPROVAL, *args))
+        _check_held(rows.affected(status), job_id, fence)
 
     async def decide(self, job_id: int, approve: bool, now: float, reason: str = "") -> Job | None:
         """Approve (back in line, first for its stack) or reject a job awaiting approval."""
 
+        approved = False
+
         async def decide(db: Db) -> Job | None:
+            nonlocal approved
+            approved = False  # this attempt's: an earlier one may have been rolled back
             status = await _lock_status(db, job_id)
             if status != JobStatus.AWAITING_APPROVAL:
                 return await rows.job_by_id(db, job_id)
             if approve:
-                await db.execute(
-                    "UPDATE jobs SET status = 'queued', approved_plan = plan, not_before = 0,"
-                    " attempts = attempts - 1 WHERE id = $1",
-                    job_id,
-                )
+                await db.execute(APPROVE, job_id)
+                approved = True
             else:
                 await db.execute(
                     "UPDATE jobs SET status = 'rejected', finished_at = $1, error = $2 WHERE id = $3",
@@ -137,7 +174,10 @@ class JobQueue(Connection):
                 )
             return await rows.job_by_id(db, job_id)
 
-        return await self._write(decide)
+        decided = await self._write(decide)
+        if approved:
+            self._announce()
+        return decided
 
     async def expired_approvals(self, older_than: float) -> list[int]:
         found = await self._run(
@@ -175,3 +215,9 @@ async def _lock_status(db: Db, job_id: int) -> JobStatus | None:
     cancel waits, then sees what this one made of it."""
     status = await db.fetchval("SELECT status FROM jobs WHERE id = $1 FOR UPDATE", job_id)
     return JobStatus(status) if status is not None else None
+
+
+def _check_held(changed: int, job_id: int, fence: int | None) -> None:
+    """A fenced write that changed nothing found the job no longer running under its fence."""
+    if fence is not None and changed == 0:
+        raise LeaseLost(job_id)

@@ -1,6 +1,7 @@
 """Stack records: reserving a stack under the blast-radius caps, and following its lifecycle."""
 
 import json
+import time
 
 from responder.store import (
     FINAL_STATUSES,
@@ -104,6 +105,23 @@ class StackRecords(Connection):
         where = "" if include_destroyed else " WHERE s.status != 'destroyed'"
         sql = f"{rows.STACKS_WITH_INCIDENT}{where} ORDER BY s.created_at, s.project, s.stack"
         return [rows.stack(r) for r in await self._run(lambda db: db.fetch(sql))]
+
+    async def stack_settings(self, project: str, stack: str) -> str | None:
+        sql = "SELECT settings FROM stack_settings WHERE project = $1 AND stack = $2"
+        text: str | None = await self._run(lambda db: db.fetchval(sql, project, stack))
+        return text
+
+    async def save_stack_settings(self, project: str, stack: str, text: str | None) -> None:
+        if text is None:
+            sql = "DELETE FROM stack_settings WHERE project = $1 AND stack = $2"
+            await self._run(lambda db: db.execute(sql, project, stack))
+            return
+        sql = (
+            "INSERT INTO stack_settings (project, stack, settings, updated_at)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (project, stack)"
+            " DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at"
+        )
+        await self._run(lambda db: db.execute(sql, project, stack, text, time.time()))
 
     async def operations_since(self, since: float) -> int:
         sql = "SELECT COUNT(*) FROM steps WHERE started_at >= $1"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from responder.store import StoreUnavailable
+from responder.store.node import new_node_id
 from responder.store.sqlite.schema import ensure_schema
 
 T = TypeVar("T")
@@ -21,8 +22,10 @@ T = TypeVar("T")
 class Connection:
     """The connection and its thread; the store's parts (intake, queue, stacks, history) build on it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, node: str | None = None, lease: float = 30.0) -> None:
         self.path = path
+        self.node = node or new_node_id()
+        self.lease = lease
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
 

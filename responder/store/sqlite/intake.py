@@ -14,8 +14,8 @@ _Pending = tuple[delivery_sql.Request, "asyncio.Future[list[RecordedDelivery]]"]
 
 
 class Intake(Connection):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, *, node: str | None = None, lease: float = 30.0) -> None:
+        super().__init__(path, node=node, lease=lease)
         self._pending: list[_Pending] = []  # waiting for the next commit
         self._committing: list[_Pending] = []  # in the commit on the disk now
         self._committer: asyncio.Task[None] | None = None

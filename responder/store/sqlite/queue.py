@@ -4,22 +4,38 @@ cancellation."""
 import json
 import sqlite3
 
-from responder.store import Job, JobStatus, JsonObject, StepRecord
+from responder.store import Job, JobStatus, JsonObject, LeaseLost, StepRecord
 from responder.store.sqlite import rows
 from responder.store.sqlite.connection import Connection
 
-# The first queued job of each stack, provided nothing runs on that stack: strict arrival order.
+# A queued job `j` that is next on its stack: nothing runs there, and no earlier job waits there.
 # Two NOT EXISTS, each answered from the (status, project, stack, id) index; one with an OR would
 # scan the table for every queued job.
-CLAIMABLE = """
-SELECT * FROM jobs AS j
-WHERE j.status = 'queued'
-  AND NOT EXISTS (SELECT 1 FROM jobs AS r
+FIRST_IN_LINE = """NOT EXISTS (SELECT 1 FROM jobs AS r
                   WHERE r.status = 'running' AND r.project = j.project AND r.stack = j.stack)
   AND NOT EXISTS (SELECT 1 FROM jobs AS q
-                  WHERE q.status = 'queued' AND q.project = j.project AND q.stack = j.stack AND q.id < j.id)
-ORDER BY j.id
+                  WHERE q.status = 'queued' AND q.project = j.project AND q.stack = j.stack AND q.id < j.id)"""
+
+# The first queued job of each stack, provided nothing runs on that stack: strict arrival order.
+CLAIMABLE = f"SELECT * FROM jobs AS j WHERE j.status = 'queued' AND {FIRST_IN_LINE} ORDER BY j.id"
+
+# When the earliest waiting job becomes runnable: a scheduled job (it then joins the queue), or a
+# retry next on its stack. A retry behind a running job is due only when that job ends, which wakes
+# the workers: counting it would have every idle worker poll until then. Queued jobs with a time
+# are retries, few: only they are probed.
+NEXT_DUE = f"""
+SELECT MIN(not_before) FROM (
+    SELECT not_before FROM jobs WHERE status = 'scheduled' AND not_before > 0
+    UNION ALL
+    SELECT j.not_before FROM jobs AS j
+    WHERE j.status = 'queued' AND j.not_before > 0 AND {FIRST_IN_LINE}
+)
 """
+
+# A write given a fence (the next two parameters, both the fence) is for a job running under it; an
+# unfenced write (None) is as before leases: the reaper's, and single-node recovery's.
+HELD = "(? IS NULL OR (status = 'running' AND fence = ?))"
+STEP = "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
 
 
 class JobQueue(Connection):
@@ -34,8 +50,9 @@ class JobQueue(Connection):
                 if row["not_before"] > now:
                     continue  # its stack waits for it: later jobs of that stack stay behind
                 db.execute(
-                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ? WHERE id = ?",
-                    (now, row["id"]),
+                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
+                    " node = ?, lease_expires_at = ?, fence = fence + 1 WHERE id = ?",
+                    (now, self.node, now + self.lease, row["id"]),
                 )
                 return rows.job_by_id(db, row["id"])
             return None
@@ -44,29 +61,27 @@ class JobQueue(Connection):
 
     async def next_due(self) -> float | None:
         def due(db: sqlite3.Connection) -> float | None:
-            row = db.execute(
-                "SELECT MIN(not_before) FROM jobs WHERE status IN ('queued', 'scheduled') AND not_before > 0"
-            ).fetchone()
+            row = db.execute(NEXT_DUE).fetchone()
             return row[0] if row and row[0] is not None else None
 
         return await self._run(due)
 
-    async def add_step(self, job_id: int, step: StepRecord) -> None:
-        await self._run(
+    async def add_step(self, job_id: int, step: StepRecord, *, fence: int | None = None) -> None:
+        values = (job_id, step.step, step.started_at, step.duration_ms, step.outcome, step.error)
+        changes = json.dumps(step.changes)
+        if fence is None:
+            await self._run(
+                lambda db: db.execute(f"{STEP} VALUES (?, ?, ?, ?, ?, ?, ?)", (*values, changes))
+            )
+            return
+        cursor = await self._run(
             lambda db: db.execute(
-                "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job_id,
-                    step.step,
-                    step.started_at,
-                    step.duration_ms,
-                    step.outcome,
-                    step.error,
-                    json.dumps(step.changes),
-                ),
+                f"{STEP} SELECT ?, ?, ?, ?, ?, ?, ?"
+                " WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? AND status = 'running' AND fence = ?)",
+                (*values, changes, job_id, fence),
             )
         )
+        _check_held(cursor, job_id, fence)
 
     async def finish(
         self,
@@ -76,22 +91,29 @@ class JobQueue(Connection):
         *,
         error: str | None = None,
         outputs: JsonObject | None = None,
+        fence: int | None = None,
     ) -> None:
         encoded = json.dumps(outputs) if outputs is not None else None
-        await self._run(
+        cursor = await self._run(
             lambda db: db.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, outputs = ? WHERE id = ?",
-                (status.value, now, error, encoded, job_id),
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, outputs = ?,"
+                f" lease_expires_at = NULL WHERE id = ? AND {HELD}",
+                (status.value, now, error, encoded, job_id, fence, fence),
             )
         )
+        _check_held(cursor, job_id, fence)
 
-    async def retry_later(self, job_id: int, not_before: float, error: str) -> None:
-        await self._run(
+    async def retry_later(
+        self, job_id: int, not_before: float, error: str, *, fence: int | None = None
+    ) -> None:
+        cursor = await self._run(
             lambda db: db.execute(
-                "UPDATE jobs SET status = 'queued', not_before = ?, error = ? WHERE id = ?",
-                (not_before, error, job_id),
+                "UPDATE jobs SET status = 'queued', not_before = ?, error = ?,"
+                f" lease_expires_at = NULL WHERE id = ? AND {HELD}",
+                (not_before, error, job_id, fence, fence),
             )
         )
+        _check_held(cursor, job_id, fence)
 
     async def running_jobs(self) -> list[Job]:
         return await self._run(
@@ -101,14 +123,17 @@ class JobQueue(Connection):
             ]
         )
 
-    async def await_approval(self, job_id: int, plan: JsonObject, now: float) -> None:
-        await self._run(
+    async def await_approval(
+        self, job_id: int, plan: JsonObject, now: float, *, fence: int | None = None
+    ) -> None:
+        cursor = await self._run(
             lambda db: db.execute(
-                "UPDATE jobs SET status = 'awaiting_approval', plan = ?, approved_plan = NULL, finished_at = NULL,"
-                " not_before = ? WHERE id = ?",
-                (json.dumps(plan), now, job_id),
+                "UPDATE jobs SET status = 'awaiting_approval', plan = ?, approved_plan = NULL,"
+                f" finished_at = NULL, not_before = ?, lease_expires_at = NULL WHERE id = ? AND {HELD}",
+                (json.dumps(plan), now, job_id, fence, fence),
             )
         )
+        _check_held(cursor, job_id, fence)
 
     async def decide(self, job_id: int, approve: bool, now: float, reason: str = "") -> Job | None:
         """Approve (back in line, first for its stack) or reject a job awaiting approval."""
@@ -161,3 +186,9 @@ class JobQueue(Connection):
             return rows.job_by_id(db, job_id)
 
         return await self._write(cancel)
+
+
+def _check_held(cursor: sqlite3.Cursor, job_id: int, fence: int | None) -> None:
+    """A fenced write that changed nothing found the job no longer running under its fence."""
+    if fence is not None and cursor.rowcount == 0:
+        raise LeaseLost(job_id)

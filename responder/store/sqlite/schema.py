@@ -3,7 +3,7 @@
 import hashlib
 import sqlite3
 
-VERSION = 1  # PRAGMA user_version of a store with this schema
+VERSION = 2  # PRAGMA user_version of a store with this schema
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS payloads (
@@ -51,7 +51,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     error TEXT,
-    outputs TEXT
+    outputs TEXT,
+    node TEXT,
+    lease_expires_at REAL,
+    fence INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, project, stack, id);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, id);
@@ -91,6 +94,13 @@ CREATE TABLE IF NOT EXISTS incidents (
     last_event_at REAL NOT NULL,
     resolved_at REAL
 );
+CREATE TABLE IF NOT EXISTS stack_settings (
+    project TEXT NOT NULL,
+    stack TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (project, stack)
+);
 """
 
 # Version 0 kept each delivery's body in its own row: an Alertmanager notification was stored once per
@@ -107,7 +117,16 @@ _FROM_V0 = (
     " received_at FROM deliveries",
     "DROP TABLE deliveries",
     "ALTER TABLE deliveries_v1 RENAME TO deliveries",
-    f"PRAGMA user_version = {VERSION}",  # in the same transaction: a crash leaves version 0 intact
+    "PRAGMA user_version = 1",  # in the same transaction: a crash leaves version 0 intact
+)
+
+# Version 1 had no leases: a job's node, lease and fence are new columns (the settings table is new,
+# made with the others). A job left running keeps no lease, and is taken over at the next start.
+_FROM_V1 = (
+    "ALTER TABLE jobs ADD COLUMN node TEXT",
+    "ALTER TABLE jobs ADD COLUMN lease_expires_at REAL",
+    "ALTER TABLE jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+    "PRAGMA user_version = 2",
 )
 
 
@@ -116,7 +135,8 @@ def payload_digest(body: bytes) -> str:
 
 
 def ensure_schema(db: sqlite3.Connection) -> None:
-    """Create the tables, upgrading a version-0 store first. `db` is in autocommit mode."""
+    """Create the tables, upgrading a store of an earlier version first, one version at a time.
+    `db` is in autocommit mode."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > VERSION:
         raise sqlite3.DatabaseError(
@@ -125,19 +145,27 @@ def ensure_schema(db: sqlite3.Connection) -> None:
     has_deliveries = db.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'"
     ).fetchone()
-    if version == 0 and has_deliveries:
+    if has_deliveries and version < VERSION:  # a new file's tables are made as they are now
         db.create_function("sha256", 1, payload_digest, deterministic=True)
-        db.execute("PRAGMA foreign_keys=OFF")  # has no effect inside a transaction
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _FROM_V0:
-                    db.execute(statement)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.execute("PRAGMA foreign_keys=ON")
+        _upgrade(db, 0, _FROM_V0)
+        _upgrade(db, 1, _FROM_V1)
     db.executescript(SCHEMA)
     db.execute(f"PRAGMA user_version = {VERSION}")
+
+
+def _upgrade(db: sqlite3.Connection, version: int, statements: tuple[str, ...]) -> None:
+    """Upgrade a store of `version` in one transaction (a crash leaves that version intact). The
+    version is read again under the write lock: another process opening the file may have done it."""
+    db.execute("PRAGMA foreign_keys=OFF")  # has no effect inside a transaction
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] == version:
+                for statement in statements:
+                    db.execute(statement)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    finally:
+        db.execute("PRAGMA foreign_keys=ON")

@@ -2,6 +2,7 @@
 
 import json
 import sqlite3
+import time
 
 from responder.store import (
     FINAL_STATUSES,
@@ -88,6 +89,29 @@ class StackRecords(Connection):
         where = "" if include_destroyed else " WHERE s.status != 'destroyed'"
         sql = f"{rows.STACKS_WITH_INCIDENT}{where} ORDER BY s.created_at"
         return await self._run(lambda db: [rows.stack(r) for r in db.execute(sql)])
+
+    async def stack_settings(self, project: str, stack: str) -> str | None:
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT settings FROM stack_settings WHERE project = ? AND stack = ?",
+                (project, stack),
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        return await self._run(read)
+
+    async def save_stack_settings(self, project: str, stack: str, text: str | None) -> None:
+        if text is None:
+            sql = "DELETE FROM stack_settings WHERE project = ? AND stack = ?"
+            args: tuple[object, ...] = (project, stack)
+        else:
+            sql = (
+                "INSERT INTO stack_settings (project, stack, settings, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (project, stack) DO UPDATE SET settings = excluded.settings,"
+                " updated_at = excluded.updated_at"
+            )
+            args = (project, stack, text, time.time())
+        await self._run(lambda db: db.execute(sql, args))
 
     async def operations_since(self, since: float) -> int:
         sql = "SELECT COUNT(*) FROM steps WHERE started_at >= ?"

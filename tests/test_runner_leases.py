@@ -1,0 +1,304 @@
+"""The runner's leases over real stores (SQLite; PostgreSQL for two live nodes) and the in-memory
+stack operations: a job another node took over is stopped here and its result refused; a node that
+cannot renew stops its jobs before the lease ends, then recovers them itself; a cancel made through
+another node reaches the job."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from responder.events import Event, Incident
+from responder.logs import Redactor
+from responder.playbook import Context, Playbook
+from responder.runner import Runner
+from responder.stacks import StackTarget
+from responder.store import Job, JobStatus, NewDelivery, NewJob, Store, StoreUnavailable
+from responder.store.postgres import PostgresStore
+from responder.store.sqlite import SQLiteStore
+from tests.fakes import FakeOperations
+
+PROJECT = "leases"
+PROGRAM = "tests.programs.slow:pulumi_program"
+LEASE = 1.5  # seconds: rounds every 0.5 s
+
+
+async def up(ctx: Context) -> None:
+    await ctx.stack.up()
+
+
+async def preview(ctx: Context) -> None:
+    await ctx.stack.preview()
+
+
+PLAYBOOKS = {
+    p.name: p
+    for p in (
+        Playbook("up", up, [], project=PROJECT, program=PROGRAM),
+        Playbook("preview", preview, [], project=PROJECT, program=PROGRAM),
+    )
+}
+
+OpenStore = Callable[[], Awaitable[Store]]
+
+
+@pytest.fixture
+async def open_store(tmp_path: Path) -> AsyncIterator[OpenStore]:
+    """SQLite stores on one file, each a node of its own (as after a restart)."""
+    opened: list[Store] = []
+
+    async def open_one() -> Store:
+        store = SQLiteStore(tmp_path / "responder.db", lease=LEASE)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def open_shared(postgres_url: str) -> AsyncIterator[OpenStore]:
+    """PostgreSQL stores on one database: nodes that may all be alive at once."""
+    opened: list[Store] = []
+
+    async def open_one() -> Store:
+        store = PostgresStore(postgres_url, lease=LEASE)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def runners() -> AsyncIterator[list[Runner]]:
+    made: list[Runner] = []
+    yield made
+    for runner in made:
+        await runner.stop(grace=1)
+
+
+def runner_on(store: Store, ops: FakeOperations, made: list[Runner], **options: Any) -> Runner:
+    runner = Runner(
+        store,
+        ops,
+        PLAYBOOKS,
+        workers=2,
+        job_timeout=30.0,
+        retry_backoff=0.01,
+        postmortem_dir=Path("postmortem"),
+        redactor=Redactor(),
+        **options,
+    )
+    made.append(runner)
+    return runner
+
+
+async def enqueue(store: Store, playbook: str, stack: str, max_attempts: int = 1) -> int:
+    event = Event(
+        id=f"e-{stack}-{playbook}",
+        source="manual",
+        type="manual.run",
+        resource_type="manual",
+        incident=Incident(id=f"Q{stack}"),
+    )
+    delivery = NewDelivery.of(
+        event, id=f"d-{stack}-{playbook}", body=b"{}", received_at=time.time()
+    )
+    job = NewJob(playbook, PROJECT, stack, event, max_attempts)
+    [job_id] = (await store.record_delivery(delivery, [job])).job_ids
+    return job_id
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not await check():
+            await asyncio.sleep(0.02)
+
+
+async def get(store: Store, job_id: int) -> Job:
+    job = await store.get_job(job_id)
+    assert job is not None
+    return job
+
+
+async def test_a_job_another_node_took_over_is_stopped_here(
+    open_shared: OpenStore, runners: list[Runner]
+) -> None:
+    store, other = await open_shared(), await open_shared()
+    ops = FakeOperations()
+    gate = ops.gate("up")
+    runner = runner_on(store, ops, runners)
+    await runner.start()
+    job_id = await enqueue(store, "up", "s1")
+    runner.notify()
+    async with asyncio.timeout(10):
+        await gate.entered.wait()
+    # As if this node had stalled past its lease: the other takes the job over.
+    [taken] = await other.take_over(time.time() + 2 * LEASE)
+    assert taken.id == job_id and taken.node == other.node
+
+    async def stopped_here() -> bool:
+        return not runner._running  # the lease round found the lease lost and interrupted it
+
+    await until(stopped_here)
+    job = await get(store, job_id)
+    assert job.status == JobStatus.RUNNING and job.node == other.node and job.fence == taken.fence
+    assert job.steps == ()  # nothing recorded by the node that lost it
+    # Its operation killed, the stack left as it was: repairing it is the new holder's business.
+    assert ops.abandoned == [StackTarget("s1", PROJECT, PROGRAM)] and ops.recovered == []
+
+
+async def test_a_node_that_lost_the_lease_cannot_record_the_result(
+    open_shared: OpenStore, runners: list[Runner]
+) -> None:
+    store, other = await open_shared(), await open_shared()
+    ops = FakeOperations()
+    gate = ops.gate("up")
+    runner = runner_on(store, ops, runners)  # not started: no lease rounds, only this one job
+    job_id = await enqueue(store, "up", "s1")
+    running = asyncio.create_task(runner.run_once())
+    async with asyncio.timeout(10):
+        await gate.entered.wait()
+    [taken] = await other.take_over(time.time() + 2 * LEASE)
+    gate.release.set()  # the operation succeeds, but the job is no longer this node's
+    assert await running == job_id
+    job = await get(store, job_id)
+    assert job.status == JobStatus.RUNNING and job.fence == taken.fence, job
+    assert job.steps == () and job.outputs is None
+    await other.finish(job_id, JobStatus.FAILED, time.time(), error="taken", fence=taken.fence)
+    assert (await get(store, job_id)).error == "taken"
+
+
+async def test_a_node_that_cannot_renew_stops_its_jobs_in_time_then_recovers_them(
+    open_shared: OpenStore, runners: list[Runner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await open_shared()
+    ops = FakeOperations()
+    gate = ops.gate("up")
+    runner = runner_on(store, ops, runners)
+    await runner.start()
+    job_id = await enqueue(store, "up", "s1", max_attempts=2)
+    runner.notify()
+    async with asyncio.timeout(10):
+        await gate.entered.wait()
+    renew, take_over = store.renew_leases, store.take_over
+
+    async def unreachable(*_args: Any) -> Any:
+        raise StoreUnavailable("job store unavailable: test")
+
+    monkeypatch.setattr(store, "renew_leases", unreachable)
+    monkeypatch.setattr(store, "take_over", unreachable)
+
+    async def stopped_here() -> bool:
+        return not runner._running
+
+    await until(stopped_here)
+    # Well before the lease could expire and another node take it over: its processes killed at
+    # once, the stack left for that node to repair.
+    assert time.monotonic() - runner.leases._renewed < 0.8 * LEASE
+    assert ops.abandoned == [StackTarget("s1", PROJECT, PROGRAM)] and ops.recovered == []
+    assert runner.health.problem is not None and "leases" in runner.health.problem
+
+    # The store is back: the worker is still there, and the job, its lease expired, is recovered.
+    monkeypatch.setattr(store, "renew_leases", renew)
+    monkeypatch.setattr(store, "take_over", take_over)
+    other = await enqueue(store, "preview", "s2")
+    runner.notify()
+    gate.release.set()
+
+    async def both_done() -> bool:
+        return all([(await get(store, i)).status.final for i in (job_id, other)])
+
+    await until(both_done)
+    job = await get(store, job_id)
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 2, job
+    assert ops.recovered == [StackTarget("s1", PROJECT, PROGRAM)]
+    assert (await get(store, other)).status == JobStatus.SUCCEEDED
+    assert runner.health.problem is None
+
+
+async def test_a_single_node_that_cannot_renew_goes_on(
+    open_store: OpenStore, runners: list[Runner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: no other node could take the job over, so stopping it would protect nothing."""
+    store = await open_store()
+    ops = FakeOperations()
+    gate = ops.gate("up")
+    runner = runner_on(store, ops, runners)
+    await runner.start()
+    job_id = await enqueue(store, "up", "s1")
+    runner.notify()
+    async with asyncio.timeout(10):
+        await gate.entered.wait()
+
+    async def unreachable(*_args: Any) -> Any:
+        raise StoreUnavailable("job store unavailable: test")
+
+    monkeypatch.setattr(store, "renew_leases", unreachable)
+
+    async def reported() -> bool:
+        return runner.health.problem is not None
+
+    await until(reported)
+    await asyncio.sleep(LEASE)  # past the point where a shared store's node gives up
+    assert runner._running and ops.abandoned == []
+    monkeypatch.undo()
+    gate.release.set()
+
+    async def final() -> bool:
+        return (await get(store, job_id)).status.final
+
+    await until(final)
+    job = await get(store, job_id)
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 1, job
+
+
+async def test_a_cancel_made_through_another_node_stops_the_job(
+    open_shared: OpenStore, runners: list[Runner]
+) -> None:
+    store, other = await open_shared(), await open_shared()
+    ops = FakeOperations()
+    gate = ops.gate("up")
+    runner = runner_on(store, ops, runners)
+    await runner.start()
+    job_id = await enqueue(store, "up", "s1")
+    runner.notify()
+    async with asyncio.timeout(10):
+        await gate.entered.wait()
+    await other.request_cancel(job_id, time.time())  # the API of the node that does not run it
+
+    async def final() -> bool:
+        return (await get(store, job_id)).status.final
+
+    await until(final)
+    assert (await get(store, job_id)).status == JobStatus.CANCELLED
+
+
+async def test_a_draining_node_keeps_its_jobs_leases_until_they_end(
+    open_shared: OpenStore, runners: list[Runner]
+) -> None:
+    store = await open_shared()
+    ops = FakeOperations()
+    gate = ops.gate("up")
+    runner = runner_on(store, ops, runners)
+    await runner.start()
+    job_id = await enqueue(store, "up", "s1")
+    runner.notify()
+    async with asyncio.timeout(10):
+        await gate.entered.wait()
+    stopping = asyncio.create_task(runner.stop(grace=3 * LEASE))
+    await asyncio.sleep(1.5 * LEASE)  # longer than the lease: only renewals keep it
+    job = await get(store, job_id)
+    assert job.status == JobStatus.RUNNING
+    assert job.lease_expires_at is not None and job.lease_expires_at > time.time(), job
+    gate.release.set()
+    await stopping
+    assert (await get(store, job_id)).status == JobStatus.SUCCEEDED

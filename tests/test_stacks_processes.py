@@ -1,0 +1,85 @@
+"""What provisioning a new stack costs in `pulumi` processes: the CLI calls on its critical path,
+the ownership tags set beside its `up` rather than before it, and outputs read once, their secrets
+(nested ones included) told apart from the engine's events."""
+
+import uuid
+
+import pytest
+
+from responder.stacks import PulumiEnvironment, PulumiOperations, StackTarget
+from tests.helpers import LogCapture
+from tests.test_processes_secrets import CASE_VARIABLE, Watcher
+
+pytestmark = pytest.mark.pulumi
+
+NESTED = "tests.programs.nested_secret:pulumi_program"
+TAGS = {
+    "responder:incident": "QPROC",
+    "responder:playbook": "p",
+    "responder:delivery": "d",
+    "responder:created_at": "1",
+}
+
+
+def cli_calls(watcher: Watcher) -> list[tuple[int, tuple[str, ...]]]:
+    """(pid, the pulumi subcommand words) of each `pulumi` CLI process seen, by pid."""
+    found = {}
+    for pid, args in watcher.seen:
+        if args and (args[0].endswith("/pulumi") or args[0] == "pulumi"):
+            words = tuple(a for a in args[1:] if not a.startswith("-"))[:3]
+            found[pid] = words
+    return sorted(found.items())
+
+
+async def test_a_new_stack_costs_four_cli_processes_on_its_critical_path(
+    pulumi_env: PulumiEnvironment, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = uuid.uuid4().hex
+    monkeypatch.setenv(CASE_VARIABLE, case)
+    ops = PulumiOperations(pulumi_env, redactor=logs.redactor, warm_workers=0)
+    await ops.start()
+    watcher = Watcher(case)
+    watcher.start()
+    try:
+        up = await ops.up(StackTarget("inc-proc", "nested", NESTED), config={"x": "1"}, tags=TAGS)
+    finally:
+        watcher.stop()
+        await ops.close()
+    calls = cli_calls(watcher)
+    tags = [pid for pid, words in calls if words[:2] == ("stack", "tag")]
+    critical = sorted(_kind(words) for _, words in calls if words[:2] != ("stack", "tag"))
+    assert len(tags) == len(TAGS), calls
+    assert critical == [("config", "set-all"), ("stack", "init"), ("stack", "output"), ("up",)], (
+        calls
+    )
+    # The tags wait for the config (a tag command reads the file `config set-all` writes), then run
+    # beside the `up`.
+    configured = max(
+        pid for pid, words in calls if words[:2] in (("stack", "init"), ("config", "set-all"))
+    )
+    assert min(tags) > configured, calls
+    assert up.outputs["plain"].value == "visible"
+
+
+def _kind(words: tuple[str, ...]) -> tuple[str, ...]:
+    return words[:1] if words[:1] == ("up",) else words[:2]
+
+
+async def test_a_secret_nested_in_an_output_is_masked(
+    pulumi_env: PulumiEnvironment, logs: LogCapture
+) -> None:
+    ops = PulumiOperations(pulumi_env, redactor=logs.redactor, warm_workers=0)
+    await ops.start()
+    try:
+        up = await ops.up(StackTarget("inc-nested", "nested", NESTED))
+        refreshed = await ops.refresh(StackTarget("inc-nested", "nested", NESTED))
+        read = await ops.outputs(StackTarget("inc-nested", "nested", NESTED))
+    finally:
+        await ops.close()
+    # Registered for masking by itself, not only as part of the map's printed form.
+    assert logs.redactor.redact("it was nested-secret-value") == "it was [secret]"
+    for result in (up, refreshed, read):
+        nested = result.outputs["nested"]
+        assert nested.secret and nested.value == {"password": "nested-secret-value", "port": 5432}
+        assert result.masked_outputs() == {"nested": "[secret]", "plain": "visible"}
+    assert "nested-secret-value" not in logs.text
