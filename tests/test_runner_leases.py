@@ -19,7 +19,7 @@ from responder.stacks import StackTarget
 from responder.store import Job, JobStatus, NewDelivery, NewJob, Store, StoreUnavailable
 from responder.store.postgres import PostgresStore
 from responder.store.sqlite import SQLiteStore
-from tests.fakes import FakeOperations
+from tests.fakes import FakeOperations, Gate
 
 PROJECT = "leases"
 PROGRAM = "tests.programs.slow:pulumi_program"
@@ -129,18 +129,26 @@ async def get(store: Store, job_id: int) -> Job:
     return job
 
 
-async def test_a_job_another_node_took_over_is_stopped_here(
-    open_shared: OpenStore, runners: list[Runner]
-) -> None:
-    store, other = await open_shared(), await open_shared()
+async def started_job(
+    store: Store, runners: list[Runner], max_attempts: int = 1
+) -> tuple[Runner, FakeOperations, Gate, int]:
+    """A started runner on `store` whose one job (an `up` of stack s1) is held inside its `up`."""
     ops = FakeOperations()
     gate = ops.gate("up")
     runner = runner_on(store, ops, runners)
     await runner.start()
-    job_id = await enqueue(store, "up", "s1")
+    job_id = await enqueue(store, "up", "s1", max_attempts)
     runner.notify()
     async with asyncio.timeout(10):
         await gate.entered.wait()
+    return runner, ops, gate, job_id
+
+
+async def test_a_job_another_node_took_over_is_stopped_here(
+    open_shared: OpenStore, runners: list[Runner]
+) -> None:
+    store, other = await open_shared(), await open_shared()
+    runner, ops, _gate, job_id = await started_job(store, runners)
     # As if this node had stalled past its lease: the other takes the job over.
     [taken] = await other.take_over(time.time() + 2 * LEASE)
     assert taken.id == job_id and taken.node == other.node
@@ -181,14 +189,7 @@ async def test_a_node_that_cannot_renew_stops_its_jobs_in_time_then_recovers_the
     open_shared: OpenStore, runners: list[Runner], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = await open_shared()
-    ops = FakeOperations()
-    gate = ops.gate("up")
-    runner = runner_on(store, ops, runners)
-    await runner.start()
-    job_id = await enqueue(store, "up", "s1", max_attempts=2)
-    runner.notify()
-    async with asyncio.timeout(10):
-        await gate.entered.wait()
+    runner, ops, gate, job_id = await started_job(store, runners, max_attempts=2)
     renew, take_over = store.renew_leases, store.take_over
 
     async def unreachable(*_args: Any) -> Any:
@@ -230,14 +231,7 @@ async def test_a_single_node_that_cannot_renew_goes_on(
 ) -> None:
     """SQLite: no other node could take the job over, so stopping it would protect nothing."""
     store = await open_store()
-    ops = FakeOperations()
-    gate = ops.gate("up")
-    runner = runner_on(store, ops, runners)
-    await runner.start()
-    job_id = await enqueue(store, "up", "s1")
-    runner.notify()
-    async with asyncio.timeout(10):
-        await gate.entered.wait()
+    runner, ops, gate, job_id = await started_job(store, runners)
 
     async def unreachable(*_args: Any) -> Any:
         raise StoreUnavailable("job store unavailable: test")
@@ -265,14 +259,7 @@ async def test_a_cancel_made_through_another_node_stops_the_job(
     open_shared: OpenStore, runners: list[Runner]
 ) -> None:
     store, other = await open_shared(), await open_shared()
-    ops = FakeOperations()
-    gate = ops.gate("up")
-    runner = runner_on(store, ops, runners)
-    await runner.start()
-    job_id = await enqueue(store, "up", "s1")
-    runner.notify()
-    async with asyncio.timeout(10):
-        await gate.entered.wait()
+    _runner, _ops, _gate, job_id = await started_job(store, runners)
     await other.request_cancel(job_id, time.time())  # the API of the node that does not run it
 
     async def final() -> bool:
@@ -286,14 +273,7 @@ async def test_a_draining_node_keeps_its_jobs_leases_until_they_end(
     open_shared: OpenStore, runners: list[Runner]
 ) -> None:
     store = await open_shared()
-    ops = FakeOperations()
-    gate = ops.gate("up")
-    runner = runner_on(store, ops, runners)
-    await runner.start()
-    job_id = await enqueue(store, "up", "s1")
-    runner.notify()
-    async with asyncio.timeout(10):
-        await gate.entered.wait()
+    runner, _ops, gate, job_id = await started_job(store, runners)
     stopping = asyncio.create_task(runner.stop(grace=3 * LEASE))
     await asyncio.sleep(1.5 * LEASE)  # longer than the lease: only renewals keep it
     job = await get(store, job_id)
