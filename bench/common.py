@@ -24,6 +24,8 @@ from responder.sources import pagerduty
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "pd_v3_incident_triggered.json"
 SECRET = "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+# The intake benchmarks' playbook: a no-op job per trigger, so intake is measured, not Pulumi.
+NOOP_PLAYBOOKS = REPO / "bench" / "playbooks"
 
 
 def free_port() -> int:
@@ -80,19 +82,26 @@ class Server:
                 self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
             )
         async with aiohttp.ClientSession() as session:
-            while time.monotonic() - started < 60:
+            while time.monotonic() - started < 60 and self.proc.poll() is None:
                 with contextlib.suppress(aiohttp.ClientError):
                     async with session.get(self.ready_url) as response:
                         if response.status < 500 or response.status == 405:
                             self.ready_seconds = time.monotonic() - started
                             return
                 await asyncio.sleep(0.01)
-        raise RuntimeError(f"{self.name} did not become ready; see {log}")
+        tail = log.read_text(errors="replace")[-3000:]
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become ready; its output ends:\n{tail}")
 
     def rss_mb(self, children: bool = False) -> float:
         assert self.proc is not None
-        pids = [self.proc.pid] + (_descendants(self.proc.pid) if children else [])
+        pids = [self.proc.pid] + (descendants(self.proc.pid) if children else [])
         return sum(_rss_kb(pid) for pid in pids) / 1024
+
+    def pids(self) -> list[int]:
+        """The server's process and its descendants."""
+        assert self.proc is not None
+        return [self.proc.pid, *descendants(self.proc.pid)]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -141,6 +150,16 @@ def webhook_server(workdir: Path) -> Server:
     return Server("adnanh/webhook", argv, {**os.environ, "PD_SECRET": SECRET}, url, url)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) of these processes and of their children they have reaped."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_kb(pid: int) -> int:
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -149,12 +168,13 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs, and so on."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError):
             for child in (task / "children").read_text().split():
-                found += [int(child), *_descendants(int(child))]
+                found += [int(child), *descendants(int(child))]
     return found
 
 
@@ -185,6 +205,9 @@ def machine() -> dict[str, str]:
         [str(Path(sys.executable).parent / "pulumi"), "version"], capture_output=True, text=True
     ).stdout.strip()
     webhook = subprocess.run(["webhook", "-version"], capture_output=True, text=True).stdout.strip()
+    # `wrk --version` prints its version before the usage text (and exits 1).
+    version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
+    wrk = version.split("Copyright")[0].strip()
     return {
         "cores": str(os.cpu_count()),
         "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
@@ -192,6 +215,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "pulumi": pulumi,
         "webhook": webhook,
+        "wrk": wrk,
         "cpu": _cpu_model(),
     }
 
@@ -201,6 +225,17 @@ def _cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor()
+
+
+async def drained(server: Server) -> None:
+    """Wait until the daemon has run every job queued so far."""
+    base = server.url.removesuffix("/webhooks/pagerduty")
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{base}/jobs?status=queued&limit=1") as response:
+                if not (await response.json())["jobs"]:
+                    return
+            await asyncio.sleep(0.2)
 
 
 @contextlib.contextmanager

@@ -22,11 +22,10 @@ from typing import Any, TextIO
 
 import structlog
 
+from bench.common import NOOP_PLAYBOOKS, drained, responder_server
 from bench.common import deliveries as signed_deliveries
-from bench.common import responder_server
 from bench.load import closed_loop
 from bench.logs_old import OldRedactor, old_configure
-from bench.run import NOOP_PLAYBOOKS, drained
 from responder import logs
 from responder.store import DeliveryStatus
 

@@ -1,7 +1,10 @@
 """Run every benchmark and write the figures to bench/RESULTS.md.
 
-    .venv/bin/python -m bench.run            # the full suite (about 15 minutes on 2 cores)
-    .venv/bin/python -m bench.run --smoke    # seconds-long runs: checks the scripts still work
+    .venv/bin/python -m bench.run                 # the full suite (about 25 minutes on 2 cores)
+    .venv/bin/python -m bench.run --only intake   # one part; only its section of the report changes
+    .venv/bin/python -m bench.run --smoke         # seconds-long runs: checks the scripts still work
+
+Intake is driven by Debian's `wrk` (scripts/install-test-services installs it): see bench/intake.py.
 
 Each comparison alternates the system under test with its baseline in the same invocation and reports
 the median of the runs, their spread (min–max), and the ratio computed run by run.
@@ -10,7 +13,6 @@ the median of the runs, their spread (min–max), and the ratio computed run by 
 import argparse
 import asyncio
 import datetime
-import sqlite3
 import sys
 import tempfile
 import time
@@ -20,120 +22,54 @@ from typing import Any
 
 import aiohttp
 
-from bench import stacks
+from bench import intake, stacks
 from bench.common import (
+    NOOP_PLAYBOOKS,
     REPO,
     Server,
     deliveries,
+    drained,
     machine,
-    percentile,
     responder_server,
     summary,
-    webhook_server,
 )
-from bench.load import closed_loop, open_loop
+from bench.load import closed_loop
 
 FULL = {
-    "runs": 3,
-    "closed_seconds": 10.0,
-    "concurrency": 32,
+    "runs": 5,
+    "wrk_seconds": 10.0,
+    "wrk_threads": 1,
+    "connections": 16,
     "rate": 200.0,
-    "open_seconds": 10.0,
+    "open_seconds": 5.0,
+    "variants": True,
     "e2e_runs": 5,
     "tutorial_runs": 3,
     "concurrent_runs": 2,
     "incidents": 8,
     "footprint_deliveries": 10_000,
+    "idle_seconds": 3.0,
 }
 SMOKE = {
     "runs": 1,
-    "closed_seconds": 1.0,
-    "concurrency": 4,
+    "wrk_seconds": 1.0,
+    "wrk_threads": 1,
+    "connections": 4,
     "rate": 20.0,
-    "open_seconds": 1.0,
+    "open_seconds": 0.5,
+    "variants": False,  # the same code as responder's own runs, with other settings
     "e2e_runs": 1,
     "tutorial_runs": 1,
     "concurrent_runs": 1,
     "incidents": 2,
     "footprint_deliveries": 50,
+    "idle_seconds": 0.5,
 }
-NOOP_PLAYBOOKS = REPO / "bench" / "playbooks"
 BUILTIN_PLAYBOOKS = REPO / "playbooks"
 
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-async def intake(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
-    # Enough for far more than either server answers: every delivery is sent at most once.
-    pool_size = int(5000 * cfg["closed_seconds"] + cfg["rate"] * cfg["open_seconds"] + 100)
-    runs: dict[str, list[dict[str, float]]] = {"responder": [], "adnanh/webhook": []}
-    lost = 0
-    for run in range(cfg["runs"]):
-        order = ["responder", "adnanh/webhook"] if run % 2 == 0 else ["adnanh/webhook", "responder"]
-        for name in order:
-            data_dir = work / f"intake-{run}-{name.replace('/', '-')}"
-            data_dir.mkdir()
-            server = (
-                responder_server(data_dir, NOOP_PLAYBOOKS)
-                if name == "responder"
-                else webhook_server(data_dir)
-            )
-            pool = deliveries(pool_size)
-            await server.start(data_dir / "server.log")
-            try:
-                closed = await closed_loop(
-                    server.url, pool, cfg["concurrency"], cfg["closed_seconds"]
-                )
-                if name == "responder":
-                    await drained(
-                        server
-                    )  # latency at the fixed rate, not behind the flood's backlog
-                opened = await open_loop(
-                    server.url, pool[closed.sent :], cfg["rate"], cfg["open_seconds"]
-                )
-            finally:
-                server.stop()
-            if name == "responder":
-                stored = {
-                    r[0]
-                    for r in sqlite3.connect(data_dir / "responder.db").execute(
-                        "SELECT id FROM deliveries"
-                    )
-                }
-                missing = set(closed.acknowledged + opened.acknowledged) - stored
-                lost += len(missing)
-            runs[name].append(
-                {
-                    "throughput": closed.throughput,
-                    "errors": closed.errors + opened.errors,
-                    "p50": percentile(opened.latencies_ms, 50),
-                    "p99": percentile(opened.latencies_ms, 99),
-                    "max": max(opened.latencies_ms),
-                    "open_ok": opened.ok,
-                    "open_sent": opened.sent,
-                }
-            )
-            log(
-                f"intake run {run} {name}: {closed.throughput:.0f}/s closed, p99 {runs[name][-1]['p99']:.1f} ms open"
-            )
-    ratios = [
-        r["throughput"] / b["throughput"]
-        for r, b in zip(runs["responder"], runs["adnanh/webhook"], strict=True)
-    ]
-    return {"runs": runs, "throughput_ratio": summary(ratios), "lost": lost}
-
-
-async def drained(server: Server) -> None:
-    """Wait until the daemon has run every job the closed loop queued."""
-    base = server.url.removesuffix("/webhooks/pagerduty")
-    async with aiohttp.ClientSession() as session:
-        while True:
-            async with session.get(f"{base}/jobs?status=queued&limit=1") as response:
-                if not (await response.json())["jobs"]:
-                    return
-            await asyncio.sleep(0.2)
 
 
 async def post_trigger(session: aiohttp.ClientSession, url: str, incident: str) -> int:
@@ -249,7 +185,7 @@ async def footprint(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     server: Server = responder_server(data_dir, NOOP_PLAYBOOKS)
     await server.start(data_dir / "server.log")
     try:
-        await asyncio.sleep(3)
+        await asyncio.sleep(cfg["idle_seconds"])  # let start-up settle before measuring "idle"
         idle, idle_total = server.rss_mb(), server.rss_mb(children=True)
         pool = deliveries(cfg["footprint_deliveries"])
         result = await closed_loop(server.url, pool, 16, 3600)
@@ -268,51 +204,34 @@ async def footprint(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     }
 
 
-def report(cfg: dict[str, Any], results: dict[str, Any], command: str, smoke: bool) -> str:
+SECTIONS = {
+    "intake": "## Intake",
+    "e2e": "## End to end",
+    "concurrency": "## Concurrency",
+    "footprint": "## Footprint",
+}
+
+
+def header(cfg: dict[str, Any], command: str, smoke: bool) -> str:
     m = machine()
-    i, e, c, f = results["intake"], results["e2e"], results["concurrency"], results["footprint"]
+    return "\n".join(
+        [
+            "# Benchmark results" + (" (smoke run: figures meaningless)" if smoke else ""),
+            "",
+            f"Command: `{command}` — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
+            "",
+            f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory']}, Linux {m['kernel']}, Python {m['python']}, "
+            f"pulumi {m['pulumi']}, {m['webhook']}, {m['wrk']}. Settings: `{cfg}`.",
+            "",
+            "Medians of the runs, spread as min–max; ratios are computed run by run (the two systems alternate).",
+            "",
+        ]
+    )
 
-    def row(name: str, values: list[dict[str, float]], key: str, fmt: str = "{:.0f}") -> str:
-        s = summary([v[key] for v in values])
-        return f"| {name} | {fmt.format(s['median'])} | {fmt.format(s['min'])}–{fmt.format(s['max'])} |"
 
-    r, b = i["runs"]["responder"], i["runs"]["adnanh/webhook"]
+def e2e_section(cfg: dict[str, Any], e: dict[str, Any]) -> str:
     t = e["times"]
     lines = [
-        "# Benchmark results" + (" (smoke run: figures meaningless)" if smoke else ""),
-        "",
-        f"Command: `{command}` — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
-        "",
-        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory']}, Linux {m['kernel']}, Python {m['python']}, "
-        f"pulumi {m['pulumi']}, {m['webhook']}. Settings: `{cfg}`.",
-        "",
-        "Medians of the runs, spread as min–max; ratios are computed run by run (the two systems alternate).",
-        "",
-        f"## Intake (signed PagerDuty V3 deliveries, {cfg['runs']} runs each)",
-        "",
-        f"Closed loop, {cfg['concurrency']} concurrent clients for {cfg['closed_seconds']:g} s (deliveries/s):",
-        "",
-        "| system | median | spread |",
-        "|---|---|---|",
-        row("responder", r, "throughput"),
-        row("adnanh/webhook 2.8 + /bin/true", b, "throughput"),
-        "",
-        f"Throughput ratio responder / adnanh/webhook: **{i['throughput_ratio']['median']:.2f}×** "
-        f"(spread {i['throughput_ratio']['min']:.2f}–{i['throughput_ratio']['max']:.2f}).",
-        "",
-        f"Open loop at {cfg['rate']:g} deliveries/s for {cfg['open_seconds']:g} s (latency from the scheduled send, ms):",
-        "",
-        "| system | p50 | p99 | max |",
-        "|---|---|---|---|",
-        *[
-            f"| {name} | {summary([v['p50'] for v in vals])['median']:.1f} | {summary([v['p99'] for v in vals])['median']:.1f} "
-            f"| {summary([v['max'] for v in vals])['median']:.1f} |"
-            for name, vals in (("responder", r), ("adnanh/webhook", b))
-        ],
-        "",
-        f"Errors: responder {sum(v['errors'] for v in r)}, adnanh/webhook {sum(v['errors'] for v in b)}. "
-        f"Deliveries answered 2xx by responder but missing from its store afterwards: **{i['lost']}**.",
-        "",
         f"## End to end (signed `incident.triggered` → burner stack `up` finished, {cfg['e2e_runs']} runs)",
         "",
         "| path | median s | spread s |",
@@ -325,6 +244,12 @@ def report(cfg: dict[str, Any], results: dict[str, Any], command: str, smoke: bo
         f"tutorial / responder: **{e['tutorial_vs_responder']['median']:.1f}×** faster "
         f"(spread {e['tutorial_vs_responder']['min']:.1f}–{e['tutorial_vs_responder']['max']:.1f}).",
         "",
+    ]
+    return "\n".join(lines)
+
+
+def concurrency_section(cfg: dict[str, Any], c: dict[str, Any]) -> str:
+    lines = [
         f"## Concurrency ({cfg['incidents']} incidents, {cfg['concurrent_runs']} runs each)",
         "",
         "| mode | median s | spread s |",
@@ -337,6 +262,12 @@ def report(cfg: dict[str, Any], results: dict[str, Any], command: str, smoke: bo
         f"Speed-up concurrent vs sequential: **{c['speedup']['median']:.2f}×** "
         f"(spread {c['speedup']['min']:.2f}–{c['speedup']['max']:.2f}).",
         "",
+    ]
+    return "\n".join(lines)
+
+
+def footprint_section(f: dict[str, Any]) -> str:
+    lines = [
         "## Footprint",
         "",
         f"- Start to `/readyz` 200: **{f['ready_seconds']:.2f} s**",
@@ -348,21 +279,59 @@ def report(cfg: dict[str, Any], results: dict[str, Any], command: str, smoke: bo
     return "\n".join(lines)
 
 
+def sections(cfg: dict[str, Any], results: dict[str, Any], command: str) -> dict[str, str]:
+    """The report's section for each part that ran."""
+    rendered = {}
+    if "intake" in results:
+        rendered["intake"] = intake.section(cfg, results["intake"], command)
+    if "e2e" in results:
+        rendered["e2e"] = e2e_section(cfg, results["e2e"])
+    if "concurrency" in results:
+        rendered["concurrency"] = concurrency_section(cfg, results["concurrency"])
+    if "footprint" in results:
+        rendered["footprint"] = footprint_section(results["footprint"])
+    return rendered
+
+
+def replace_sections(text: str, new: dict[str, str]) -> str:
+    """`text` (a report) with the section of each part in `new` replaced (or added at the end), the
+    rest kept as is."""
+    lines = text.split("\n")
+    for part, section in new.items():
+        starts = [i for i, line in enumerate(lines) if line.startswith(SECTIONS[part])]
+        if not starts:  # a new report, or one without this part yet: it goes at the end
+            while lines and not lines[-1]:
+                lines.pop()
+            lines = [*lines, "", *section.split("\n")] if lines else section.split("\n")
+            continue
+        start = starts[0]
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        lines[start:end] = section.split("\n")
+    return "\n".join(lines)
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--smoke", action="store_true", help="tiny runs, to check the scripts work")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
-    parser.add_argument("--only", nargs="*", choices=["intake", "e2e", "concurrency", "footprint"])
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=list(SECTIONS),
+        help="run these parts only, and replace only their sections of an existing report",
+    )
     args = parser.parse_args()
     cfg = SMOKE if args.smoke else FULL
-    parts = args.only or ["intake", "e2e", "concurrency", "footprint"]
+    parts = args.only or list(SECTIONS)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="responder-bench-") as tmp:
         work = Path(tmp)
         for part, run in (
-            ("intake", intake),
+            ("intake", intake.intake),
             ("e2e", end_to_end),
             ("concurrency", concurrency),
             ("footprint", footprint),
@@ -370,15 +339,20 @@ async def main() -> int:
             if part in parts:
                 log(f"{part}...")
                 results[part] = await run(cfg, work)
-    if set(parts) == {"intake", "e2e", "concurrency", "footprint"}:
-        command = "python -m bench.run" + (" --smoke" if args.smoke else "")
+    command = "python -m bench.run" + (" --smoke" if args.smoke else "")
+    if args.only:
+        command += " --only " + " ".join(args.only)
+    rendered = sections(cfg, results, command)
+    old = args.out.read_text() if args.out.exists() else ""
+    if set(parts) == set(SECTIONS):
         analysis = ""  # the hand-written analysis below the figures survives a re-run
-        if args.out.exists() and "\n## Analysis" in args.out.read_text():
-            analysis = args.out.read_text()[args.out.read_text().index("\n## Analysis") :]
-        args.out.write_text(report(cfg, results, command, args.smoke) + analysis)
-        log(f"wrote {args.out}")
+        if "\n## Analysis" in old:
+            analysis = old[old.index("\n## Analysis") :]
+        report = "\n".join([header(cfg, command, args.smoke), *(rendered[p] for p in SECTIONS)])
+        args.out.write_text(report + analysis)
     else:
-        print(results)
+        args.out.write_text(replace_sections(old, rendered))
+    log(f"wrote {args.out}")
     return 1 if results.get("intake", {}).get("lost") else 0
 
 

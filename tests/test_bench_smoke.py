@@ -1,16 +1,96 @@
-"""The benchmark suite's smoke run: every script works end to end (no timing is asserted)."""
+"""The benchmark suite: wrk's intake script counts what it should, and the smoke run works end to end."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 
+from bench.common import SECRET
+from bench.run import replace_sections
+from bench.wrk import WrkRun, run_wrk, write_pool
+from responder.sources import pagerduty
 from tests.helpers import REPO
 
-pytestmark = pytest.mark.pulumi
+
+class Stub:
+    """A webhook receiver that checks each delivery's signature and answers like responder does:
+    202 naming the delivery, 200 `duplicate` for a repeat, and here 500 for every fifth delivery."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.accepted: set[str] = set()
+        self.bad_signatures = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        webhook_id = request.headers["X-Webhook-Id"]
+        signature = request.headers["X-PagerDuty-Signature"]
+        if not pagerduty.verify_signature(body, signature, [SECRET]) or request.headers[
+            "X-Signature"
+        ] != "sha256=" + signature.removeprefix("v1="):
+            self.bad_signatures += 1
+            return web.Response(status=403)
+        repeat = webhook_id in self.received
+        self.received.append(webhook_id)
+        if repeat:
+            return web.json_response({"status": "duplicate", "delivery_id": webhook_id})
+        if int(webhook_id.rsplit("-", 1)[1]) % 5 == 0:
+            return web.Response(status=500)
+        self.accepted.add(webhook_id)
+        return web.json_response({"status": "accepted", "delivery_id": webhook_id}, status=202)
 
 
+async def run_against_stub(
+    aiohttp_server: AiohttpServer, tmp_path: Path, pool_size: int
+) -> tuple[Stub, WrkRun]:
+    stub = Stub()
+    app = web.Application()
+    app.router.add_post("/webhooks/pagerduty", stub.handle)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    pool = tmp_path / "pool.txt"
+    write_pool(pool, pool_size)
+    url = str(server.make_url("/webhooks/pagerduty"))
+    return stub, await run_wrk(url, pool, tmp_path, threads=2, connections=2, seconds=1)
+
+
+async def test_wrk_script_sends_each_signed_delivery_once_and_counts_the_answers(
+    aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    stub, result = await run_against_stub(aiohttp_server, tmp_path, pool_size=50_000)
+    assert stub.bad_signatures == 0
+    assert stub.received and len(set(stub.received)) == len(stub.received)
+    assert result.wrapped == 0 and result.duplicates == 0 and result.socket_errors == 0
+    assert result.ok > 0 and result.non_2xx > 0
+    assert result.ok + result.non_2xx == result.requests
+    # The ids of the 2xx answers wrk received: each accepted by the stub; the stub may have
+    # accepted a few more whose answers were still in flight when wrk stopped (one per connection).
+    assert len(result.acknowledged) == len(set(result.acknowledged)) == result.ok
+    assert set(result.acknowledged) <= stub.accepted
+    assert len(stub.accepted) - result.ok <= 2
+    assert 0 < result.p50_ms <= result.p99_ms <= result.max_ms
+
+
+async def test_wrk_script_reports_a_pool_that_ran_out(
+    aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    stub, result = await run_against_stub(aiohttp_server, tmp_path, pool_size=10)
+    assert result.wrapped > 0 and result.duplicates > 0
+    assert len(set(stub.received)) == 10 < len(stub.received)
+
+
+def test_a_partial_run_replaces_only_its_own_sections_of_the_report() -> None:
+    report = "# Results\n\n## Intake (old)\n\nold\n\n## End to end\n\ne2e\n\n## Analysis\n\nmine\n"
+    new = replace_sections(report, {"intake": "## Intake (new)\n\nnew\n"})
+    assert new == report.replace("## Intake (old)\n\nold\n", "## Intake (new)\n\nnew\n")
+    added = replace_sections("# Results\n", {"footprint": "## Footprint\n\nf\n"})
+    assert added == "# Results\n\n## Footprint\n\nf\n"
+
+
+@pytest.mark.pulumi
 def test_bench_smoke_run_writes_a_report(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
     result = subprocess.run(
@@ -24,7 +104,12 @@ def test_bench_smoke_run_writes_a_report(tmp_path: Path) -> None:
     report = out.read_text()
     for heading in ("## Intake", "## End to end", "## Concurrency", "## Footprint"):
         assert heading in report
-    assert (
-        "missing from its store afterwards: **0**" in report
-    )  # every acknowledged delivery is stored
-    assert "Errors: responder 0" in report
+    # Both intake configurations ran under wrk, and responder acknowledged deliveries in each,
+    # every one of them found in its store afterwards.
+    assert "wrk -t1" in report
+    counts = re.findall(r"missing from the store: \*\*(\d+)\*\* of (\d+)\.", report)
+    assert len(counts) == 2 and all(m == "0" and int(n) > 0 for m, n in counts), counts
+    rates = re.findall(r"^\| (?:responder|adnanh/webhook [^|]*) \| (\d+) \|", report, re.M)
+    assert len(rates) == 4 and all(int(r) > 0 for r in rates), rates
+    assert "missing from its store afterwards: **0**" in report
+    assert "responder 0, adnanh/webhook 0." in report
