@@ -1,6 +1,6 @@
 """Run every benchmark and write the figures to bench/RESULTS.md.
 
-    .venv/bin/python -m bench.run                 # the full suite (about 25 minutes on 2 cores)
+    .venv/bin/python -m bench.run                 # the full suite (about 30 minutes on 2 cores)
     .venv/bin/python -m bench.run --only intake   # one part; only its section of the report changes
     .venv/bin/python -m bench.run --smoke         # seconds-long runs: checks the scripts still work
 
@@ -13,6 +13,7 @@ the median of the runs, their spread (min–max), and the ratio computed run by 
 import argparse
 import asyncio
 import datetime
+import os
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ from bench.common import (
     NOOP_PLAYBOOKS,
     REPO,
     Server,
+    cpu_seconds,
     deliveries,
     drained,
     machine,
@@ -45,7 +47,8 @@ FULL = {
     "variants": True,
     "e2e_runs": 5,
     "tutorial_runs": 3,
-    "concurrent_runs": 2,
+    "concurrent_runs": 4,
+    "worker_counts": [2, 4, 8],
     "incidents": 8,
     "footprint_deliveries": 10_000,
     "idle_seconds": 3.0,
@@ -61,6 +64,7 @@ SMOKE = {
     "e2e_runs": 1,
     "tutorial_runs": 1,
     "concurrent_runs": 1,
+    "worker_counts": [2],
     "incidents": 2,
     "footprint_deliveries": 50,
     "idle_seconds": 0.5,
@@ -90,25 +94,54 @@ async def wait_job(session: aiohttp.ClientSession, base: str, job_id: int) -> di
         await asyncio.sleep(0.02)
 
 
+def _seconds(iso: str) -> float:
+    return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def job_timings(job: dict[str, Any]) -> dict[str, float]:
+    """The job's own account, in seconds: its steps (`duration_ms` each), from being queued to
+    starting, and from starting to finishing."""
+    timings = {f"step {s['step']}": s["duration_ms"] / 1000 for s in job.get("steps", [])}
+    timings["queued → started"] = _seconds(job["started_at"]) - _seconds(job["created_at"])
+    timings["started → finished"] = _seconds(job["finished_at"]) - _seconds(job["started_at"])
+    return timings
+
+
 async def end_to_end(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    began = datetime.datetime.now(datetime.UTC)
     data_dir = work / "e2e"
     data_dir.mkdir()
-    server = responder_server(data_dir, BUILTIN_PLAYBOOKS)
+    # INFO, the default: the engine's events and the steps are logged as in production.
+    server = responder_server(data_dir, BUILTIN_PLAYBOOKS, RESPONDER_LOG_LEVEL="INFO")
     await server.start(data_dir / "server.log")
     base = server.url.removesuffix("/webhooks/pagerduty")
     target = f"{base}/healthz"
-    times: dict[str, list[float]] = {"responder": [], "floor": [], "tutorial": []}
+    times: dict[str, list[float]] = {
+        "responder": [],
+        "floor": [],
+        "tutorial": [],
+        "responder CPU": [],
+        "floor CPU": [],
+    }
+    timings: dict[str, list[float]] = {}
     try:
         async with aiohttp.ClientSession() as session:
             for run in range(cfg["e2e_runs"]):
-                started = time.monotonic()
-                await wait_job(
+                started, cpu = time.monotonic(), cpu_seconds([server.pids()[0]])
+                job = await wait_job(
                     session, base, await post_trigger(session, server.url, f"QE2E{run}-")
                 )
                 times["responder"].append(time.monotonic() - started)
-                times["floor"].append(
-                    await asyncio.to_thread(stacks.floor_up, data_dir, f"floor-{run}", target)
+                # The daemon's, with its reaped workers' and theirs (see concurrency()).
+                times["responder CPU"].append(cpu_seconds([server.pids()[0]]) - cpu)
+                for name, seconds in job_timings(job).items():
+                    timings.setdefault(name, []).append(seconds)
+                wall, cpu = await asyncio.to_thread(
+                    stacks.floor_up, data_dir, f"floor-{run}", target
                 )
+                times["floor"].append(wall)
+                times["floor CPU"].append(cpu)
                 if run < cfg["tutorial_runs"]:
                     times["tutorial"].append(
                         await asyncio.to_thread(
@@ -122,61 +155,104 @@ async def end_to_end(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
                         if run < cfg["tutorial_runs"]
                         else ""
                     )
+                    + f" steps {[(s['step'], s['duration_ms']) for s in job.get('steps', [])]}"
                 )
+            # One more provisioning, untimed, with its `pulumi` processes counted: watching /proc
+            # takes CPU from what it watches.
+            census = stacks.CliCensus(data_dir / "pulumi-home")
+            census.start()
+            try:
+                await wait_job(session, base, await post_trigger(session, server.url, "QCENSUS-"))
+            finally:
+                processes = census.stop()
+            log(f"e2e census: {[(p, round(a, 2), round(b, 2)) for p, a, b in processes]}")
     finally:
         server.stop()
     n = len(times["tutorial"])
     return {
         "times": {k: summary(v) for k, v in times.items()},
+        "runs": times,
+        "timings": {k: summary(v) for k, v in timings.items()},
+        "processes": processes,
         "vs_floor": summary(
             [r / f for r, f in zip(times["responder"], times["floor"], strict=True)]
         ),
         "tutorial_vs_responder": summary(
             [t / r for t, r in zip(times["tutorial"], times["responder"][:n], strict=True)]
         ),
+        "load": load,
+        "started": began,
     }
+
+
+async def incidents_at_once_and_in_a_row(
+    cfg: dict[str, Any], work: Path, workers: int, run: int
+) -> dict[str, float]:
+    """One daemon with `workers` job workers: `incidents` new incidents posted at once, and as many
+    one after the other (each posted when the previous one's job has finished): each one's wall
+    time, s, and the cores its processes kept busy meanwhile."""
+    data_dir = work / f"concurrency-{workers}-{run}"
+    data_dir.mkdir()
+    server = responder_server(
+        data_dir, BUILTIN_PLAYBOOKS, RESPONDER_LOG_LEVEL="INFO", RESPONDER_WORKERS=str(workers)
+    )
+    await server.start(data_dir / "server.log")
+    base = server.url.removesuffix("/webhooks/pagerduty")
+    walls: dict[str, float] = {}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for mode in ["at once", "in a row"][:: 1 if run % 2 == 0 else -1]:
+                prefix = f"Q{mode[:2].upper()}{workers}R{run}-{uuid.uuid4().hex[:4]}-"
+                # The daemon's CPU time counts its workers', theirs the CLI's, the CLI's its
+                # plugins': each waits for the processes it starts.
+                cpu = cpu_seconds([server.pids()[0]])
+                started = time.monotonic()
+                if mode == "at once":
+                    ids = await asyncio.gather(
+                        *(
+                            post_trigger(session, server.url, f"{prefix}{i}-")
+                            for i in range(cfg["incidents"])
+                        )
+                    )
+                    await asyncio.gather(*(wait_job(session, base, i) for i in ids))
+                else:
+                    for i in range(cfg["incidents"]):
+                        await wait_job(
+                            session, base, await post_trigger(session, server.url, f"{prefix}{i}-")
+                        )
+                walls[mode] = time.monotonic() - started
+                walls[f"{mode} cores"] = (cpu_seconds([server.pids()[0]]) - cpu) / walls[mode]
+    finally:
+        server.stop()
+    log(
+        f"concurrency run {run}, {workers} workers: at once {walls['at once']:.1f}s, "
+        f"in a row {walls['in a row']:.1f}s; cores busy {walls['at once cores']:.2f}, "
+        f"{walls['in a row cores']:.2f}"
+    )
+    return walls
 
 
 async def concurrency(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
-    data_dir = work / "concurrency"
-    data_dir.mkdir()
-    server = responder_server(data_dir, BUILTIN_PLAYBOOKS)
-    await server.start(data_dir / "server.log")
-    base = server.url.removesuffix("/webhooks/pagerduty")
-    walls: dict[str, list[float]] = {"concurrent": [], "sequential": []}
-    try:
-        async with aiohttp.ClientSession() as session:
-            for run in range(cfg["concurrent_runs"]):
-                for mode in (
-                    ["concurrent", "sequential"] if run % 2 == 0 else ["sequential", "concurrent"]
-                ):
-                    prefix = f"Q{mode[:3].upper()}{run}-{uuid.uuid4().hex[:4]}-"
-                    started = time.monotonic()
-                    if mode == "concurrent":
-                        ids = await asyncio.gather(
-                            *(
-                                post_trigger(session, server.url, f"{prefix}{i}-")
-                                for i in range(cfg["incidents"])
-                            )
-                        )
-                        await asyncio.gather(*(wait_job(session, base, i) for i in ids))
-                    else:
-                        for i in range(cfg["incidents"]):
-                            await wait_job(
-                                session,
-                                base,
-                                await post_trigger(session, server.url, f"{prefix}{i}-"),
-                            )
-                    walls[mode].append(time.monotonic() - started)
-                    log(f"concurrency run {run} {mode}: {walls[mode][-1]:.1f}s")
-    finally:
-        server.stop()
-    return {
-        "walls": {k: summary(v) for k, v in walls.items()},
-        "speedup": summary(
-            [s / c for s, c in zip(walls["sequential"], walls["concurrent"], strict=True)]
-        ),
-    }
+    """Each worker count on its own daemon, the counts taking turns (their order rotates from run
+    to run); in each, the incidents at once and in a row (their order alternates)."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    began = datetime.datetime.now(datetime.UTC)
+    counts: list[int] = cfg["worker_counts"]
+    walls: dict[int, dict[str, list[float]]] = {w: {} for w in counts}
+    for run in range(cfg["concurrent_runs"]):
+        for workers in counts[run % len(counts) :] + counts[: run % len(counts)]:
+            measured = await incidents_at_once_and_in_a_row(cfg, work, workers, run)
+            for mode, wall in measured.items():
+                walls[workers].setdefault(mode, []).append(wall)
+    by_workers = {}
+    for workers, w in walls.items():
+        ratios = [s / c for s, c in zip(w["in a row"], w["at once"], strict=True)]
+        by_workers[workers] = {
+            "walls": {mode: summary(v) for mode, v in w.items()},
+            "speedup": summary(ratios),
+            "ratios": ratios,
+        }
+    return {"by_workers": by_workers, "load": load, "started": began}
 
 
 async def footprint(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -229,38 +305,91 @@ def header(cfg: dict[str, Any], command: str, smoke: bool) -> str:
     )
 
 
-def e2e_section(cfg: dict[str, Any], e: dict[str, Any]) -> str:
+def provenance(results: dict[str, Any], command: str) -> list[str]:
+    """A section's own command, date, load before it and machine (`--only` re-measures one part)."""
+    when, m = datetime.datetime.now(datetime.UTC), machine()
+    return [
+        f"Command: `{command}` — {results['started']:%Y-%m-%d %H:%M}–{when:%H:%M} UTC; load "
+        f"average (1, 5, 15 min) before: {results['load']}. Machine: {m['cores']} cores "
+        f"({m['cpu']}), {m['memory']}, Linux {m['kernel']}, Python {m['python']}, {m['pulumi']}.",
+        "",
+    ]
+
+
+def _spread(s: dict[str, float], digits: int = 2) -> str:
+    return f"{s['min']:.{digits}f}–{s['max']:.{digits}f}"
+
+
+def e2e_section(cfg: dict[str, Any], e: dict[str, Any], command: str) -> str:
     t = e["times"]
+    runs = e["runs"]
+    ratios = [r / f for r, f in zip(runs["responder"], runs["floor"], strict=True)]
+    critical = [p for p, _, _ in e["processes"] if p != "stack tag"]
+    tags = len(e["processes"]) - len(critical)
     lines = [
         f"## End to end (signed `incident.triggered` → burner stack `up` finished, {cfg['e2e_runs']} runs)",
         "",
+        *provenance(e, command),
+        "responder runs the built-in provisioning playbook at `RESPONDER_LOG_LEVEL=INFO` (log to a "
+        "file); the floor and the tutorial run the same program (a scratch directory and an HTTP "
+        "probe of the daemon's `/healthz`) on the same file backend, alternating with it.",
+        "",
         "| path | median s | spread s |",
         "|---|---|---|",
-        f"| responder (webhook → job succeeded, seen by polling the API) | {t['responder']['median']:.2f} | {t['responder']['min']:.2f}–{t['responder']['max']:.2f} |",
-        f"| floor: Automation API `up` alone, warm process, same program and backend | {t['floor']['median']:.2f} | {t['floor']['min']:.2f}–{t['floor']['max']:.2f} |",
-        f"| tutorial: fresh venv + pip install + select + config + refresh + up | {t['tutorial']['median']:.2f} | {t['tutorial']['min']:.2f}–{t['tutorial']['max']:.2f} |",
+        f"| responder (webhook → job succeeded, seen by polling the API) | {t['responder']['median']:.2f} | {_spread(t['responder'])} |",
+        f"| floor: Automation API `up` alone, warm process, same program and backend | {t['floor']['median']:.2f} | {_spread(t['floor'])} |",
+        f"| tutorial: fresh venv + pip install + select + config + refresh + up | {t['tutorial']['median']:.2f} | {_spread(t['tutorial'])} |",
+        f"| CPU time, responder (the daemon and every process under it) | {t['responder CPU']['median']:.2f} | {_spread(t['responder CPU'])} |",
+        f"| CPU time, floor (the bench process during the `up`, and the processes it started) | {t['floor CPU']['median']:.2f} | {_spread(t['floor CPU'])} |",
         "",
-        f"responder / floor: **{e['vs_floor']['median']:.2f}×** (spread {e['vs_floor']['min']:.2f}–{e['vs_floor']['max']:.2f}); "
+        "responder / floor, run by run: " + ", ".join(f"{r:.2f}" for r in ratios) + "; "
+        f"median **{e['vs_floor']['median']:.2f}×** (spread {_spread(e['vs_floor'])}); "
         f"tutorial / responder: **{e['tutorial_vs_responder']['median']:.1f}×** faster "
-        f"(spread {e['tutorial_vs_responder']['min']:.1f}–{e['tutorial_vs_responder']['max']:.1f}).",
+        f"(spread {_spread(e['tutorial_vs_responder'], 1)}).",
+        "",
+        "The responder job's own timings (`GET /jobs/{id}`: each step's `duration_ms`, and its "
+        "`created_at`, `started_at`, `finished_at`), over the same runs:",
+        "",
+        "| part of the job | median s | spread s |",
+        "|---|---|---|",
+        *[f"| {name} | {v['median']:.2f} | {_spread(v)} |" for name, v in e["timings"].items()],
+        "",
+        f"`pulumi` processes of one more provisioning (untimed; /proc scanned every 4 ms): "
+        f"**{len(critical)} on the critical path** ({', '.join(f'`{p}`' for p in critical)}), "
+        f"and {tags} `stack tag set` beside the `up`. Each (start from the first one's, and "
+        "lifetime, s; ±0.01 s):",
+        "",
+        "| process | starts at | lives |",
+        "|---|---|---|",
+        *[f"| `{p}` | {at:.2f} | {lived:.2f} |" for p, at, lived in e["processes"]],
         "",
     ]
     return "\n".join(lines)
 
 
-def concurrency_section(cfg: dict[str, Any], c: dict[str, Any]) -> str:
+def concurrency_section(cfg: dict[str, Any], c: dict[str, Any], command: str) -> str:
     lines = [
-        f"## Concurrency ({cfg['incidents']} incidents, {cfg['concurrent_runs']} runs each)",
+        f"## Concurrency ({cfg['incidents']} new incidents, {cfg['concurrent_runs']} runs per worker count)",
         "",
-        "| mode | median s | spread s |",
-        "|---|---|---|",
+        *provenance(c, command),
+        f"Each run starts a daemon per `RESPONDER_WORKERS` value (the values take turns, their order "
+        f"rotating from run to run; INFO logs to a file); on it, {cfg['incidents']} signed "
+        "`incident.triggered` for new incidents are posted at once, and as many in a row (each posted "
+        "when the previous one's job has finished), the two orders alternating. Wall time from the "
+        "first post to the last job finished.",
+        "",
+        "| workers | at once, median s (spread) | in a row, median s (spread) | in a row / at once, run by run | median | cores busy at once / in a row (median) |",
+        "|---|---|---|---|---|---|",
         *[
-            f"| {k} | {v['median']:.1f} | {v['min']:.1f}–{v['max']:.1f} |"
-            for k, v in c["walls"].items()
+            f"| {w} | {v['walls']['at once']['median']:.1f} ({_spread(v['walls']['at once'], 1)}) "
+            f"| {v['walls']['in a row']['median']:.1f} ({_spread(v['walls']['in a row'], 1)}) "
+            f"| {', '.join(f'{r:.2f}' for r in v['ratios'])} | **{v['speedup']['median']:.2f}×** "
+            f"| {v['walls']['at once cores']['median']:.2f} / {v['walls']['in a row cores']['median']:.2f} |"
+            for w, v in c["by_workers"].items()
         ],
         "",
-        f"Speed-up concurrent vs sequential: **{c['speedup']['median']:.2f}×** "
-        f"(spread {c['speedup']['min']:.2f}–{c['speedup']['max']:.2f}).",
+        "Cores busy: CPU time (user + system) of the daemon and every process under it (its "
+        "workers, the `pulumi` CLI, its plugins and the program) over the wall time; 2 is the machine.",
         "",
     ]
     return "\n".join(lines)
@@ -285,9 +414,9 @@ def sections(cfg: dict[str, Any], results: dict[str, Any], command: str) -> dict
     if "intake" in results:
         rendered["intake"] = intake.section(cfg, results["intake"], command)
     if "e2e" in results:
-        rendered["e2e"] = e2e_section(cfg, results["e2e"])
+        rendered["e2e"] = e2e_section(cfg, results["e2e"], command)
     if "concurrency" in results:
-        rendered["concurrency"] = concurrency_section(cfg, results["concurrency"])
+        rendered["concurrency"] = concurrency_section(cfg, results["concurrency"], command)
     if "footprint" in results:
         rendered["footprint"] = footprint_section(results["footprint"])
     return rendered

@@ -1,8 +1,11 @@
 """The benchmark suite: wrk's intake script counts what it should, and the smoke run works end to end."""
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,8 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from bench.common import SECRET
-from bench.run import replace_sections
+from bench.run import job_timings, replace_sections
+from bench.stacks import environment
 from bench.wrk import WrkRun, run_wrk, write_pool
 from responder.sources import pagerduty
 from tests.helpers import REPO
@@ -90,17 +94,54 @@ def test_a_partial_run_replaces_only_its_own_sections_of_the_report() -> None:
     assert added == "# Results\n\n## Footprint\n\nf\n"
 
 
+def test_the_floor_environment_is_set_only_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Left in the bench's own environment, a data dir outlives its temporary directory: servers
+    # started later and `pulumi version` (run for the report) recreate its pulumi-home.
+    monkeypatch.setenv("BENCH_KEPT", "before")
+    monkeypatch.delenv("BENCH_ADDED", raising=False)
+    with environment({"BENCH_KEPT": "during", "BENCH_ADDED": "during"}):
+        assert os.environ["BENCH_KEPT"] == os.environ["BENCH_ADDED"] == "during"
+    assert os.environ["BENCH_KEPT"] == "before" and "BENCH_ADDED" not in os.environ
+
+
+def test_a_jobs_own_timings_are_its_steps_and_its_queue_and_run_times() -> None:
+    job = {
+        "created_at": "2026-11-27T10:00:00Z",
+        "started_at": "2026-11-27T10:00:00.250000Z",
+        "finished_at": "2026-11-27T10:00:02Z",
+        "steps": [
+            {"step": "set_config", "duration_ms": 700.0},
+            {"step": "up", "duration_ms": 950.0},
+        ],
+    }
+    assert job_timings(job) == {
+        "step set_config": 0.7,
+        "step up": 0.95,
+        "queued → started": 0.25,
+        "started → finished": 1.75,
+    }
+
+
 @pytest.mark.pulumi
 def test_bench_smoke_run_writes_a_report(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # The run's own temporary directory, where the `postgres` user can reach its cluster's files.
+    temp = Path(tempfile.mkdtemp(prefix="bench-smoke-"))
+    temp.chmod(0o755)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "TMPDIR": str(temp)},
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        # Its temporary directory is gone, and nothing recreated any part of it.
+        assert not list(temp.glob("responder-bench-*")), list(temp.rglob("*"))
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     report = out.read_text()
     for heading in ("## Intake", "## End to end", "## Concurrency", "## Footprint"):
         assert heading in report
@@ -113,3 +154,10 @@ def test_bench_smoke_run_writes_a_report(tmp_path: Path) -> None:
     assert len(rates) == 4 and all(int(r) > 0 for r in rates), rates
     assert "missing from its store afterwards: **0**" in report
     assert "responder 0, adnanh/webhook 0." in report
+    # End to end: the job's own step timings, and the CLI processes of a provisioning counted.
+    assert re.search(r"^\| step up \| \d+\.\d+ \|", report, re.M), report
+    assert re.search(r"\*\*\d+ on the critical path\*\* \(`stack init`", report), report
+    # Concurrency: a row per worker count, with its run-by-run ratio.
+    assert re.search(
+        r"^\| 2 \| [\d.]+ \([\d.–]+\) \| [\d.]+ \([\d.–]+\) \| [\d.]+ \|", report, re.M
+    )
