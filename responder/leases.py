@@ -1,7 +1,6 @@
 """This node's leases on the jobs it runs: renewed while they run; jobs of nodes that are gone taken over."""
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -101,8 +100,10 @@ class LeaseKeeper:
                 await self._interrupt(job_id, held[job_id], "lease_lost")
 
     async def _interrupt(self, job_id: int, fence: int, reason: str) -> None:
-        with contextlib.suppress(Exception):  # logged there; the other jobs still get theirs
+        try:
             await self.interrupt(job_id, fence, reason)
+        except Exception:  # logged; the other jobs still get theirs
+            log.exception("runner.interrupt_failed", job_id=job_id, reason=reason)
 
     async def _taking_over(self) -> None:
         lease = self.store.lease

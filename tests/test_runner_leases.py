@@ -4,6 +4,7 @@ cannot renew stops its jobs before the lease ends, then recovers them itself; a 
 another node reaches the job."""
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -48,33 +49,33 @@ OpenStore = Callable[[], Awaitable[Store]]
 @pytest.fixture
 async def open_store(tmp_path: Path) -> AsyncIterator[OpenStore]:
     """SQLite stores on one file, each a node of its own (as after a restart)."""
-    opened: list[Store] = []
-
-    async def open_one() -> Store:
-        store = SQLiteStore(tmp_path / "responder.db", lease=LEASE)
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield open_one
-    for store in opened:
-        await store.close()
+    async with opener(lambda: SQLiteStore(tmp_path / "responder.db", lease=LEASE)) as open_one:
+        yield open_one
 
 
 @pytest.fixture
 async def open_shared(postgres_url: str) -> AsyncIterator[OpenStore]:
     """PostgreSQL stores on one database: nodes that may all be alive at once."""
+    async with opener(lambda: PostgresStore(postgres_url, lease=LEASE)) as open_one:
+        yield open_one
+
+
+@contextlib.asynccontextmanager
+async def opener(make: Callable[[], Store]) -> AsyncIterator[OpenStore]:
+    """`open_one()` opens another store made by `make`; all are closed at the end."""
     opened: list[Store] = []
 
     async def open_one() -> Store:
-        store = PostgresStore(postgres_url, lease=LEASE)
+        store = make()
         await store.open()
         opened.append(store)
         return store
 
-    yield open_one
-    for store in opened:
-        await store.close()
+    try:
+        yield open_one
+    finally:
+        for store in opened:
+            await store.close()
 
 
 @pytest.fixture

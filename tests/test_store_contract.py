@@ -593,14 +593,14 @@ async def test_running_jobs_survive_a_restart(harness: Harness) -> None:
     for step in steps:
         await harness.store.add_step(a, step)
     store = await harness.reopen()
-    [running] = await store.running_jobs()
+    [running] = await store.list_jobs(status=JobStatus.RUNNING)
     assert running.id == a and running.attempts == 1
     stored = await store.get_job(a)
     assert stored is not None and stored.steps == steps
     scheduled = await store.get_job(b)
     assert scheduled is not None and scheduled.status == JobStatus.SCHEDULED
     await store.retry_later(a, NOW, "interrupted")
-    assert await store.running_jobs() == []
+    assert await store.list_jobs(status=JobStatus.RUNNING) == []
     again = await store.claim_next(NOW)
     assert again is not None and again.id == a and again.attempts == 2
 
@@ -665,7 +665,7 @@ async def test_a_claim_leases_the_job_to_this_node_with_a_new_fence(store: Store
     second = await claimed(store, NOW + 5)
     assert (second.fence, second.lease_expires_at) == (2, NOW + 5 + store.lease)
     assert await store.get_job(queued) == replace(second, steps=())
-    assert await store.running_jobs() == [second]
+    assert await store.list_jobs(status=JobStatus.RUNNING) == [second]
 
 
 WRITES: dict[str, Callable[[Store, int, int], Awaitable[None]]] = {

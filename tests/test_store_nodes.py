@@ -360,7 +360,7 @@ async def test_a_postgres_store_of_version_1_is_migrated_and_its_running_job_tak
     store = PostgresStore(postgres_url, node="upgraded")
     await store.open()
     try:
-        [running] = await store.running_jobs()
+        [running] = await store.list_jobs(status=JobStatus.RUNNING)
         assert (running.node, running.lease_expires_at, running.fence) == (None, None, 0)
         [taken] = await store.take_over(NOW)
         assert (taken.id, taken.node, taken.fence) == (running.id, "upgraded", 1)
@@ -393,7 +393,7 @@ async def test_a_version_1_sqlite_store_is_upgraded_and_its_running_job_taken_ov
     store = SQLiteStore(path, node="upgraded")
     await store.open()
     try:
-        [running] = await store.running_jobs()
+        [running] = await store.list_jobs(status=JobStatus.RUNNING)
         assert (running.id, running.node, running.lease_expires_at, running.fence) == (
             queued,
             None,

@@ -104,17 +104,7 @@ def results_from_events(stack: auto.Stack, on_event: OnEvent) -> Iterator[OnEven
     def outputs() -> auto.OutputMap:
         if not reported:  # no outputs event (nothing ran the program): ask twice
             return read_outputs(stack)
-        plain = json.loads(
-            stack._run_pulumi_cmd_sync(["stack", "output", "--json", "--show-secrets"]).stdout
-        )
-        marks = reported[0]
-        return {
-            # An output the event did not report is treated as secret: never shown by mistake.
-            name: auto.OutputValue(
-                value=value, secret=name not in marks or _has_secret(marks[name])
-            )
-            for name, value in plain.items()
-        }
+        return _marked_outputs(stack, reported[0], _signed)
 
     # Instance attributes shadowing methods, set through __dict__ because they replace methods.
     stack.__dict__["info"] = lambda *_args, **_kwargs: types.SimpleNamespace(
@@ -131,26 +121,36 @@ def read_outputs(stack: auto.Stack) -> auto.OutputMap:
     """The stack's outputs, as the SDK's `outputs()` reads them (masked, then with secrets), but an
     output with a secret anywhere inside it counts as secret: the SDK looks at the top level only."""
     masked = json.loads(stack._run_pulumi_cmd_sync(["stack", "output", "--json"]).stdout)
+    return _marked_outputs(stack, masked, lambda value: bool(value == SECRET_SHOWN))
+
+
+def _marked_outputs(
+    stack: auto.Stack, marks: Mapping[str, Any], is_secret: Callable[[Any], bool]
+) -> auto.OutputMap:
+    """The outputs with their values (`stack output --show-secrets`), each secret where `marks`, the
+    same outputs with their secrets marked, has a part that `is_secret` anywhere inside it."""
     plain = json.loads(
         stack._run_pulumi_cmd_sync(["stack", "output", "--json", "--show-secrets"]).stdout
     )
     return {
-        name: auto.OutputValue(value=value, secret=name not in masked or _masked(masked[name]))
+        # An output the marks do not name is treated as secret: never shown by mistake.
+        name: auto.OutputValue(
+            value=value, secret=name not in marks or _inside(marks[name], is_secret)
+        )
         for name, value in plain.items()
     }
 
 
-def _masked(value: Any) -> bool:
-    if isinstance(value, dict):
-        return any(_masked(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_masked(v) for v in value)
-    return bool(value == SECRET_SHOWN)
+def _signed(value: Any) -> bool:
+    """A secret as the engine's events report it: a map holding the secret signature."""
+    return isinstance(value, dict) and SECRET_SIGNATURE in value
 
 
-def _has_secret(value: Any) -> bool:
+def _inside(value: Any, is_secret: Callable[[Any], bool]) -> bool:
+    if is_secret(value):
+        return True
     if isinstance(value, dict):
-        return SECRET_SIGNATURE in value or any(_has_secret(v) for v in value.values())
+        return any(_inside(v, is_secret) for v in value.values())
     if isinstance(value, list):
-        return any(_has_secret(v) for v in value)
+        return any(_inside(v, is_secret) for v in value)
     return False

@@ -145,8 +145,6 @@ class Store(Protocol):
     async def retry_later(
         self, job_id: int, not_before: float, error: str, *, fence: int | None = None
     ) -> None: ...
-    async def running_jobs(self) -> list[Job]:
-        """Every running job, whichever node holds it."""
 
     async def get_job(self, job_id: int) -> Job | None: ...
     async def list_jobs(

@@ -138,12 +138,6 @@ class JobQueue(Connection):
         if changed:
             self._announce()
 
-    async def running_jobs(self) -> list[Job]:
-        found = await self._run(
-            lambda db: db.fetch("SELECT * FROM jobs WHERE status = 'running' ORDER BY id")
-        )
-        return [rows.job(r) for r in found]
-
     async def await_approval(
         self, job_id: int, plan: JsonObject, now: float, *, fence: int | None = None
     ) -> None:

@@ -115,14 +115,6 @@ class JobQueue(Connection):
         )
         _check_held(cursor, job_id, fence)
 
-    async def running_jobs(self) -> list[Job]:
-        return await self._run(
-            lambda db: [
-                rows.job(r)
-                for r in db.execute("SELECT * FROM jobs WHERE status = 'running' ORDER BY id")
-            ]
-        )
-
     async def await_approval(
         self, job_id: int, plan: JsonObject, now: float, *, fence: int | None = None
     ) -> None:
