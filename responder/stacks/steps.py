@@ -103,11 +103,14 @@ def _workspace(program: Program, opts: auto.LocalWorkspaceOptions) -> auto.Local
 class Tagging:
     """Sets a new stack's ownership tags (which incident, playbook and delivery made it, and when)
     in a thread while the request's operation runs: the CLI sets one tag per process, and tags live
-    beside the state, not in it, so they need not wait for the stack's first `up`, nor it for them."""
+    beside the state, not in it, so they need not wait for the stack's first `up`, nor it for them.
+    A tag the CLI refused meanwhile is set again once the operation has ended, with nothing beside
+    it: only that second refusal fails the request."""
 
     def __init__(self, tags: dict[str, str]) -> None:
         self.tags = tags
         self.stack: auto.Stack | None = None  # set when the request created its stack
+        self.unset = dict(tags)  # the tags not set yet
         self.error: Exception | None = None
         self._thread: threading.Thread | None = None
 
@@ -118,16 +121,22 @@ class Tagging:
 
     def _set(self, stack: auto.Stack) -> None:
         try:
-            for key, value in self.tags.items():
+            for key, value in list(self.unset.items()):
                 stack.set_tag(key, value)
-        except Exception as e:  # reported once the request's steps have ended
+                del self.unset[key]
+        except Exception as e:  # tried again, or reported, once the request's steps have ended
             self.error = e
 
     def wait(self) -> Exception | None:
-        """Start them if no step did (a request that only sets config), and wait for them."""
+        """Start them if no step did (a request that only sets config), wait for them, and set
+        again those refused beside the operation."""
         self.start()
-        if self._thread is not None:
-            self._thread.join()
+        if self._thread is None:
+            return None
+        self._thread.join()
+        if self.error is not None and self.stack is not None:
+            self.error = None
+            self._set(self.stack)
         return self.error
 
 
