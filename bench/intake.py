@@ -103,15 +103,23 @@ class Setup:
 
 INFO, WEBHOOK = "responder", "adnanh/webhook"
 WARNING, ONE = "responder at WARNING", "responder, 1 process"
-VARIANT_ENV = {WARNING: {"RESPONDER_LOG_LEVEL": "WARNING"}, ONE: {"RESPONDER_PROCESSES": "1"}}
+NO_JOB = "responder, no job (intake alone)"
+VARIANT_ENV = {
+    WARNING: {"RESPONDER_LOG_LEVEL": "WARNING"},
+    ONE: {"RESPONDER_PROCESSES": "1"},
+    NO_JOB: {"RESPONDER_PLAYBOOKS_DIR": str(REPO / "bench" / "no_job_playbooks")},
+}
 
 
 def setups() -> list[Setup]:
     """(a) one process on SQLite (issue 12), and at WARNING for what INFO's lines cost; (b) a process
-    per core on PostgreSQL (issue 11), and one process for how it scales."""
+    per core on PostgreSQL (issue 11), one process for how it scales, and no job for what intake
+    costs alone."""
     cores = os.cpu_count() or 1
     if supervisor_ready():
-        multi = Setup(f"(b) {cores} processes, PostgreSQL", "postgres", cores, 1.0, variants=(ONE,))
+        multi = Setup(
+            f"(b) {cores} processes, PostgreSQL", "postgres", cores, 1.0, variants=(ONE, NO_JOB)
+        )
     else:
         note = "the supervisor (`RESPONDER_PROCESSES`) is not in this checkout yet, so one process"
         multi = Setup("(b) 1 process, PostgreSQL", "postgres", 1, 1.0, note)
@@ -298,7 +306,8 @@ def section(cfg: dict[str, Any], results: dict[str, Any], command: str) -> str:
         + "), replaying pre-signed `incident.triggered` deliveries, each with its own "
         "`X-Webhook-Id`, event and incident; none is sent twice. responder runs at "
         "`RESPONDER_LOG_LEVEL=INFO` (the default) with its JSON log written to a file, and the "
-        "no-op playbook (a job per delivery, run while intake goes on). adnanh/webhook 2.8 checks "
+        'no-op playbook (a job per delivery, run while intake goes on; "no job": a playbook no '
+        "delivery matches, so intake alone). adnanh/webhook 2.8 checks "
         "the same HMAC-SHA256 over the body, then runs `/bin/true`; it stores nothing. The systems "
         "alternate (the order rotates from run to run), each run on a fresh server and a fresh "
         "store. Latency is wrk's (closed loop: from a "

@@ -356,8 +356,12 @@ def e2e_section(cfg: dict[str, Any], e: dict[str, Any], command: str) -> str:
         "",
         f"`pulumi` processes of one more provisioning (untimed; /proc scanned every 4 ms): "
         f"**{len(critical)} on the critical path** ({', '.join(f'`{p}`' for p in critical)}), "
-        f"and {tags} `stack tag set` beside the `up`. Each (start from the first one's, and "
-        "lifetime, s; ±0.01 s):",
+        + (
+            f"and {tags} `stack tag set` beside the `up`. "
+            if tags
+            else "and no `stack tag set` (the tags go straight into the file backend's tags file). "
+        )
+        + "Each (start from the first one's, and lifetime, s; ±0.01 s):",
         "",
         "| process | starts at | lives |",
         "|---|---|---|",

@@ -104,6 +104,46 @@ def _database_url(raw: str) -> str:
     return url
 
 
+def _http_url(raw: str) -> str:
+    """an http:// or https:// URL with a host (empty: not set)"""
+    url = raw.strip()
+    if url:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+    return url
+
+
+def _base_url(raw: str) -> str:
+    """an http:// or https:// URL with a host, without credentials, query or fragment (empty: not set)"""
+    url = _http_url(raw)
+    parts = urllib.parse.urlsplit(url)
+    # A password here would be logged with the settings; a query or fragment would break the paths
+    # appended to it.
+    if parts.username is not None or parts.query or parts.fragment:
+        raise ValueError("must be a plain base URL (no user, query or fragment)")
+    return url
+
+
+def _header_token(raw: str) -> str:
+    """an API token: printable ASCII without spaces (empty: not set)"""
+    token = raw.strip()  # it goes into a request header: no line breaks, no spaces, nothing else
+    if not all("!" <= c <= "~" for c in token):
+        raise ValueError("must be printable ASCII without spaces")
+    return token
+
+
+def _email(raw: str) -> str:
+    """an email address (empty: not set)"""
+    address = raw.strip()
+    # It goes into the From header: a control character there would end or split the header.
+    if address and not (
+        address.isprintable() and re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address)
+    ):
+        raise ValueError("must be an email address")
+    return address
+
+
 def database_secrets(url: str) -> tuple[str, ...]:
     """The passwords a database URL holds (in its authority or as `?password=`), as written and
     percent-decoded, for the Redactor."""
@@ -153,6 +193,8 @@ class Settings:
     alertmanager_token: str = _setting("", _token, secret=True)
     # HTTP API
     api_token: str = _setting("", _token, secret=True)
+    # Reads (the JSON API's GET routes, the web page, /metrics) need the API token too.
+    read_auth: bool = _setting(False, _bool)
     # Seconds a client may take to send a request's headers (also how long an idle keep-alive
     # connection stays open), and to send its body once the headers are in.
     header_timeout: float = _setting(15.0, _positive_float)
@@ -185,7 +227,25 @@ class Settings:
     # Finished deliveries, jobs and their steps older than this many seconds are deleted.
     retention: float = _setting(30 * 86400.0, _positive_float)
 
+    # Notes written back to the incident (PagerDuty REST API) and to chat (a Slack-compatible
+    # incoming webhook); nothing is sent to a destination whose settings are absent.
+    pagerduty_api_token: str = _setting("", _header_token, secret=True)
+    pagerduty_from: str = _setting("", _email)  # the PagerDuty user's email the notes are from
+    # The REST API's base URL (EU accounts: https://api.eu.pagerduty.com).
+    pagerduty_api_url: str = _setting("https://api.pagerduty.com", _base_url, public=masked_url)
+    slack_webhook_url: str = _setting("", _http_url, secret=True)  # its path is a credential
+    # Where operators reach this daemon (e.g. https://responder.example.com): chat messages link
+    # to the job's page under it. Empty: no link.
+    public_url: str = _setting("", _base_url, public=masked_url)
+    # A note not delivered this many seconds after its job ended is given up (marked failed).
+    note_give_up: float = _setting(600.0, _positive_float)
+
     def __post_init__(self) -> None:
+        if bool(self.pagerduty_api_token) != bool(self.pagerduty_from):
+            raise ConfigError(
+                f"{PREFIX}PAGERDUTY_API_TOKEN and {PREFIX}PAGERDUTY_FROM go together: PagerDuty"
+                " requires the From header naming a user for every note"
+            )
         if self.processes > 1 and not self.database_url:
             raise ConfigError(
                 f"{PREFIX}PROCESSES={self.processes} needs {PREFIX}DATABASE_URL: the SQLite store "
@@ -228,7 +288,8 @@ class Settings:
             try:
                 values[f.name] = f.metadata["parse"](text)
             except ValueError as e:
-                shown = "[secret]" if f.metadata["secret"] else repr(text)
+                public = f.metadata["public"] or str  # a URL's password masked even here
+                shown = "[secret]" if f.metadata["secret"] else repr(public(text))
                 expected = f.metadata["parse"].__doc__ or "a string"
                 raise ConfigError(f"{where}: {e}; got {shown}, expected {expected}") from None
         return cls(**values)

@@ -1,7 +1,7 @@
 """The daemon's assembly: one aiohttp cleanup context per resource, each under its own typed key.
 
-The contexts run in order on start-up (private files, store, stack operations, runner, reaper,
-readiness) and are undone in reverse on shutdown; a part that fails to start unwinds only those
+The contexts run in order on start-up (private files, store, stack operations, notes, runner,
+reaper, readiness) and are undone in reverse on shutdown; a part that fails to start unwinds only those
 before it. `responder.web` handles HTTP over the parts (`responder.web.daemon.DAEMON`).
 """
 
@@ -14,9 +14,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from responder import metrics
 from responder.config import Settings, database_secrets, masked_url
 from responder.lifecycle import SYSTEM_PLAYBOOKS, Reaper
 from responder.logs import Redactor, get_logger
+from responder.notes import NotePlanner
+from responder.notes.service import running_notes
 from responder.playbook import Playbook
 from responder.playbook_loader import PlaybookLoadError, load_playbooks
 from responder.runner import Runner
@@ -38,6 +41,7 @@ STORE = web.AppKey[Store]("store")
 OPS = web.AppKey("stack_operations", StackOperations)
 RUNNER = web.AppKey("runner", Runner)
 REAPER = web.AppKey("reaper", Reaper)
+NOTES = web.AppKey("notes", NotePlanner)
 
 
 def create_app(
@@ -132,6 +136,12 @@ def contexts(
         yield
         await ops.close()
 
+    async def notes(app: web.Application) -> AsyncIterator[None]:
+        # Before the runner, which queues notes; stopped after it.
+        async with running_notes(app[SETTINGS], app[STORE], redactor, clock) as planner:
+            app[NOTES] = planner
+            yield
+
     async def runner(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         started = Runner(
@@ -149,6 +159,7 @@ def contexts(
             clock=clock,
             postmortem_dir=app[DATA_DIR] / "postmortem",
             redactor=redactor,
+            notes=app[NOTES],
             caps=Caps(
                 settings.max_live_stacks,
                 settings.max_stacks_per_service,
@@ -197,6 +208,7 @@ def contexts(
             ready=True,
         )
         app[DAEMON] = daemon
+        metrics.daemon_started(daemon.ops.pulumi_version)
         log.info(
             "daemon.started",
             playbooks=list(by_name),
@@ -208,7 +220,7 @@ def contexts(
         yield
         daemon.ready = False
 
-    return [private_files, store, stack_operations, runner, reaper, ready]
+    return [private_files, store, stack_operations, notes, runner, reaper, ready]
 
 
 def prepare_data_dir(path: Path) -> None:

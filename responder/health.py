@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from responder import metrics
 from responder.logs import get_logger
 from responder.store import StoreUnavailable
 
@@ -31,6 +32,7 @@ class StoreHealth:
         return f"{caller}: {error}" + (f" (and {others} more)" if others else "")
 
     def failed(self, caller: str, error: str) -> None:
+        metrics.store_error("background")
         if caller not in self._failing:
             log.error("store.unavailable", caller=caller, error=error)
         self._failing[caller] = error

@@ -182,6 +182,11 @@ class JobStack:
             with_config=False,
         )
 
+    async def recorded_outputs(self) -> dict[str, Any] | None:
+        if not self.book.read_before:
+            await self.book.stack()
+        return self.book.before.outputs if self.book.before is not None else None
+
     async def destroy(self, *, remove: bool = True, missing_ok: bool = False) -> StepResult:
         """Destroy the stack. One already gone from the backend is recorded as destroyed either way
         (the goal is reached, and the reaper must not queue its reap again and again); it raises

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from responder.playbook import Playbook, PlaybookError
 from responder.playbook import playbook as options_decorator
+from responder.project_program import ProjectFolderError, is_module_function, read_project
 
 
 class PlaybookLoadError(Exception):
@@ -78,8 +79,26 @@ def _validate(playbook: Playbook, path: Path) -> None:
         raise PlaybookLoadError(
             f"{prefix}: has no triggers (add @on(...), or @manual for a playbook run only by hand)"
         )
-    module, _, attr = playbook.program.partition(":")
-    if not module or not attr:
-        raise PlaybookLoadError(f"{prefix}: program {playbook.program!r} must be 'module:function'")
+    if not is_module_function(playbook.program):
+        _resolve_folder(playbook, path, prefix)
+        return
+    module = playbook.program.partition(":")[0]
     if importlib.util.find_spec(module) is None:
         raise PlaybookLoadError(f"{prefix}: program module {module!r} cannot be imported")
+
+
+def _resolve_folder(playbook: Playbook, path: Path, prefix: str) -> None:
+    """A `program=` that is not `module:function` names a Pulumi project folder, relative to the
+    playbook's file: made absolute (workers run elsewhere), and its project's name is the
+    playbook's project unless the playbook gives one, so its stacks are the ones `pulumi up`
+    in the folder makes."""
+    try:
+        project = read_project(path.parent / playbook.program)
+    except ProjectFolderError as e:
+        raise PlaybookLoadError(
+            f"{prefix}: program {playbook.program!r} is neither 'module:function' nor a Pulumi"
+            f" project folder: {e}"
+        ) from None
+    playbook.program = str(project.root)
+    if "project" not in playbook.declared:
+        playbook.project = project.name

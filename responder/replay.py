@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from responder.logs import Redactor, get_logger
 from responder.playbook import Context, Playbook, match
@@ -45,6 +46,9 @@ class PreviewStack:
 
     async def outputs(self) -> StepResult:
         return StepResult("outputs", self.name, 0.0)
+
+    async def recorded_outputs(self) -> dict[str, Any] | None:
+        return None  # a replay knows no store: every stack is new to it
 
     async def destroy(self, *, remove: bool = True, missing_ok: bool = False) -> StepResult:
         """Reported, never run. Whether the real backend has the stack is unknown here (the throwaway

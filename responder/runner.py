@@ -9,11 +9,13 @@ from typing import Any, TypeVar
 
 import structlog
 
+from responder import metrics
 from responder.health import StoreHealth
 from responder.job_stack import JobStack, StackDeps
 from responder.leases import LeaseKeeper
 from responder.lifecycle import SYSTEM_PLAYBOOKS
 from responder.logs import Redactor, get_logger
+from responder.notes import NotePlanner
 from responder.outcome import judge, log_failed, ms_since
 from responder.playbook import OPERATOR_PARAMS, Context, Playbook
 from responder.stacks import StackOperations, StackTarget
@@ -52,6 +54,7 @@ class Runner:
         health: StoreHealth | None = None,
         postmortem_dir: Path,
         redactor: Redactor,  # the one the stack operations register secrets with
+        notes: NotePlanner | None = None,  # where playbooks' notes go; None: nowhere
     ) -> None:
         self.store = store
         self.ops = ops
@@ -71,6 +74,7 @@ class Runner:
         }
         self.postmortem_dir = postmortem_dir
         self.redactor = redactor
+        self.notes = notes
         self.stack_deps = StackDeps(
             ops=ops,
             store=store,
@@ -187,6 +191,7 @@ class Runner:
                 lambda: self.store.finish(job.id, JobStatus.FAILED, now, error=error, fence=fence),
             )
             log.error("job.failed", error=error)
+            metrics.job_attempt_ended(job.playbook, JobStatus.FAILED, None, final=True)
 
     async def _cancel_requested(self) -> None:
         """Cancel requests made through another node reach this one's running jobs."""
@@ -339,6 +344,7 @@ class Runner:
             await self._write(
                 job, lambda: self.store.await_approval(job.id, plan, now, fence=job.fence)
             )
+            metrics.job_attempt_ended(job.playbook, outcome.status, started, final=False)
             return
         await handle.abandon()
         error = self.mask(outcome.error)
@@ -347,16 +353,29 @@ class Runner:
             await self._write(
                 job, lambda: self.store.retry_later(job.id, retry_at, error, fence=job.fence)
             )
+            metrics.job_attempt_ended(job.playbook, "retrying", started, final=False)
             self._wakeup.set()
             return
         outputs = handle.last_outputs if outcome.status == JobStatus.SUCCEEDED else None
         now = self.clock()
+        # The playbook's notes are queued with the result (a retried attempt's are dropped: the
+        # next attempt writes its own).
+        notes = self.notes.plan(job, outcome.status, ctx.notes) if self.notes else []
         await self._write(
             job,
             lambda: self.store.finish(
-                job.id, outcome.status, now, error=error or None, outputs=outputs, fence=job.fence
+                job.id,
+                outcome.status,
+                now,
+                error=error or None,
+                outputs=outputs,
+                fence=job.fence,
+                notes=notes,
             ),
         )
+        if notes and self.notes:
+            self.notes.queued()
+        metrics.job_attempt_ended(job.playbook, outcome.status, started, final=True)
         if outcome.status == JobStatus.SUCCEEDED:
             log.info("job.succeeded", duration_ms=ms_since(started))
 
@@ -368,6 +387,7 @@ class Runner:
             job,
             lambda: self.store.finish(job.id, JobStatus.FAILED, now, error=error, fence=job.fence),
         )
+        metrics.job_attempt_ended(job.playbook, JobStatus.FAILED, started, final=True)
 
     def mask(self, text: str) -> str:
         """Error text bound for the store and the API: an exception may quote a registered secret,

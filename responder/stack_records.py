@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from responder import metrics
 from responder.logs import get_logger
 from responder.outcome import Refused
 from responder.playbook import Playbook
@@ -64,9 +65,17 @@ class StackBook:
         self._known = False  # the store has a live record of this stack
         self._exists: bool | None = None  # whether the backend has it, as far as the store knows
         self._reserved = False  # this job reserved the stack, and no `up` has made it live yet
+        # The stack's record as it was before this job changed anything (`ctx.stack.recorded_outputs`).
+        self.read_before = False
+        self.before: StackRecord | None = None
 
     async def stack(self) -> StackRecord | None:
-        return await self.write(lambda: self.store.get_stack(self.target.project, self.target.name))
+        record = await self.write(
+            lambda: self.store.get_stack(self.target.project, self.target.name)
+        )
+        if not self.read_before:  # the first read precedes every step of this job
+            self.read_before, self.before = True, record
+        return record
 
     async def exists(self) -> bool:
         """Whether the backend has the stack, as far as the store knows (read once per job)."""
@@ -132,6 +141,7 @@ class StackBook:
         failed = StepRecord(step, started_at, duration, "failed", error)
         await self.write(lambda: self.store.add_step(self.job.id, failed, fence=self.job.fence))
         log.warning("job.step_finished", step=step, outcome="failed", duration_ms=duration)
+        metrics.step_recorded(step, "failed", duration / 1000)
 
     async def succeeded(
         self, results: list[StepResult], started_at: float, export_to: Path | None = None
@@ -146,6 +156,7 @@ class StackBook:
             log.info(
                 "job.step_finished", step=result.step, outcome="succeeded", duration_ms=duration
             )
+            metrics.step_recorded(result.step, "succeeded", result.duration)
             if result.outputs:
                 self.last_outputs = result.masked_outputs()
             exported = result.step == "export" and export_to is not None

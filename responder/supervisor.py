@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+from responder import metrics
 from responder.config import PREFIX, ConfigError, Settings
 from responder.daemon import credentials_for, prepare_data_dir
 from responder.logs import Redactor, get_logger
@@ -44,8 +45,11 @@ def supervise(settings: Settings, redactor: Redactor) -> int:
     children kept failing to start before any stayed up, or had to be killed. Raises ConfigError
     before any child starts."""
     prepare(settings, redactor)
-    with _reserved_port(settings.host, settings.port) as port:
-        return asyncio.run(Supervisor(settings, port).run())
+    with (
+        _reserved_port(settings.host, settings.port) as port,
+        metrics.shared_metrics_dir(settings.data_dir.resolve()) as path,
+    ):
+        return asyncio.run(Supervisor(settings, port, metrics_dir=path).run())
 
 
 def prepare(settings: Settings, redactor: Redactor) -> None:
@@ -98,12 +102,16 @@ def follow_supervisor(pid: int) -> bool:
 class Supervisor:
     """One slot per child; each slot restarts its child when it ends, until the stop."""
 
-    def __init__(self, settings: Settings, port: int) -> None:
+    def __init__(self, settings: Settings, port: int, *, metrics_dir: str | None = None) -> None:
+        """`metrics_dir`: where the children keep their metrics, for any of them to sum up."""
         self.count = settings.process_count
         self.port = port
         self.grace = settings.shutdown_grace + OPERATION_KILL_GRACE + REPAIR_TIME
         self.command = [sys.executable, "-m", "responder", "serve", f"{CHILD_OPTION}={os.getpid()}"]
         self.env = {**os.environ, f"{PREFIX}PROCESSES": "1", f"{PREFIX}PORT": str(port)}
+        self.metrics_dir = metrics_dir
+        if metrics_dir is not None:
+            self.env[metrics.MULTIPROCESS_VARIABLE] = metrics_dir
         self.children: dict[int, asyncio.subprocess.Process] = {}  # by slot
         self.stopping = asyncio.Event()
         self.failed = False
@@ -195,6 +203,8 @@ class Supervisor:
             log.info("supervisor.service_up", slot=slot, pid=process.pid)
         code = await ending
         del self.children[slot]
+        if self.metrics_dir is not None:
+            metrics.process_ended(self.metrics_dir, process.pid)
         uptime = time.monotonic() - started
         ended = {"exit_code": code} if code >= 0 else {"signal": _signal_name(-code)}
         level = log.info if self.stopping.is_set() else log.warning

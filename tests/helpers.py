@@ -57,6 +57,7 @@ def session_processes(tag: str) -> dict[int, str]:
             program == "pulumi"
             or program.startswith("pulumi-")  # language hosts, provider plugins
             or "pulumi.dynamic" in args
+            or "responder.language_host" in args  # ours, started by its launcher
             or "responder.stacks.worker" in args
         ):
             found[pid] = " ".join(args)
@@ -82,7 +83,8 @@ class LogCapture:
         return self.stream.getvalue()
 
     def lines(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.text.splitlines() if line.strip()]
+        # On "\n" alone: str.splitlines() also breaks at U+2028, which a JSON line may carry.
+        return [json.loads(line) for line in self.text.split("\n") if line.strip()]
 
     def events(self, name: str) -> list[dict[str, object]]:
         return [line for line in self.lines() if line.get("event") == name]

@@ -11,6 +11,7 @@ import pytest
 from playbooks.incident_lifecycle import RESOLVE_GRACE
 from responder.store import JobStatus
 from tests.helpers import API_TOKEN, Client, FakeClock, LogCapture, ProbeTarget, pd_event
+from tests.openapi_answers import assert_documented
 
 pytestmark = pytest.mark.pulumi
 
@@ -36,6 +37,14 @@ async def test_incident_lifecycle(
     assert job.status == JobStatus.SUCCEEDED, job.error
     assert state_file(client, stack).exists()
     record = await (await client.http.get(f"/jobs/{job.id}")).json()
+    # The real CLI's job (steps, outputs, masked secrets) and stacks, as the OpenAPI document says.
+    assert_documented("GET", "/jobs/{id}", 200, "application/json", record)
+    for answer in answers:
+        assert_documented(
+            "POST", "/webhooks/pagerduty", answer.status, "application/json", await answer.json()
+        )
+    stacks = await client.http.get("/stacks")
+    assert_documented("GET", "/stacks", stacks.status, stacks.content_type, await stacks.json())
     assert record["outputs"]["probe_status"] == 200
     assert record["outputs"]["scratch_access_key"] == "[secret]"
     assert [s["step"] for s in record["steps"]] == ["set_config", "up"]
@@ -68,6 +77,7 @@ async def test_incident_lifecycle(
     assert not scratch.exists()
 
     incident = await (await client.http.get("/incidents/QLIFE1")).json()
+    assert_documented("GET", "/incidents/{id}", 200, "application/json", incident)
     assert [d["id"] for d in incident["deliveries"]] == ["life-trigger", "life-ack", "life-resolve"]
     assert incident["stacks"][0]["status"] == "destroyed"
 

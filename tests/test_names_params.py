@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -98,6 +99,9 @@ class RecordingStack:
 
     async def outputs(self) -> StepResult:
         return await self._record("outputs")
+
+    async def recorded_outputs(self) -> dict[str, Any] | None:
+        return None
 
 
 def context(params: dict[str, str], stack: RecordingStack | None = None) -> Context:

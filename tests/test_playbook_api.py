@@ -171,7 +171,7 @@ def test_the_builtin_playbooks_have_one_import_and_no_payload_fields() -> None:
         imports = [line for line in source.splitlines() if re.match(r"(from|import) ", line)]
         assert imports == [imports[0]] and imports[0].startswith("from responder.playbook import")
         assert "event.data" not in source and ".data.get" not in source, path.name
-        assert len(source.splitlines()) <= 40, path.name
+        assert len(source.splitlines()) <= 50, path.name  # one screen: an example to read whole
     loaded = {p.name: p for p in load_playbooks(REPO / "playbooks")}
     assert loaded["host_diagnostics"].manual and not loaded["host_diagnostics"].triggers
 

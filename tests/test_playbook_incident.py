@@ -226,6 +226,9 @@ class RecordingStack:
     async def outputs(self) -> StepResult:
         return self._record("outputs")
 
+    async def recorded_outputs(self) -> dict[str, Any] | None:
+        return None
+
 
 def context(
     event: Event, stack: RecordingStack | None = None, **params: str

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from responder.stacks import PulumiEnvironment, PulumiOperations, Secret, StackTarget
+from responder.logs import Redactor
+from responder.stacks import PulumiEnvironment, PulumiOperations, Secret, StackError, StackTarget
 from tests.helpers import LogCapture, marked_processes
 
 pytestmark = pytest.mark.pulumi
 
 CASE_VARIABLE = "PYTEST_RESPONDER_CASE"
 ECHO = "tests.programs.echo_secret:pulumi_program"
+LEAKY = "tests.programs.leaky_failure:pulumi_program"
 
 
 class Watcher(threading.Thread):
@@ -68,3 +70,31 @@ async def test_secret_config_is_not_in_any_process_arguments(
         for secret in (token, other):
             assert secret.encode() not in environ
             assert not any(secret.strip() in arg for arg in args), args
+
+
+async def test_a_failure_quoting_secret_config_set_before_a_restart_is_masked(
+    pulumi_env: PulumiEnvironment, logs: LogCapture
+) -> None:
+    """The redactor learns secret config as it is set; a daemon restarted since (or another node)
+    has not seen it set, and still must not log, keep or note it when a failure quotes it: the
+    CLI masks the secret config it decrypts in everything it reports."""
+    token = f"set-before-the-restart-{uuid.uuid4().hex}"
+    target = StackTarget("inc-restarted", "leaky", LEAKY)
+    before = PulumiOperations(pulumi_env, redactor=Redactor(), warm_workers=0)  # not the log's
+    await before.start()
+    try:
+        up = await before.up(target, config={"token": Secret(token), "fail": "false"})
+        assert up.outputs["token"].secret
+    finally:
+        await before.close()
+
+    after = PulumiOperations(pulumi_env, redactor=logs.redactor, warm_workers=0)
+    await after.start()
+    try:
+        with pytest.raises(StackError) as failed:
+            await after.up(target, config={"fail": "true"})
+    finally:
+        await after.close()
+    assert "cannot reach the service with token [secret]" in str(failed.value)
+    assert token not in str(failed.value)
+    assert logs.events("stack.step") and token not in logs.text

@@ -54,8 +54,8 @@ class Harness:
     reopen: Callable[[], Awaitable[Store]]  # close `store`, open the same data again
     on_commit: Callable[[CommitHook], None]
     another: Callable[[], Awaitable[Store]]  # a second store on the same data, not yet opened
-    # Whether concurrent deliveries share one commit (SQLite's group commit), or each request
-    # commits alone on its own connection (PostgreSQL, which groups the WAL flushes itself).
+    # Whether concurrent deliveries share one commit (both stores' group commit), or each request
+    # commits alone.
     group_commit: bool = True
     # Whether one process at a time uses the data (SQLite): another node's running jobs are then an
     # earlier life's, taken over at once.
@@ -111,17 +111,17 @@ async def postgres_harness(request: pytest.FixtureRequest, url: str) -> Harness:
         return PostgresStore(url)
 
     def on_commit(hook: CommitHook) -> None:
-        record = postgres_deliveries.record_request
+        record = postgres_deliveries.record_requests
 
-        async def hooked(db: Db, request: postgres_deliveries.Request) -> list[RecordedDelivery]:
-            await asyncio.to_thread(hook, 1)  # each request is its own transaction
-            return await record(db, request)
+        async def hooked(
+            db: Db, requests: Sequence[postgres_deliveries.Request]
+        ) -> list[list[RecordedDelivery]]:
+            await asyncio.to_thread(hook, len(requests))  # called once per transaction
+            return await record(db, requests)
 
-        monkeypatch.setattr(postgres_deliveries, "record_request", hooked)
+        monkeypatch.setattr(postgres_deliveries, "record_requests", hooked)
 
-    made = Harness(
-        await open_store(), reopen, on_commit, another, group_commit=False, one_process=False
-    )
+    made = Harness(await open_store(), reopen, on_commit, another, one_process=False)
     return made
 
 
@@ -337,6 +337,72 @@ async def test_jobs_are_listed_by_incident_and_status_page_by_page(store: Store)
     assert [j.id for j in page + rest] == ids
     running = await store.list_jobs(status=JobStatus.RUNNING)
     assert [j.id for j in running] == [ids[0]]
+
+
+async def test_jobs_are_listed_newest_first_on_request(store: Store) -> None:
+    a, b, c = await enqueue(store, job("a"), job("b"), job("c"), incident="QN1")
+    (other,) = await enqueue(store, job("d"), incident="QN2")
+    assert [j.id for j in await store.list_jobs(limit=2, newest_first=True)] == [other, c]
+    page = await store.list_jobs(incident_id="QN1", limit=2, newest_first=True)
+    rest = await store.list_jobs(incident_id="QN1", limit=2, offset=2, newest_first=True)
+    assert [j.id for j in page + rest] == [c, b, a]
+
+
+async def test_recent_incidents_are_ordered_by_their_newest_job(store: Store) -> None:
+    assert await store.recent_incident_ids(5) == []
+    await enqueue(store, job("a"), incident="QRA")
+    await enqueue(store, job("b"), incident="QRB")
+    await enqueue(store, job("c"), incident="QRC")
+    await enqueue(store, job("a2"), incident="QRA", event_type="incident.acknowledged")
+    assert await store.recent_incident_ids(5) == ["QRA", "QRC", "QRB"]
+    assert await store.recent_incident_ids(2) == ["QRA", "QRC"]
+    # A noisy incident owning all the newest jobs does not hide the others.
+    await enqueue(store, *[job(f"n{i}") for i in range(120)], incident="QRNOISY")
+    assert await store.recent_incident_ids(3) == ["QRNOISY", "QRA", "QRC"]
+    assert await store.recent_incident_ids(10) == ["QRNOISY", "QRA", "QRC", "QRB"]
+
+
+async def test_an_incident_summary_has_its_newest_jobs_their_count_and_its_sources(
+    store: Store,
+) -> None:
+    first, _ = await enqueue(store, job("s1"), job("s2"), incident="QS")
+    await store.record_delivery(delivery("QS", source="manual"), [job("s3")])
+    await store.record_delivery(delivery("QS", "incident.acknowledged"), [])
+    [third] = await store.list_jobs(incident_id="QS", limit=1, newest_first=True)
+    claimed = await store.claim_next(NOW)
+    assert claimed is not None and claimed.id == first
+    await store.add_step(first, StepRecord("up", NOW, 1.0, "succeeded"))
+    assert await store.reserve_stack(stack_record("s1", "QS"), Caps()) is None
+
+    summary = await store.incident_summary("QS", 2)
+    assert summary is not None and summary.id == "QS"
+    assert summary.status == IncidentStatus.ACKNOWLEDGED
+    assert summary.sources == ("pagerduty", "manual")
+    assert summary.job_count == 3
+    assert [j.id for j in summary.jobs] == [third.id, third.id - 1]
+    assert [s.stack for s in summary.stacks] == ["s1"]
+    [oldest] = (await store.incident_summary("QS", 5) or summary).jobs[2:]
+    assert oldest.id == first and oldest.steps == ()  # a summary reads no steps
+    assert await store.incident_summary("QSNONE", 2) is None
+    # An incident known only by its stack (its jobs pruned) is still summarised.
+    assert await store.reserve_stack(stack_record("only", "QSTACK"), Caps()) is None
+    alone = await store.incident_summary("QSTACK", 2)
+    assert alone is not None and alone.job_count == 0 and alone.jobs == () and alone.sources == ()
+    assert [s.stack for s in alone.stacks] == ["only"]
+
+
+async def test_unfinished_jobs_are_counted_by_status(store: Store) -> None:
+    assert await store.unfinished_job_counts() == {}
+    done, running, _, _ = await enqueue(store, job("a"), job("b"), job("c"), job("d"))
+    await enqueue(store, job("e", delay=300.0), incident="QLATER")
+    for claimed in (done, running):
+        assert (await store.claim_next(NOW)) is not None, claimed
+    await store.finish(done, JobStatus.SUCCEEDED, NOW)
+    assert await store.unfinished_job_counts() == {
+        JobStatus.QUEUED: 2,
+        JobStatus.RUNNING: 1,
+        JobStatus.SCHEDULED: 1,
+    }
 
 
 # -- dedupe ------------------------------------------------------------------------------------

@@ -408,4 +408,4 @@ async def test_a_version_1_sqlite_store_is_upgraded_and_its_running_job_taken_ov
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)

@@ -54,11 +54,11 @@ async def test_a_new_migration_file_is_applied_at_the_next_open(
     for path in migrations.DIRECTORY.glob("*.sql"):
         shutil.copy(path, tmp_path)
     version = len(migrations.available()) + 1
-    (tmp_path / f"{version:04d}_notes.sql").write_text("CREATE TABLE notes (text text);")
+    (tmp_path / f"{version:04d}_remarks.sql").write_text("CREATE TABLE remarks (text text);")
     db = await asyncpg.connect(postgres_url)
     try:
         assert await migrations.migrate(db, migrations.available(tmp_path)) == [version]
-        assert await db.fetchval("SELECT COUNT(*) FROM notes") == 0
+        assert await db.fetchval("SELECT COUNT(*) FROM remarks") == 0
     finally:
         await db.close()
 

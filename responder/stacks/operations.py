@@ -4,11 +4,14 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
+from responder import metrics
 from responder.logs import Redactor, get_logger
+from responder.project_program import ProjectFolderError, read_project
 from responder.stacks import processes
 from responder.stacks.environment import PulumiEnvironment
 from responder.stacks.errors import (
@@ -81,7 +84,29 @@ class PulumiOperations:
         if proc.returncode != 0 or not version:
             raise StackError(f"`{self.env.pulumi_command} version` failed: {err.decode()[-500:]}")
         self.pulumi_version = version
+        if self.env.backend_url.startswith("postgres://"):
+            await self._open_postgres_backend()
         self._workers.fill()
+
+    async def _open_postgres_backend(self) -> None:
+        """Open Pulumi's PostgreSQL backend once (`pulumi whoami`) before any job runs: the CLI
+        creates its table on first use, and first uses racing from several nodes' jobs failed one of
+        them (PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against itself), which then ran a
+        second time. Nodes starting together may race here instead: each tries again shortly."""
+        for attempt in range(1, 4):
+            proc = await asyncio.create_subprocess_exec(
+                str(self.env.pulumi_command),
+                "whoami",
+                "--non-interactive",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,  # its error names the database's URL
+                env=self._worker_env(),
+                cwd=self.env.data_dir,
+            )
+            if await proc.wait() == 0:
+                return
+            await asyncio.sleep(0.2 * attempt)
+        log.warning("stack.backend_open_failed", exit_code=proc.returncode, attempts=3)
 
     async def close(self) -> None:
         await self._workers.close()
@@ -260,7 +285,7 @@ class PulumiOperations:
         """`tags` are set on the stack if one of the steps creates it; `call.exists` says the caller
         knows the stack exists, which saves the worker a `pulumi stack select`."""
         repairing = steps == [{"op": "repair"}]
-        self._ensure_project(target.project)
+        self._ensure_project(target.project, target.program)
         for step in steps:
             if step["op"] == "set_config" and self.redactor:
                 self.redactor.add(*(v["value"] for v in step["config"].values() if v["secret"]))
@@ -279,9 +304,12 @@ class PulumiOperations:
             request["exists"] = True
         work_dir = self.env.workspace_dir(target.project)
         stored = await self.settings.restore(work_dir, target) if target.name else None
+        started = time.monotonic()
         try:
             results = await self._send(target, request, call, repairing)
-        except BaseException:
+        except BaseException as e:
+            kind = e.kind if isinstance(e, StackError) else "interrupted"
+            metrics.pulumi_operation(steps[-1]["op"], started, kind)
             if target.name and target.key not in self._abandoned:
                 # A failed operation may have changed the file too (a config step before it); the
                 # operation's own error is the one to report.
@@ -290,6 +318,7 @@ class PulumiOperations:
             raise
         finally:
             self._abandoned.discard(target.key)
+        metrics.pulumi_operation(steps[-1]["op"], started, None)
         if target.name:
             await self.settings.save(work_dir, target, stored)
         return results
@@ -338,7 +367,7 @@ class PulumiOperations:
             if self._cancels.get(target.key) is cancel:
                 del self._cancels[target.key]
 
-    def _ensure_project(self, project: str) -> None:
+    def _ensure_project(self, project: str, program: str) -> None:
         """Write the workspace's Pulumi.yaml once, atomically. Workers must not write it: concurrent
         rewrites of one file let a CLI read it half-written."""
         if project in self._projects:
@@ -347,8 +376,14 @@ class PulumiOperations:
         work_dir.mkdir(parents=True, exist_ok=True)
         tmp = work_dir / f".Pulumi.yaml.{os.getpid()}"
         # main: the program's directory, where dynamic providers start; like the SDK's default, our
-        # working directory, so modules importable here are importable there.
-        tmp.write_text(f"name: {project}\nruntime: python\nmain: {json.dumps(os.getcwd())}\n")
+        # working directory, so modules importable here are importable there. A project folder's
+        # program (an absolute path) imports its own modules, from its own directory.
+        main = os.getcwd()
+        if Path(program).is_absolute():
+            # A broken folder is left to the worker, which reports it as the job's error.
+            with contextlib.suppress(ProjectFolderError):
+                main = str(read_project(Path(program)).directory)
+        tmp.write_text(f"name: {project}\nruntime: python\nmain: {json.dumps(main)}\n")
         os.replace(tmp, work_dir / "Pulumi.yaml")
         self._projects.add(project)
 
@@ -366,4 +401,7 @@ class PulumiOperations:
             log.error("stack.repair_failed", stack=target.name, error=str(e))
 
     def _worker_env(self) -> dict[str, str]:
-        return {**os.environ, **self.env.variables(), "PYTHONUNBUFFERED": "1"}
+        # Not the metrics directory: workers record no metrics, and any process importing
+        # prometheus-client with it set would leave its own files there, never marked dead.
+        inherited = {k: v for k, v in os.environ.items() if k != metrics.MULTIPROCESS_VARIABLE}
+        return {**inherited, **self.env.variables(), "PYTHONUNBUFFERED": "1"}

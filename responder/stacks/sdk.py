@@ -5,6 +5,7 @@
 
 import contextlib
 import json
+import math
 import os
 import subprocess
 import types
@@ -12,9 +13,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import json_format, struct_pb2
 from pulumi import automation as auto
 from pulumi.automation import events
 from pulumi.automation._stack import StackInitMode  # not exported by pulumi.automation
+from pulumi.runtime import settings as runtime_settings
 from semver import VersionInfo
 
 OnEvent = Callable[[events.EngineEvent], None]
@@ -76,19 +79,112 @@ STACK_TYPE = "pulumi:pulumi:Stack"
 SECRET_SHOWN = "[secret]"  # what `pulumi stack output` shows of a secret without --show-secrets
 
 
+class ProgramOutputs:
+    """The inline program, run so that the stack's outputs are kept as it registers them with the
+    engine: the values the engine stores, each secret still marked as such (the serialized form
+    carries the plaintext inside a secret marker). The program runs in this process, so after an
+    `up` its outputs need no `pulumi stack output --show-secrets` (a CLI process that decrypts).
+
+    The engine's own events cannot replace this: they report a secret as "[secret]" even with
+    --show-secrets. Recorded through a wrapper around the runtime's resource monitor client."""
+
+    def __init__(self, program: Callable[[], Any]) -> None:
+        self.program = program
+        self.registered: struct_pb2.Struct | None = None  # the stack's, from the last run
+
+    def __call__(self) -> Any:
+        monitor = runtime_settings.get_monitor()
+        if monitor is not None:  # a context variable: set for this run of the program only
+            runtime_settings.SETTINGS.monitor = _RecordingMonitor(monitor, self)
+        return self.program()
+
+    def take(self) -> auto.OutputMap | None:
+        """The outputs the last run registered, then forgotten; None if it registered none, or any
+        value this cannot read back as the CLI shows it (unknown, asset, archive, reference)."""
+        registered, self.registered = self.registered, None
+        if registered is None:
+            return None
+        try:
+            values = json_format.MessageToDict(registered)
+            return {
+                name: auto.OutputValue(value=_plain(value), secret=_inside(value, _secret_marker))
+                for name, value in values.items()
+            }
+        except _Unreadable:
+            return None
+
+
+class _RecordingMonitor:
+    """Forwards every call to the monitor client; keeps the stack resource's registered outputs."""
+
+    def __init__(self, monitor: Any, outputs: ProgramOutputs) -> None:
+        self._monitor = monitor
+        self._outputs = outputs
+
+    def RegisterResourceOutputs(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        answer = self._monitor.RegisterResourceOutputs(request, *args, **kwargs)
+        if request.urn.split("::")[2:3] == [STACK_TYPE]:  # once the engine has taken them
+            self._outputs.registered = request.outputs
+        return answer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._monitor, name)
+
+
+# How the SDK serializes a secret for the engine: {SECRET_SIGNATURE: SECRET_VALUE, "value": ...}.
+SECRET_VALUE = "1b47061264138c4ac30d75fd1eb44270"
+UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # a value not known yet (previews)
+
+
+class _Unreadable(Exception):
+    """A registered value the CLI would show differently from its plain JSON."""
+
+
+def _secret_marker(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIGNATURE) == SECRET_VALUE
+
+
+def _plain(value: Any) -> Any:
+    """A registered value as `pulumi stack output --json --show-secrets` prints it."""
+    if isinstance(value, dict):
+        if SECRET_SIGNATURE in value:
+            if not _secret_marker(value):
+                raise _Unreadable
+            return _plain(value.get("value"))
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if value == UNKNOWN:
+        raise _Unreadable
+    if (
+        isinstance(value, float)
+        and math.isfinite(value)
+        and value.is_integer()
+        and abs(value) < 1e21
+    ):
+        return int(value)  # numbers travel as doubles; the CLI prints whole ones without ".0"
+    return value
+
+
 @contextlib.contextmanager
-def results_from_events(stack: auto.Stack, on_event: OnEvent) -> Iterator[OnEvent]:
-    """What the SDK asks the CLI for after up, refresh and destroy that the engine's events already
-    say. Yields the event callback to pass to the operation, and meanwhile shadows on this instance:
+def results_from_events(
+    stack: auto.Stack, on_event: OnEvent, program: ProgramOutputs | None = None
+) -> Iterator[OnEvent]:
+    """What the SDK asks the CLI for after up, refresh and destroy that the engine's events or the
+    program's own run already say. Yields the event callback to pass to the operation, and
+    meanwhile shadows on this instance:
 
     - `info` (`pulumi stack history`, run only to build the summary): the summary event carries the
       same change counts;
     - `outputs` (`pulumi stack output` twice, masked and with secrets, to tell secrets apart): the
-      stack resource's outputs event marks each secret, so one call with secrets is enough. Marked
+      outputs `program` registered in this run, if it did (no process); otherwise the stack
+      resource's outputs event marks each secret, so one call with secrets is enough. Marked
       anywhere inside an output, the whole output counts as secret (the SDK looks at the top level
       only, and would show a secret nested in a map).
 
     Each shadow saves one CLI process per operation."""
+    if program is not None:
+        program.registered = None  # a previous step's run is not this one's
     changes: dict[str, int] = {}
     reported: list[Mapping[str, Any]] = []  # the stack's outputs as the engine last reported them
 
@@ -102,6 +198,9 @@ def results_from_events(stack: auto.Stack, on_event: OnEvent) -> Iterator[OnEven
         on_event(event)
 
     def outputs() -> auto.OutputMap:
+        registered = program.take() if program is not None else None
+        if registered is not None:
+            return registered
         if not reported:  # no outputs event (nothing ran the program): ask twice
             return read_outputs(stack)
         return _marked_outputs(stack, reported[0], _signed)

@@ -11,9 +11,12 @@ from typing import Protocol
 from pulumi import automation as auto
 from pulumi.automation import events
 
+from responder.project_program import is_module_function, read_project, run_program
 from responder.stacks import sdk
+from responder.stacks.config_file import write_plain_config
 from responder.stacks.errors import ErrorKind
 from responder.stacks.protocol import Message, Request, Step
+from responder.stacks.tags_file import write_tags
 
 Program = Callable[[], None]
 Result = dict[str, object]  # a step's JSON result (see StepResult.from_message)
@@ -28,7 +31,7 @@ class Sink(Protocol):
 
 def run(request: Request, sink: Sink, cancelled: threading.Event) -> int:
     """Run the request's steps in order; the first failure (or a cancel) ends it. The exit code."""
-    program = load_program(request["program"])
+    program = sdk.ProgramOutputs(load_program(request["program"]))
     workspace_dir = Path(request["work_dir"])
     workspace_dir.mkdir(parents=True, exist_ok=True)
     opts = auto.LocalWorkspaceOptions(
@@ -38,7 +41,7 @@ def run(request: Request, sink: Sink, cancelled: threading.Event) -> int:
         project_settings=None,  # Pulumi.yaml is written once by the daemon (see PulumiOperations)
         pulumi_command=sdk.known_command(request["pulumi_command"], request["pulumi_version"]),
     )
-    tagging = Tagging(request.get("tags") or {})
+    tagging = Tagging(request.get("tags") or {}, request["project"])
     code = _run_steps(request, program, opts, sink, cancelled, tagging)
     failure = tagging.wait()
     if (
@@ -52,7 +55,7 @@ def run(request: Request, sink: Sink, cancelled: threading.Event) -> int:
 
 def _run_steps(
     request: Request,
-    program: Program,
+    program: sdk.ProgramOutputs,
     opts: auto.LocalWorkspaceOptions,
     sink: Sink,
     cancelled: threading.Event,
@@ -78,7 +81,7 @@ def _run_steps(
                         tagging.stack = stack
                 if op != "set_config":  # writes the file a tag command reads: not at the same time
                     tagging.start()
-                result = _run_step(stack, step, functools.partial(sink.event, op))
+                result = _run_step(stack, step, functools.partial(sink.event, op), program)
         except Exception as e:
             kind, message = classify(e)
             if cancelled.is_set():
@@ -102,20 +105,32 @@ def _workspace(program: Program, opts: auto.LocalWorkspaceOptions) -> auto.Local
 
 class Tagging:
     """Sets a new stack's ownership tags (which incident, playbook and delivery made it, and when)
-    in a thread while the request's operation runs: the CLI sets one tag per process, and tags live
-    beside the state, not in it, so they need not wait for the stack's first `up`, nor it for them.
-    A tag the CLI refused meanwhile is set again once the operation has ended, with nothing beside
-    it: only that second refusal fails the request."""
+    before the request's operation starts. On a local file backend they are written at once, all
+    in one file (see tags_file). Elsewhere they are set in a thread while the operation runs: the
+    CLI sets one tag per process, and tags live beside the state, not in it, so they need not wait
+    for the stack's first `up`, nor it for them. A tag the CLI refused meanwhile is set again once
+    the operation has ended, with nothing beside it: only that second refusal fails the request."""
 
-    def __init__(self, tags: dict[str, str]) -> None:
+    def __init__(self, tags: dict[str, str], project: str = "") -> None:
         self.tags = tags
+        self.project = project
         self.stack: auto.Stack | None = None  # set when the request created its stack
         self.unset = dict(tags)  # the tags not set yet
         self.error: Exception | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self.stack is not None and self.tags and self._thread is None:
+        if self.stack is not None and self.unset and self._thread is None:
+            backend = os.environ.get("PULUMI_BACKEND_URL", "")
+            try:
+                written = bool(self.project) and write_tags(
+                    backend, self.project, self.stack.name, self.unset
+                )
+            except OSError:
+                written = False  # the CLI tries next, and reports its own failure
+            if written:
+                self.unset.clear()
+                return
             self._thread = threading.Thread(target=self._set, args=(self.stack,), name="tags")
             self._thread.start()
 
@@ -175,25 +190,28 @@ def _list_stacks(program: Program, opts: auto.LocalWorkspaceOptions) -> Result:
     return {"stacks": [s.name for s in _workspace(program, opts).list_stacks()]}
 
 
-def _run_step(stack: auto.Stack, step: Step, on_event: sdk.OnEvent) -> Result:
+def _run_step(
+    stack: auto.Stack, step: Step, on_event: sdk.OnEvent, program: sdk.ProgramOutputs
+) -> Result:
     op = step["op"]
     if op == "set_config":
         config = step["config"]
-        plain = {k: auto.ConfigValue(v["value"]) for k, v in config.items() if not v["secret"]}
-        if plain:
-            stack.set_all_config(plain)
+        plain = {k: v["value"] for k, v in config.items() if not v["secret"]}
+        if plain and not _write_plain_config(stack, plain):
+            stack.set_all_config({k: auto.ConfigValue(v) for k, v in plain.items()})
         for key, entry in config.items():
             if entry["secret"]:
                 sdk.set_secret_config(stack, key, entry["value"])
         return {"keys": sorted(config)}
     if op == "up":
-        with sdk.results_from_events(stack, on_event) as events_seen:
+        with sdk.results_from_events(stack, on_event, program) as events_seen:
             up = stack.up(on_event=events_seen, show_secrets=False)
         return {"outputs": _outputs(up.outputs), "changes": up.summary.resource_changes or {}}
     if op in ("preview", "preview_destroy"):
         return _preview(stack, op == "preview_destroy", on_event)
     if op == "refresh":
         # run_program: the program re-registers its outputs, so stack outputs show the refreshed state.
+        # Its outputs are read back (the program's registered ones need not be what refresh stored).
         with sdk.results_from_events(stack, on_event) as events_seen:
             refresh = stack.refresh(on_event=events_seen, show_secrets=False, run_program=True)
             outputs = stack.outputs()
@@ -213,6 +231,13 @@ def _run_step(stack: auto.Stack, step: Step, on_event: sdk.OnEvent) -> Result:
     if op == "repair":
         return _repair(stack)
     raise ValueError(f"unknown step {op!r}")
+
+
+def _write_plain_config(stack: auto.Stack, values: dict[str, str]) -> bool:
+    workspace = stack.workspace
+    assert isinstance(workspace, auto.LocalWorkspace)
+    project = workspace.project_settings().name
+    return write_plain_config(Path(workspace.work_dir), project, stack.name, values)
 
 
 def _preview(stack: auto.Stack, destroying: bool, on_event: sdk.OnEvent) -> Result:
@@ -283,7 +308,11 @@ def _summarize(e: Exception) -> str:
 
 
 def load_program(spec: str) -> Program:
-    """The program named `module:function` (the function defaults to `pulumi_program`)."""
+    """The program named `module:function` (the function defaults to `pulumi_program`), or the
+    Pulumi project folder at the absolute path `spec`, run as `pulumi up` in it would run it."""
+    if not is_module_function(spec) and Path(spec).is_absolute():
+        project = read_project(Path(spec))
+        return functools.partial(run_program, project.main)
     module_name, _, attr = spec.partition(":")
     program = getattr(importlib.import_module(module_name), attr or "pulumi_program")
     if not callable(program):

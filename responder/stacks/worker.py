@@ -139,5 +139,16 @@ def _grace() -> float:
     return float(os.environ[GRACE_VARIABLE])
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: the request is answered and every process below has
+    ended, and the daemon waits for this exit to return the result. Tearing down pulumi, grpc and
+    their threads took 0.13-0.65 s; nothing in it matters to a process about to end (the protocol
+    lines are flushed as they are written, and the SDK removes its temporary files itself)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with _writing:  # not in the middle of a protocol line some late thread writes
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

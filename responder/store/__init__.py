@@ -15,11 +15,15 @@ from responder.store.records import (
     DeliveryStatus,
     IncidentRecord,
     IncidentStatus,
+    IncidentSummary,
     Job,
     JobStatus,
     JsonObject,
     NewDelivery,
     NewJob,
+    NewNote,
+    NoteRecord,
+    NoteStatus,
     RecordedDelivery,
     StackRecord,
     StackStatus,
@@ -34,12 +38,16 @@ __all__ = [
     "DeliveryStatus",
     "IncidentRecord",
     "IncidentStatus",
+    "IncidentSummary",
     "Job",
     "JobStatus",
     "JsonObject",
     "LeaseLost",
     "NewDelivery",
     "NewJob",
+    "NewNote",
+    "NoteRecord",
+    "NoteStatus",
     "RecordRejected",
     "RecordedDelivery",
     "StackRecord",
@@ -141,12 +149,19 @@ class Store(Protocol):
         error: str | None = None,
         outputs: JsonObject | None = None,
         fence: int | None = None,
-    ) -> None: ...
+        notes: Sequence[NewNote] = (),
+    ) -> None:
+        """Record a job's end, and queue its `notes` in the same transaction (none if the write is
+        refused: a job whose result is not written sends nothing)."""
+
     async def retry_later(
         self, job_id: int, not_before: float, error: str, *, fence: int | None = None
     ) -> None: ...
 
     async def get_job(self, job_id: int) -> Job | None: ...
+    async def unfinished_job_counts(self) -> dict[JobStatus, int]:
+        """How many jobs are in each status that is not final (statuses with none left out)."""
+
     async def list_jobs(
         self,
         *,
@@ -154,9 +169,20 @@ class Store(Protocol):
         status: JobStatus | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> list[Job]: ...
+        newest_first: bool = False,
+    ) -> list[Job]:
+        """Jobs (without their steps) in order of creation, oldest first unless `newest_first`."""
+
     async def incident(self, incident_id: str) -> IncidentRecord | None:
         """Everything stored about the incident; None when no delivery or job names it."""
+
+    async def recent_incident_ids(self, limit: int) -> list[str]:
+        """The `limit` incidents with the newest jobs, the one with the newest job first."""
+
+    async def incident_summary(self, incident_id: str, newest_jobs: int) -> IncidentSummary | None:
+        """The incident with only its `newest_jobs` newest jobs (no steps) and its job count, the
+        sources of its deliveries and its stacks: for a list. None when nothing names it (no
+        delivery, job or stack)."""
 
     async def reserve_stack(self, record: StackRecord, caps: Caps) -> str | None:
         """Record a stack about to be created, unless a cap forbids it: then name the cap."""
@@ -185,6 +211,31 @@ class Store(Protocol):
     ) -> Job | None: ...
     async def expired_approvals(self, older_than: float) -> list[int]: ...
     async def request_cancel(self, job_id: int, now: float) -> Job | None: ...
+
+    async def claim_notes(self, now: float, limit: int, lease: float) -> list[NoteRecord]:
+        """Mark up to `limit` due notes `sending`, leased to this node until `now + lease`: pending
+        ones whose `not_before` has come, and `sending` ones whose sender is gone (lease expired;
+        with SQLite also any of an earlier process), those `resumed`. Each claim counts an attempt,
+        and the attempt number fences the note's settlement. Concurrent claimers never share one."""
+
+    async def settle_note(
+        self,
+        note_id: int,
+        attempt: int,
+        status: NoteStatus,
+        now: float,
+        *,
+        error: str | None = None,
+        not_before: float = 0.0,
+    ) -> bool:
+        """Record how a claimed note's attempt ended: `sent`, `failed`, or `pending` again from
+        `not_before`. Only while this node's claim `attempt` still holds it; returns whether it did."""
+
+    async def next_note_due(self) -> float | None:
+        """When the earliest pending note becomes due (a sending one: when its lease expires)."""
+
+    async def job_notes(self, job_id: int) -> list[NoteRecord]:
+        """The notes a job queued, in order."""
 
     async def prune(self, before: float) -> dict[str, int]:
         """Delete what finished before `before`: final jobs with their steps, deliveries left without

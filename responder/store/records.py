@@ -236,3 +236,55 @@ class IncidentRecord:
     deliveries: tuple[DeliveryRecord, ...]
     jobs: tuple[Job, ...]
     stacks: tuple[StackRecord, ...]
+
+
+@dataclass(frozen=True)
+class IncidentSummary:
+    """An incident as a list shows it, without its whole history: its newest jobs (without their
+    steps), how many jobs it has, the sources that reported it, and its stacks."""
+
+    id: str
+    status: IncidentStatus | None  # None: no pager reported it (manual runs only)
+    sources: tuple[str, ...]  # of its deliveries, in order of first arrival
+    job_count: int
+    jobs: tuple[Job, ...]  # the newest, newest first
+    stacks: tuple[StackRecord, ...]
+
+
+class NoteStatus(StrEnum):
+    """Where a note on its way to an incident's timeline or chat stands."""
+
+    PENDING = "pending"  #: waiting to be sent (first, or again after `not_before`)
+    SENDING = "sending"  #: claimed by a node, which is sending it now (until its lease expires)
+    SENT = "sent"
+    FAILED = "failed"  #: refused for good, or given up after the give-up time
+
+
+@dataclass(frozen=True)
+class NewNote:
+    """A note as a job's result queues it: one destination's request, rendered in full, and the
+    idempotency key embedded in it."""
+
+    destination: str  # "pagerduty" | "slack"
+    target: str  # the PagerDuty incident id; empty for chat
+    body: str  # the JSON request body, as it will be sent
+    key: str  # unique per note: recorded before sending, found again in the incident's notes
+
+
+@dataclass(frozen=True)
+class NoteRecord:
+    id: int
+    job_id: int
+    destination: str
+    target: str
+    body: str
+    key: str
+    status: NoteStatus
+    attempts: int
+    created_at: float
+    not_before: float
+    last_error: str | None = None
+    sent_at: float | None = None
+    # Claimed while it was `sending`: the node that sent it before may have died after the
+    # service took it, so it may already be there.
+    resumed: bool = False

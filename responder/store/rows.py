@@ -5,6 +5,8 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any, Protocol
 
+import orjson
+
 from responder.events import event_from_dict
 from responder.incidents import parse_status
 from responder.store.records import (
@@ -12,6 +14,8 @@ from responder.store.records import (
     DeliveryStatus,
     Job,
     JobStatus,
+    NoteRecord,
+    NoteStatus,
     StackRecord,
     StackStatus,
     StepRecord,
@@ -33,6 +37,16 @@ class Row(Protocol):
 def sql_list(statuses: Iterable[StrEnum]) -> str:
     """Statuses as an SQL list of literals, for a rule written once in Python (`FINAL_STATUSES`)."""
     return ", ".join(f"'{status.value}'" for status in sorted(statuses))
+
+
+def json_text(value: Any) -> str:
+    """`value` as JSON text for a column: orjson (a job's event encodes about 15× faster than with
+    `json`, which showed in the intake profile), `json` for what orjson refuses (integers beyond
+    64 bits, lone surrogates). Both escape NUL, and the text is only ever read back by `json.loads`."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
 
 
 def _json(text: str | None) -> Any:
@@ -111,4 +125,22 @@ def delivery(row: Row) -> DeliveryRecord:
         event_type=row["event_type"],
         status=DeliveryStatus(row["status"]),
         received_at=row["received_at"],
+    )
+
+
+def note(row: Row, *, resumed: bool = False) -> NoteRecord:
+    return NoteRecord(
+        id=row["id"],
+        job_id=row["job_id"],
+        destination=row["destination"],
+        target=row["target"],
+        body=row["body"],
+        key=row["key"],
+        status=NoteStatus(row["status"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        not_before=row["not_before"],
+        last_error=row["last_error"],
+        sent_at=row["sent_at"],
+        resumed=resumed,
     )

@@ -5,7 +5,7 @@ import asyncio
 from aiohttp import web
 
 from responder.store import StoreUnavailable
-from responder.web import jobs, playbooks, stacks
+from responder.web import jobs, openapi, playbooks, stacks
 from responder.web.daemon import DAEMON
 
 READY_STORE_TIMEOUT = 2.0  # seconds /readyz waits for the store: a probe must answer promptly
@@ -62,4 +62,5 @@ def setup(app: web.Application) -> None:
     app.add_routes(routes)
     app.add_routes(jobs.routes)
     app.add_routes(playbooks.routes)
+    app.add_routes(openapi.routes)
     stacks.setup(app)

@@ -9,7 +9,8 @@ from aiohttp.typedefs import Middleware
 
 from responder.config import Settings
 from responder.logs import get_logger
-from responder.web import api, webhooks
+from responder.web import api, metrics, ui, webhooks
+from responder.web.auth import read_auth
 from responder.web.daemon import DAEMON, SETTINGS
 from responder.web.errors import Handler, error_response, json_errors
 
@@ -21,7 +22,12 @@ def http_app(settings: Settings) -> web.Application:
     (`responder.web.daemon`)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[fresh_log_context, json_errors, body_deadline(settings.body_timeout)],
+        middlewares=[
+            fresh_log_context,
+            json_errors,
+            body_deadline(settings.body_timeout),
+            *([read_auth] if settings.read_auth else []),
+        ],
         # Bodies are read as sent: no pager compresses its webhooks, and decompressing a hostile
         # body is a bomb; webhooks answer any Content-Encoding with a 415.
         handler_args={"auto_decompress": False},
@@ -30,6 +36,8 @@ def http_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_stop_accepting)
     webhooks.setup(app)
     api.setup(app)
+    ui.setup(app)
+    metrics.setup(app)
     return app
 
 

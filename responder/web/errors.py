@@ -4,6 +4,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiohttp import web
 
+from responder import metrics
 from responder.logs import get_logger
 from responder.sources import InvalidDelivery, Unauthorized
 from responder.store import RecordRejected, StoreUnavailable
@@ -49,6 +50,7 @@ def api_error(error: Exception) -> ApiError | None:
             log.warning("delivery.rejected", reason=str(error))
             return ApiError(400, str(error))
         case StoreUnavailable():
+            metrics.store_error("http")
             return ApiError(503, f"job store unavailable; retry later ({error})", RETRY_AFTER)
     return None
 

@@ -8,7 +8,7 @@ from responder.web.auth import require_token
 from responder.web.daemon import DAEMON
 from responder.web.errors import ApiError
 from responder.web.query import job_id_of, whole_number
-from responder.web.shapes import incident_json, job_json
+from responder.web.shapes import incident_json, job_json, note_json
 
 log = get_logger("responder.api")
 
@@ -50,10 +50,14 @@ def _status(raw: str | None) -> JobStatus | None:
 
 @routes.get("/jobs/{id}")
 async def get_job(request: web.Request) -> web.Response:
-    job = await request.app[DAEMON].store.get_job(job_id_of(request))
+    store = request.app[DAEMON].store
+    job = await store.get_job(job_id_of(request))
     if job is None:
         raise ApiError(404, "no such job")
-    return web.json_response(job_json(job))
+    # The notes it wrote back to the incident and chat: where each stands, and why one failed.
+    return web.json_response(
+        {**job_json(job), "notes": [note_json(n) for n in await store.job_notes(job.id)]}
+    )
 
 
 @routes.get("/incidents/{id}")

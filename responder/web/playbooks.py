@@ -100,10 +100,11 @@ def _run_options(body: bytes, playbook: Playbook) -> tuple[str, dict[str, str]]:
     undeclared = sorted(set(params) - set(playbook.params))
     if undeclared:
         raise ApiError(400, _undeclared(playbook.name, undeclared, playbook.params))
-    incident_id = options.get("incident_id") or ""
-    if not isinstance(incident_id, str):
+    # Checked before defaulting: `{}`, `[]`, `0` or `false` are not "no incident id".
+    incident_id = options.get("incident_id")
+    if incident_id is not None and not isinstance(incident_id, str):
         raise ApiError(400, "incident_id must be a string")
-    return incident_id, params
+    return incident_id or "", params
 
 
 async def _wait_for_job(store: Store, job_id: int, wait: float) -> Job | None:

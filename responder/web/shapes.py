@@ -2,7 +2,15 @@
 
 import datetime
 
-from responder.store import DeliveryRecord, IncidentRecord, Job, JobStatus, StackRecord, StepRecord
+from responder.store import (
+    DeliveryRecord,
+    IncidentRecord,
+    Job,
+    JobStatus,
+    NoteRecord,
+    StackRecord,
+    StepRecord,
+)
 
 JSON = dict[str, object]
 
@@ -40,6 +48,18 @@ def job_json(job: Job, *, steps: bool = True) -> JSON:
     if steps:
         data["steps"] = [step_json(s) for s in job.steps]
     return data
+
+
+def note_json(note: NoteRecord) -> JSON:
+    """A note's delivery, without its body (the note is on the incident, or its error says why not)."""
+    return {
+        "destination": note.destination,
+        "status": note.status.value,
+        "attempts": note.attempts,
+        "last_error": note.last_error,
+        "created_at": iso(note.created_at),
+        "sent_at": iso(note.sent_at),
+    }
 
 
 def step_json(step: StepRecord) -> JSON:

@@ -1,17 +1,21 @@
 """Webhook endpoints: one handler over a table of sources, each answered in its own shape."""
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import orjson
 import structlog
 from aiohttp import web
 
+from responder import metrics
 from responder.enqueue import Deps, Enqueued, enqueue
 from responder.logs import get_logger
 from responder.sources import Delivery, alertmanager, events_v2, pagerduty
 from responder.sources.parsing import quoted
 from responder.web.daemon import DAEMON, Daemon
 from responder.web.errors import KEPT_HEADERS, RETRY_AFTER, ApiError, api_error
+from responder.web.metrics import rejection_reason
 
 log = get_logger("responder.webhooks")
 
@@ -47,6 +51,7 @@ async def receive(request: web.Request, source: Source) -> web.Response:
     """Read, verify and parse one delivery with its source, enqueue its events, and answer."""
     structlog.contextvars.bind_contextvars(source=source.name)
     shape = source.error
+    started = time.perf_counter()
     try:
         daemon = request.app[DAEMON]
         if source.header_delivery_id is not None:
@@ -57,13 +62,18 @@ async def receive(request: web.Request, source: Source) -> web.Response:
         log.info("delivery.verified", events=len(delivery.arrivals))
         if len(delivery.arrivals) == 1:
             structlog.contextvars.bind_contextvars(delivery_id=delivery.arrivals[0].delivery_id)
-        return source.answer(await enqueue(deps(daemon), delivery.body, delivery.arrivals))
+        results = await enqueue(deps(daemon), delivery.body, delivery.arrivals)
+        metrics.delivery_stored(source.name, [r.status.value for r in results], started)
+        return source.answer(results)
     except web.HTTPException as e:  # aiohttp's 413 for a chunked body over the size limit
+        if e.status >= 400:
+            metrics.delivery_rejected(source.name, rejection_reason(e))
         if shape is None or e.status < 400:
             raise
         headers = {k: v for k, v in e.headers.items() if k in KEPT_HEADERS}
         raise shape(ApiError(e.status, e.text or e.reason, headers)) from None
     except Exception as e:
+        metrics.delivery_rejected(source.name, rejection_reason(e))
         error = api_error(e) if shape is not None else None
         if shape is None or error is None:
             raise
@@ -115,7 +125,7 @@ def _pagerduty_answer(results: list[Enqueued]) -> web.Response:
         "event_id": result.event.id,
         "jobs": result.job_ids,
     }
-    return web.json_response(body, status=200 if result.status == "duplicate" else 202)
+    return _json_answer(body, 200 if result.status == "duplicate" else 202)
 
 
 def _events_v2_answer(results: list[Enqueued]) -> web.Response:
@@ -123,8 +133,8 @@ def _events_v2_answer(results: list[Enqueued]) -> web.Response:
     [result] = results
     incident = result.event.incident
     dedup_key = incident.incident_key if incident else ""
-    return web.json_response(
-        {"status": "success", "message": "Event processed", "dedup_key": dedup_key}, status=202
+    return _json_answer(
+        {"status": "success", "message": "Event processed", "dedup_key": dedup_key}, 202
     )
 
 
@@ -156,7 +166,19 @@ def _alertmanager_answer(results: list[Enqueued]) -> web.Response:
         }
         for r in results
     ]
-    return web.json_response({"status": "accepted", "alerts": alerts}, status=202)
+    return _json_answer({"status": "accepted", "alerts": alerts}, 202)
+
+
+def _json_answer(body: Mapping[str, object], status: int) -> web.Response:
+    """As `web.json_response`, encoded by orjson: half its cost, on every delivery's answer
+    (`json` for what orjson refuses: integers beyond 64 bits, lone surrogates)."""
+    try:
+        encoded = orjson.dumps(body)
+    except TypeError:
+        return web.json_response(body, status=status)
+    return web.Response(
+        body=encoded, status=status, content_type="application/json", charset="utf-8"
+    )
 
 
 SOURCES = (

@@ -1,4 +1,5 @@
-"""A program whose one resource takes a second, with a secret nested in a map among its outputs."""
+"""A program whose one resource takes a second, with a secret nested in a map among its outputs
+(and its config `x`, if set, as an output)."""
 
 import pulumi
 
@@ -9,3 +10,6 @@ def pulumi_program() -> None:
     Slow("slow", 1.0)
     pulumi.export("nested", {"password": pulumi.Output.secret("nested-secret-value"), "port": 5432})
     pulumi.export("plain", "visible")
+    x = pulumi.Config().get("x")
+    if x is not None:
+        pulumi.export("x", x)

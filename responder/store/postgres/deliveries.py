@@ -7,7 +7,6 @@
 # so that two requests never wait on each other in opposite orders.
 
 import hashlib
-import json
 from collections.abc import Sequence
 
 import asyncpg
@@ -24,6 +23,7 @@ from responder.store import (
 )
 from responder.store.postgres.connection import Conflict
 from responder.store.postgres.driver import Db
+from responder.store.rows import json_text
 
 Request = Sequence[tuple[NewDelivery, list[NewJob]]]
 
@@ -85,17 +85,20 @@ SELECT (SELECT id FROM delivery) AS inserted, ARRAY(SELECT id FROM created ORDER
 """
 
 
-async def record_request(db: Db, request: Request) -> list[RecordedDelivery]:
-    """Store one request's deliveries and their jobs (the caller's transaction: all or none)."""
-    for delivery, jobs in request:
-        _check_text(delivery, jobs)
+async def record_requests(db: Db, requests: Sequence[Request]) -> list[list[RecordedDelivery]]:
+    """Store the requests' deliveries and their jobs, in order (the caller's transaction: all or
+    none). The locks of all of them are taken first, in one statement."""
+    for request in requests:
+        for delivery, jobs in request:
+            _check_text(delivery, jobs)
     # unnest keeps the array's order, so the locks are taken in the sorted order given.
-    await db.execute(
-        "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", lock_keys(request)
-    )
-    digests: dict[bytes, str] = {}  # the deliveries of one notification share one body
+    keys = sorted({key for request in requests for key in lock_keys(request)})
+    await db.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys)
+    recorded = []
     try:
-        return [await record(db, d, jobs, digests) for d, jobs in request]
+        for request in requests:
+            digests: dict[bytes, str] = {}  # the deliveries of one notification share one body
+            recorded.append([await record(db, d, jobs, digests) for d, jobs in request])
     except asyncpg.ForeignKeyViolationError as e:
         # The body this delivery shares with an earlier one was pruned meanwhile: run again.
         raise Conflict(str(e)) from e
@@ -103,6 +106,7 @@ async def record_request(db: Db, request: Request) -> list[RecordedDelivery]:
         raise RecordRejected(
             f"the store refused the delivery ({type(e).__name__}: {str(e)[:200]})"
         ) from e
+    return recorded
 
 
 def lock_keys(request: Request) -> list[int]:
@@ -169,7 +173,7 @@ async def record(
         [j.playbook for j in jobs],
         [j.project for j in jobs],
         [j.stack for j in jobs],
-        [json.dumps(event_to_dict(j.event)) for j in jobs],
+        [json_text(event_to_dict(j.event)) for j in jobs],
         news,
         after.value if after is not None else None,
         now if after == IncidentStatus.RESOLVED else None,
@@ -178,7 +182,7 @@ async def record(
         ["scheduled" if j.delay > 0 else "queued" for j in jobs],
         [j.max_attempts for j in jobs],
         [j.coalesce for j in jobs],
-        [json.dumps(j.params) for j in jobs],
+        [json_text(j.params) for j in jobs],
         [now + j.delay if j.delay > 0 else 0.0 for j in jobs],
         # One text[] column of arrays is not a type unnest takes: each job's list as an array literal.
         [_array_literal(j.cancel_on) for j in jobs],

@@ -1,11 +1,13 @@
 """The job queue: claims in arrival order one job per stack, finishing, retries, approvals, cancels."""
 
 import json
+from collections.abc import Sequence
 
-from responder.store import Job, JobStatus, JsonObject, LeaseLost, StepRecord
+from responder.store import Job, JobStatus, JsonObject, LeaseLost, NewNote, StepRecord
 from responder.store.postgres import rows
 from responder.store.postgres.connection import Connection
 from responder.store.postgres.driver import Db
+from responder.store.postgres.notes import insert_notes
 
 # A queued job `j` that is next on its stack: nothing runs there, and no earlier job waits there.
 # Each NOT EXISTS is one probe of the (status, project, stack, id) index.
@@ -16,21 +18,12 @@ FIRST_IN_LINE = """NOT EXISTS (SELECT 1 FROM jobs AS r
                     AND q.id < j.id)"""
 
 # The first queued job of the oldest stack whose first queued job is due and that runs nothing:
-# strict arrival order per stack. SKIP LOCKED lets concurrent claimers (other workers, other nodes)
-# pass over a job another is taking instead of queueing behind it; the partial unique index on
-# running jobs is the last word if two ever picked the same stack.
-CLAIM = f"""
-UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
-    node = $2, lease_expires_at = $3, fence = fence + 1
-WHERE id = (
-    SELECT j.id FROM jobs AS j
-    WHERE j.status = 'queued' AND j.not_before <= $1 AND {FIRST_IN_LINE}
-    ORDER BY j.id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING *
-"""
+# strict arrival order per stack, after due scheduled jobs join the queue. SKIP LOCKED lets
+# concurrent claimers (other workers, other nodes) pass over a job another is taking instead of
+# queueing behind it; the partial unique index on running jobs is the last word if two ever picked
+# the same stack. One statement: the function (migration 0004) holds the SQL, and why its plan is
+# pinned.
+CLAIM = "SELECT * FROM claim_job($1, $2, $3)"
 
 # When the earliest waiting job becomes runnable: a scheduled job (it then joins the queue), or a
 # retry next on its stack. A retry behind a running job is due only when that job ends, which its
@@ -84,17 +77,8 @@ APPROVE = (
 
 class JobQueue(Connection):
     async def claim_next(self, now: float) -> Job | None:
-        async def claim(db: Db) -> Job | None:
-            # Due scheduled jobs join the queue in their original place (by id).
-            await db.execute(
-                "UPDATE jobs SET status = 'queued', not_before = 0"
-                " WHERE status = 'scheduled' AND not_before <= $1",
-                now,
-            )
-            row = await db.fetchrow(CLAIM, now, self.node, now + self.lease)
-            return rows.job(row) if row is not None else None
-
-        return await self._write(claim)
+        row = await self._run(lambda db: db.fetchrow(CLAIM, now, self.node, now + self.lease))
+        return rows.job(row) if row is not None else None
 
     async def next_due(self) -> float | None:
         due: float | None = await self._run(lambda db: db.fetchval(NEXT_DUE))
@@ -121,11 +105,23 @@ class JobQueue(Connection):
         error: str | None = None,
         outputs: JsonObject | None = None,
         fence: int | None = None,
+        notes: Sequence[NewNote] = (),
     ) -> None:
         encoded = json.dumps(outputs) if outputs is not None else None
         args = (status.value, now, error, encoded, job_id, fence)
-        changed = rows.affected(await self._run(lambda db: db.execute(FINISH, *args)))
-        _check_held(changed, job_id, fence)
+
+        async def finish(db: Db) -> int:
+            changed = rows.affected(await db.execute(FINISH, *args))
+            _check_held(changed, job_id, fence)  # rolls the notes back with it
+            if notes and changed:
+                await insert_notes(db, job_id, notes, now)
+            return changed
+
+        # One statement without notes: no transaction's extra round trips on the common path.
+        if notes:
+            changed = await self._write(finish)
+        else:
+            changed = await self._run(finish)
         if changed:
             self._announce()  # its stack is free: the next job there may run
 

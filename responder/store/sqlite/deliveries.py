@@ -4,7 +4,6 @@ Each function runs inside the caller's transaction on the store's connection; th
 state are `responder.incidents`': this module asks them and persists the answer.
 """
 
-import json
 import sqlite3
 from collections.abc import Sequence
 
@@ -18,9 +17,21 @@ from responder.store import (
     RecordedDelivery,
     RecordRejected,
 )
+from responder.store.rows import json_text
 from responder.store.sqlite.schema import payload_digest
 
 Request = Sequence[tuple[NewDelivery, list[NewJob]]]
+
+# What a delivery is judged on, in one statement: the earlier delivery it repeats (same id; same
+# source and event id, as a PagerDuty event replayed under a new X-Webhook-Id; same dedupe key
+# within its window), the most specific reason first, and its incident's status.
+READ = """
+SELECT COALESCE(
+    (SELECT id FROM deliveries WHERE id = ?1),
+    (SELECT id FROM deliveries WHERE source = ?2 AND event_id = ?3 LIMIT 1),
+    (SELECT id FROM deliveries WHERE ?4 <> '' AND dedupe_key = ?4 AND received_at > ?5 LIMIT 1)
+), (SELECT status FROM incidents WHERE id = ?6)
+"""
 
 # A value of one request that the store cannot encode fails that request alone. Anything else
 # (the disk, a lock, a bug) fails the whole commit and reaches every waiting caller.
@@ -61,17 +72,24 @@ def record(
     """Store one delivery and its jobs, unless it repeats an earlier delivery; `digests` caches
     the body digests of the request."""
     _check_text(delivery, jobs)
-    earlier = _repeated(db, delivery)
+    earlier, incident_status = db.execute(
+        READ,
+        (
+            delivery.id,
+            delivery.source,
+            delivery.event_id,
+            delivery.dedupe_key,
+            delivery.received_at - delivery.dedupe_window,
+            delivery.incident_id,
+        ),
+    ).fetchone()
     if earlier is not None:
         return RecordedDelivery(
             created=False, job_ids=[], status=DeliveryStatus.DUPLICATE, duplicate_of=earlier
         )
     status = delivery.status
     if incidents.tracks_incident(delivery):
-        row = db.execute(
-            "SELECT status FROM incidents WHERE id = ?", (delivery.incident_id,)
-        ).fetchone()
-        known = incidents.parse_status(row["status"] if row else None)
+        known = incidents.parse_status(incident_status)
         verdict = incidents.judge(delivery, known)
         status = verdict.status
         if not verdict.creates_jobs:
@@ -122,23 +140,6 @@ def _check_text(delivery: NewDelivery, jobs: list[NewJob]) -> None:
             value.encode()
         except UnicodeEncodeError:
             raise RecordRejected(f"the {name} is not valid Unicode text") from None
-
-
-def _repeated(db: sqlite3.Connection, delivery: NewDelivery) -> str | None:
-    """The earlier delivery this one repeats: same id, same source and event id (a PagerDuty event
-    replayed under a new X-Webhook-Id), or same dedupe key within its window."""
-    row = db.execute("SELECT id FROM deliveries WHERE id = ?", (delivery.id,)).fetchone()
-    if row is None:
-        row = db.execute(
-            "SELECT id FROM deliveries WHERE source = ? AND event_id = ? LIMIT 1",
-            (delivery.source, delivery.event_id),
-        ).fetchone()
-    if row is None and delivery.dedupe_key:
-        row = db.execute(
-            "SELECT id FROM deliveries WHERE dedupe_key = ? AND received_at > ? LIMIT 1",
-            (delivery.dedupe_key, delivery.received_at - delivery.dedupe_window),
-        ).fetchone()
-    return str(row[0]) if row else None
 
 
 def _note_incident(
@@ -197,16 +198,16 @@ def _insert_jobs(db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJo
                 job.playbook,
                 job.project,
                 job.stack,
-                json.dumps(event_to_dict(job.event)),
+                json_text(event_to_dict(job.event)),
                 delivery.incident_id,
                 delivery.event_type,
                 "scheduled" if job.delay > 0 else "queued",
                 job.max_attempts,
                 int(job.coalesce),
-                json.dumps(job.params),
+                json_text(job.params),
                 now,
                 now + job.delay if job.delay > 0 else 0,
-                json.dumps(list(job.cancel_on)),
+                json_text(list(job.cancel_on)),
             ),
         )
         job_id = int(cursor.lastrowid or 0)

@@ -3,10 +3,12 @@ cancellation."""
 
 import json
 import sqlite3
+from collections.abc import Sequence
 
-from responder.store import Job, JobStatus, JsonObject, LeaseLost, StepRecord
+from responder.store import Job, JobStatus, JsonObject, LeaseLost, NewNote, StepRecord
 from responder.store.sqlite import rows
 from responder.store.sqlite.connection import Connection
+from responder.store.sqlite.notes import insert_notes
 
 # A queued job `j` that is next on its stack: nothing runs there, and no earlier job waits there.
 # Two NOT EXISTS, each answered from the (status, project, stack, id) index; one with an OR would
@@ -92,16 +94,21 @@ class JobQueue(Connection):
         error: str | None = None,
         outputs: JsonObject | None = None,
         fence: int | None = None,
+        notes: Sequence[NewNote] = (),
     ) -> None:
         encoded = json.dumps(outputs) if outputs is not None else None
-        cursor = await self._run(
-            lambda db: db.execute(
+
+        def finish(db: sqlite3.Connection) -> None:
+            cursor = db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?, outputs = ?,"
                 f" lease_expires_at = NULL WHERE id = ? AND {HELD}",
                 (status.value, now, error, encoded, job_id, fence, fence),
             )
-        )
-        _check_held(cursor, job_id, fence)
+            _check_held(cursor, job_id, fence)  # rolls the notes back with it
+            if notes and cursor.rowcount:
+                insert_notes(db, job_id, notes, now)
+
+        await self._write(finish)
 
     async def retry_later(
         self, job_id: int, not_before: float, error: str, *, fence: int | None = None

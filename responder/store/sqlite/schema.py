@@ -3,7 +3,7 @@
 import hashlib
 import sqlite3
 
-VERSION = 2  # PRAGMA user_version of a store with this schema
+VERSION = 3  # PRAGMA user_version of a store with this schema
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS payloads (
@@ -94,6 +94,25 @@ CREATE TABLE IF NOT EXISTS incidents (
     last_event_at REAL NOT NULL,
     resolved_at REAL
 );
+CREATE TABLE IF NOT EXISTS notes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs (id),
+    destination TEXT NOT NULL,
+    target TEXT NOT NULL,
+    body TEXT NOT NULL,
+    key TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    not_before REAL NOT NULL,
+    node TEXT,
+    lease_expires_at REAL,
+    last_error TEXT,
+    sent_at REAL
+);
+CREATE INDEX IF NOT EXISTS notes_due ON notes (status, not_before)
+    WHERE status IN ('pending', 'sending');
+CREATE INDEX IF NOT EXISTS notes_job ON notes (job_id, id);
 CREATE TABLE IF NOT EXISTS stack_settings (
     project TEXT NOT NULL,
     stack TEXT NOT NULL,
@@ -128,6 +147,9 @@ _FROM_V1 = (
     "ALTER TABLE jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
     "PRAGMA user_version = 2",
 )
+
+
+# Version 2 had no notes: the table is new, made with the others; nothing else changes.
 
 
 def payload_digest(body: bytes) -> str:

@@ -1,0 +1,385 @@
+"""Notes under attack and under strain: redirects not followed, endless or hostile answers, incident
+ids that would leave their path, chat injection from incident titles, secrets split by a cut,
+notes in a loop, a sender that breaks, a service asking to retry at once, header-breaking settings."""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+
+from responder.config import ConfigError, Settings
+from responder.notes import NoteDelivery, NotePlanner, PagerDutySender, Sender, SlackSender
+from responder.notes.note import MAX_NOTES, MAX_VALUE, make_note
+from responder.notes.render import Subject, key_line, slack_body
+from responder.notes.senders import Refused, Retry
+from responder.playbook import Context, on
+from responder.store import Job, JobStatus, NewNote, NoteRecord, NoteStatus
+from responder.store.sqlite import SQLiteStore
+from tests.helpers import Client, bare_event, pd_event
+from tests.notes_servers import PD_FROM, PD_TOKEN, start_slack
+from tests.test_store_contract import NOW, enqueue, job
+
+SECRET = "s3cr3t-value-0123456789-abcdefghijklmnop"  # 40 characters
+
+
+def record(
+    target: str = "QNOTE1", key: str = "k" * 32, destination: str = "pagerduty"
+) -> NoteRecord:
+    body = json.dumps({"note": {"content": f"hello\n{key_line(key)}"}})
+    return NoteRecord(1, 1, destination, target, body, key, NoteStatus.SENDING, 1, NOW, NOW)
+
+
+class Recorder:
+    """Any path, any method: records what arrived, answers with `handler`."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.url = ""
+
+    async def start(
+        self,
+        aiohttp_server: AiohttpServer,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None,
+    ) -> "Recorder":
+        async def handle(request: web.Request) -> web.StreamResponse:
+            self.seen.append(f"{request.method} {request.raw_path}")
+            if handler is None:
+                return web.Response(status=201, text="{}")
+            return await handler(request)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        server = await aiohttp_server(app, host="127.0.0.1")
+        self.url = str(server.make_url("")).rstrip("/")
+        return self
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as made:
+        yield made
+
+
+# -- the HTTP side ------------------------------------------------------------------------------
+
+
+async def test_a_redirect_is_not_followed_with_the_token_or_the_note(
+    aiohttp_server: AiohttpServer, session: aiohttp.ClientSession
+) -> None:
+    elsewhere = await Recorder().start(aiohttp_server)
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPTemporaryRedirect(f"{elsewhere.url}/collect")
+
+    service = await Recorder().start(aiohttp_server, redirect)
+    pagerduty = PagerDutySender(session, service.url, PD_TOKEN, PD_FROM)
+    senders: list[Sender] = [
+        pagerduty,
+        SlackSender(session, f"{service.url}/services/T0/B0/XXXXXXXXXXXXXXXXXXXXXXXX"),
+    ]
+    for sender in senders:
+        with pytest.raises(Refused, match="HTTP 307"):
+            await sender.send(record())
+    assert await asyncio.wait_for(_refused(pagerduty.already_sent(record())), 5)
+    assert len(service.seen) == 3 and elsewhere.seen == []
+
+
+async def _refused(call: Awaitable[bool]) -> bool:
+    try:
+        await call
+    except Refused:
+        return True
+    return False
+
+
+async def test_an_endless_error_answer_is_cut_not_read_to_the_end(
+    aiohttp_server: AiohttpServer, session: aiohttp.ClientSession
+) -> None:
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=503)
+        await response.prepare(request)
+        while True:
+            await response.write(b"x" * 4096)
+            await asyncio.sleep(0.01)
+
+    service = await Recorder().start(aiohttp_server, endless)
+    sender = PagerDutySender(session, service.url, PD_TOKEN, PD_FROM)
+    started = time.monotonic()
+    with pytest.raises(Retry) as raised:
+        await sender.send(record())
+    assert time.monotonic() - started < 2  # not the session's 5 s timeout
+    assert str(raised.value) == "HTTP 503: " + "x" * 200
+
+
+@pytest.mark.parametrize("incident", ["..", ".", "Q1/../../users", "Q1?x=1", "", "Q1 2"])
+async def test_an_incident_id_that_is_not_a_pagerduty_id_makes_no_request(
+    incident: str, aiohttp_server: AiohttpServer, session: aiohttp.ClientSession
+) -> None:
+    service = await Recorder().start(aiohttp_server)
+    sender = PagerDutySender(session, f"{service.url}/api", PD_TOKEN, PD_FROM)
+    with pytest.raises(Refused, match="is not a PagerDuty incident id"):
+        await sender.send(record(incident))
+    with pytest.raises(Refused):
+        await sender.already_sent(record(incident))
+    assert service.seen == []
+
+
+async def test_the_key_is_found_in_a_long_listing_that_arrives_in_pieces(
+    aiohttp_server: AiohttpServer, session: aiohttp.ClientSession
+) -> None:
+    key = "0123456789abcdef" * 2
+    notes = [{"id": f"P{i}", "content": "filler " * 300} for i in range(300)]
+    notes.append({"id": "PLAST", "content": f"the note\n{key_line(key)}"})
+    listing = json.dumps({"notes": notes}).encode()
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_type = "application/json"
+        await response.prepare(request)
+        for start in range(0, len(listing), 7):  # the key line spans pieces
+            await response.write(listing[start : start + 7])
+        await response.write_eof()
+        return response
+
+    service = await Recorder().start(aiohttp_server, trickle)
+    sender = PagerDutySender(session, service.url, PD_TOKEN, PD_FROM)
+    assert await sender.already_sent(record(key=key))
+    assert not await sender.already_sent(record(key="f" * 32))
+
+
+# -- what goes into a note ----------------------------------------------------------------------
+
+
+def test_a_secret_split_by_the_cut_is_still_masked() -> None:
+    planner = NotePlanner(
+        pagerduty=False, slack=True, public_url="", mask=lambda t: t.replace(SECRET, "[secret]")
+    )
+    before_cut = MAX_VALUE - 20  # the secret straddles the value's limit
+    note = make_note("x" * 2890 + SECRET, fields={"output": "y" * before_cut + SECRET})
+    [planned] = planner.plan(_job(), JobStatus.SUCCEEDED, [note])
+    assert SECRET[:12] not in planned.body
+
+
+def test_incident_titles_and_urls_cannot_ping_or_link_in_chat() -> None:
+    title = "<!channel> @here deploy <https://evil.example|Job 1> @all"
+    subject = Subject(
+        incident_id="Q1",
+        incident_title=title,
+        incident_url="https://acme.pagerduty.com/incidents/Q1|x> <!channel> <https://evil.example",
+        playbook="pb",
+        outcome="succeeded",
+        job_id=7,
+        job_url="",
+    )
+    message = json.loads(slack_body(make_note("probe <!here> @channel"), subject))
+    header, *parsed = message["blocks"]  # the header is plain_text: Slack parses nothing in it
+    assert header["text"] == {"type": "plain_text", "text": title}
+    everything = json.dumps({"text": message["text"], "blocks": parsed}, ensure_ascii=False)
+    assert "<!" not in everything and "<https://evil" not in everything
+    assert "@here" not in everything and "@channel" not in everything and "@all" not in everything
+    assert message["text"].startswith("&lt;!channel&gt; @\u2060here deploy")
+    assert message["blocks"][-1]["elements"][0]["text"] == "Job 7 · Incident Q1"
+
+
+def _job() -> Job:
+    return Job(
+        id=7,
+        delivery_id="d-1",
+        playbook="pb",
+        project="proj",
+        stack="s1",
+        event=bare_event(),
+        incident_id="Q1",
+        event_type="incident.triggered",
+        status=JobStatus.RUNNING,
+        attempts=1,
+        max_attempts=3,
+        not_before=NOW,
+        created_at=NOW,
+        started_at=NOW,
+        finished_at=None,
+        error=None,
+        outputs=None,
+        params={},
+    )
+
+
+@on("incident.triggered")
+async def chatty(ctx: Context) -> None:
+    """Notes in a loop."""
+    for i in range(MAX_NOTES * 5):
+        await ctx.note(f"note {i}")
+
+
+async def test_a_job_writes_at_most_max_notes(
+    make_client: Callable[..., Awaitable[Client]], aiohttp_server: AiohttpServer
+) -> None:
+    slack = await start_slack(aiohttp_server)
+    client = await make_client([chatty], slack_webhook_url=slack.url)
+    assert (await client.deliver(pd_event("incident.triggered", "QNOTES"))).status == 202
+    [done] = await client.wait_for_jobs(timeout=30)
+    assert done.status == JobStatus.SUCCEEDED
+    notes = await client.daemon.store.job_notes(done.id)
+    assert len(notes) == MAX_NOTES
+
+
+# -- the delivery loop --------------------------------------------------------------------------
+
+
+class Breaking:
+    """A sender that fails every attempt with `error`."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def send(self, note: NoteRecord) -> None:
+        raise self.error
+
+    async def already_sent(self, note: NoteRecord) -> bool:
+        raise self.error
+
+
+async def queued_note(tmp_path: Path) -> tuple[SQLiteStore, int]:
+    store = SQLiteStore(tmp_path / "store.db")
+    await store.open()
+    (job_id,) = await enqueue(store, job())
+    claimed = await store.claim_next(NOW)
+    assert claimed is not None
+    note = NewNote("slack", "", "{}", "key-1")
+    await store.finish(job_id, JobStatus.SUCCEEDED, NOW, fence=claimed.fence, notes=[note])
+    return store, job_id
+
+
+async def test_a_sender_that_breaks_is_retried_then_given_up(tmp_path: Path) -> None:
+    store, job_id = await queued_note(tmp_path)
+    now = [NOW]
+    delivery = NoteDelivery(
+        store,
+        {"slack": Breaking(RuntimeError(f"bug quoting {SECRET}"))},
+        give_up=30,
+        mask=lambda t: t.replace(SECRET, "[secret]"),
+        clock=lambda: now[0],
+        backoff=1.0,
+    )
+    try:
+        assert await delivery.run_once() == 1
+        [note] = await store.job_notes(job_id)
+        assert note.status == NoteStatus.PENDING and note.not_before == NOW + 1.0
+        assert note.last_error == "RuntimeError: bug quoting [secret]"
+        now[0] += 60
+        assert await delivery.run_once() == 1
+        [note] = await store.job_notes(job_id)
+        assert note.status == NoteStatus.FAILED and note.last_error is not None
+        assert note.last_error.startswith("given up after 2 attempts")
+    finally:
+        await store.close()
+
+
+async def test_retry_after_zero_waits_the_backoff_instead_of_spinning(tmp_path: Path) -> None:
+    store, job_id = await queued_note(tmp_path)
+    delivery = NoteDelivery(
+        store,
+        {"slack": Breaking(Retry("HTTP 429", after=0.0))},
+        give_up=600,
+        mask=str,
+        clock=lambda: NOW,
+        backoff=2.0,
+    )
+    try:
+        assert await delivery.run_once() == 1
+        [note] = await store.job_notes(job_id)
+        assert note.status == NoteStatus.PENDING and note.not_before == NOW + 2.0
+        assert await delivery.run_once() == 0  # not due again at once
+    finally:
+        await store.close()
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RESPONDER_PAGERDUTY_API_TOKEN", "y_NbAkKc66ry\r\nX-Injected: 1"),
+        ("RESPONDER_PAGERDUTY_API_TOKEN", "y_NbAkKc66ry YTWUXYEu"),
+        ("RESPONDER_PAGERDUTY_FROM", "bot@example.com\x00x"),
+    ],
+)
+def test_a_value_that_would_break_a_header_stops_start_up(name: str, value: str) -> None:
+    env = {"RESPONDER_PAGERDUTY_API_TOKEN": PD_TOKEN, "RESPONDER_PAGERDUTY_FROM": PD_FROM}
+    with pytest.raises(ConfigError) as raised:
+        Settings.load({**env, name: value})
+    assert str(raised.value).startswith(f"{name}: ") and "y_NbAkKc66ry" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://bot:p4ssw0rd-in-url@api.pagerduty.com",
+        "https://api.pagerduty.com/?token=x",
+        "https://api.pagerduty.com/#x",
+    ],
+)
+@pytest.mark.parametrize("name", ["RESPONDER_PAGERDUTY_API_URL", "RESPONDER_PUBLIC_URL"])
+def test_a_base_url_with_credentials_query_or_fragment_stops_start_up(name: str, url: str) -> None:
+    """A password would be logged with the settings; a query or fragment would swallow the paths
+    appended to the URL (`/incidents/...`, `/ui/jobs/...`)."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.load({name: url})
+    assert str(raised.value).startswith(f"{name}: ") and "p4ssw0rd" not in str(raised.value)
+
+
+async def test_stop_during_a_send_is_prompt_and_the_note_is_taken_over(
+    tmp_path: Path, aiohttp_server: AiohttpServer
+) -> None:
+    arrived = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.StreamResponse:
+        arrived.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    service = await Recorder().start(aiohttp_server, hang)
+    store, job_id = await queued_note(tmp_path)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+        sender = SlackSender(session, f"{service.url}/services/T0/B0/XXXXXXXXXXXXXXXXXXXXXXXX")
+        delivery = NoteDelivery(
+            store, {"slack": sender}, give_up=600, mask=str, clock=lambda: NOW + 1
+        )
+        delivery.start()
+        await asyncio.wait_for(arrived.wait(), 10)
+        started = time.monotonic()
+        await delivery.stop()
+        assert time.monotonic() - started < 1
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "note-delivery"]
+    [note] = await store.job_notes(job_id)
+    assert note.status == NoteStatus.SENDING
+    await store.close()
+    successor = SQLiteStore(tmp_path / "store.db")  # the next process: another node
+    await successor.open()
+    try:
+        [taken] = await successor.claim_notes(NOW + 2, 10, 60)
+        assert (taken.id, taken.attempts, taken.resumed) == (note.id, 2, True)
+    finally:
+        await successor.close()
+
+
+async def test_a_listing_that_is_not_json_is_not_taken_for_no_note(
+    aiohttp_server: AiohttpServer, session: aiohttp.ClientSession
+) -> None:
+    """A proxy's page answering the GET says nothing about the incident's notes: posting on its
+    word could post twice."""
+
+    async def portal(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="<html>Sign in</html>", content_type="text/html")
+
+    service = await Recorder().start(aiohttp_server, portal)
+    sender = PagerDutySender(session, service.url, PD_TOKEN, PD_FROM)
+    with pytest.raises(Retry, match="text/html"):
+        await sender.already_sent(record())
