@@ -9,6 +9,7 @@ redelivery (see `Store.record_delivery`) creates nothing, and the incident rules
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from responder import metrics
 from responder.events import Event
 from responder.logs import get_logger
 from responder.playbook import Playbook, match
@@ -67,6 +68,7 @@ async def enqueue(
         raise
     results = []
     for arrival, (_, jobs), outcome in zip(arrivals, prepared, recorded, strict=True):
+        metrics.jobs_ended(outcome.ended)
         log_ = log.bind(
             delivery_id=arrival.delivery_id,
             event_id=arrival.event.id,

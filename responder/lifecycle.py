@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Literal
 
+from responder import metrics
 from responder.enqueue import Deps, Run, enqueue
 from responder.events import Event, Incident
 from responder.health import StoreHealth
@@ -139,9 +140,10 @@ class Reaper:
         async with self._pass:
             now = self.clock()
             for job_id in await self.store.expired_approvals(now - self.approval_timeout):
-                await self.store.decide(
+                rejected = await self.store.decide(
                     job_id, False, now, f"approval timed out after {self.approval_timeout:g}s"
                 )
+                metrics.job_ended_by(rejected, now)
                 log.warning("job.rejected", job_id=job_id, reason="approval timed out")
             queued: list[int] = []
             for listed in await self.store.list_stacks():

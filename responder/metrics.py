@@ -11,13 +11,14 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.multiprocess import mark_process_dead
 
 from responder import __version__
+from responder.store import Job
 
 MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
 
@@ -41,7 +42,8 @@ INTAKE_SECONDS = Histogram(
 )
 JOBS_FINISHED = Counter(
     "responder_jobs_finished",
-    "Jobs the runner ended, by playbook and final status.",
+    "Jobs ended, by playbook and final status: by the runner, or by the store while they waited "
+    "(coalesced, cancelled, rejected).",
     ["playbook", "status"],
 )
 JOB_SECONDS = Histogram(
@@ -117,6 +119,20 @@ def job_attempt_ended(playbook: str, outcome: str, started: float | None, *, fin
         JOB_SECONDS.labels(playbook, outcome).observe(time.monotonic() - started)
     if final:
         JOBS_FINISHED.labels(playbook, outcome).inc()
+
+
+def jobs_ended(ended: Iterable[tuple[str, str]]) -> None:
+    """Jobs the store ended without running them, as (playbook, final status): coalesced or
+    cancelled by a delivery, cancelled or rejected while waiting."""
+    for playbook, status in ended:
+        JOBS_FINISHED.labels(playbook, status).inc()
+
+
+def job_ended_by(job: Job | None, now: float) -> None:
+    """Count `job` if the store call made at `now` (a cancel, a decision) ended it: its
+    `finished_at` is that `now`. Repeated, the call returns the job as it was, and counts nothing."""
+    if job is not None and job.status.final and job.finished_at == now:
+        jobs_ended([(job.playbook, job.status.value)])
 
 
 def step_recorded(step: str, outcome: str, seconds: float) -> None:

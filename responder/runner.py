@@ -113,7 +113,9 @@ class Runner:
     async def cancel(self, job_id: int) -> Job | None:
         """Cancel a job: a waiting one at once, a running one cleanly (its playbook is stopped where it
         is; an operation it runs is cancelled through the CLI and the stack repaired)."""
-        job = await self.store.request_cancel(job_id, self.clock())
+        now = self.clock()
+        job = await self.store.request_cancel(job_id, now)
+        metrics.job_ended_by(job, now)  # a waiting job; a running one is counted as it ends
         handle = self._handles.get(job_id)
         if job is not None and job.status == JobStatus.RUNNING and handle is not None:
             handle.cancel()

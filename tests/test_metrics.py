@@ -9,10 +9,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from responder import __version__
+from responder.outcome import AwaitingApproval
 from responder.playbook import Context, on, playbook
-from responder.store import StoreUnavailable
+from responder.store import JobStatus, StoreUnavailable
 from responder.web.metrics import STORE_TIMEOUT
-from tests.helpers import SECRET_B, Client, pd_event
+from tests.helpers import API_TOKEN, SECRET_B, Client, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -256,3 +257,41 @@ async def test_a_failing_pulumi_operation_is_counted_by_kind(make_client: MakeCl
     assert moved("responder_step_duration_seconds_count", step="up", outcome="failed") == 1
     assert moved("responder_jobs_finished_total", playbook="doomed", status="failed") == 1
     assert after[("responder_live_stacks", frozenset())] == 0
+
+
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+async def test_jobs_the_store_ends_are_counted_once_by_final_status(
+    make_client: MakeClient,
+) -> None:
+    @on("incident.triggered")
+    async def gated(_ctx: Context) -> None:
+        """Submits a plan for approval."""
+        raise AwaitingApproval({"operation": "destroy", "steps": []})
+
+    @playbook(delay=600, cancel_on=("incident.reopened",))
+    @on("incident.resolved")
+    async def later(_ctx: Context) -> None:
+        """Waits `scheduled` for ten minutes."""
+
+    client = await make_client([gated, later])
+    before = await scrape(client)
+    await client.deliver(pd_event("incident.triggered", "QGATE"), "gate")
+    [waiting] = await client.wait_for_jobs(settled=(JobStatus.AWAITING_APPROVAL,))
+    for incident in ("QCANCEL", "QREOPEN"):
+        await client.deliver(pd_event("incident.resolved", incident), f"{incident}-resolved")
+    scheduled = {j.incident_id: j.id for j in await client.daemon.store.list_jobs()}
+    for _ in range(2):  # repeated, each decision is answered again and counted once
+        for path in (f"/jobs/{waiting.id}/reject", f"/jobs/{scheduled['QCANCEL']}/cancel"):
+            assert (await client.http.post(path, headers=AUTH)).status == 200, path
+    await client.deliver(pd_event("incident.reopened", "QREOPEN"), "QREOPEN-reopened")
+
+    after = await scrape(client)
+    name = "responder_jobs_finished_total"
+    moved = {
+        (playbook, status): total(after, name, playbook=playbook, status=status)
+        - total(before, name, playbook=playbook, status=status)
+        for playbook, status in (("gated", "rejected"), ("later", "cancelled"))
+    }
+    assert moved == {("gated", "rejected"): 1, ("later", "cancelled"): 2}

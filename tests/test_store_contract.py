@@ -318,6 +318,21 @@ async def test_queued_coalescing_runs_collapse_into_the_newest(store: Store) -> 
     assert [jobs[i].coalesced_into for i in waiting] == [waiting[1], waiting[2], None]
 
 
+async def test_a_delivery_names_the_waiting_jobs_it_ended(store: Store) -> None:
+    await enqueue(store, job(coalesce=True), incident="QE")
+    later = job("s2", "destroy", delay=300.0, cancel_on=("incident.reopened",))
+    await enqueue(store, later, incident="QE", event_type="incident.resolved")
+    reopened = await store.record_delivery(
+        delivery("QE", "incident.reopened"), [job(coalesce=True)]
+    )
+    assert sorted(reopened.ended) == [
+        ("destroy", JobStatus.CANCELLED),
+        ("pb", JobStatus.COALESCED),
+    ]
+    quiet = await store.record_delivery(delivery("QE", "incident.acknowledged"), [job("s3")])
+    assert quiet.created and quiet.ended == ()
+
+
 async def test_a_run_waiting_to_retry_is_not_superseded(store: Store) -> None:
     (first,) = await enqueue(store, job(coalesce=True))
     assert (await store.claim_next(NOW)) is not None

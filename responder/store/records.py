@@ -212,6 +212,9 @@ class RecordedDelivery:
     job_ids: list[int]
     status: DeliveryStatus  # a repeat for an open incident is `deduplicated`
     duplicate_of: str = ""  # for a redelivery: the earlier delivery it repeats
+    # (playbook, status) of the earlier jobs this delivery ended: coalesced into one of its jobs,
+    # or cancelled by its event type (`cancel_on`).
+    ended: tuple[tuple[str, JobStatus], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from aiohttp import web
 
+from responder import metrics
 from responder.logs import get_logger
 from responder.store import JobStatus
 from responder.web.auth import require_token
@@ -76,7 +77,9 @@ async def decide_job(request: web.Request) -> web.Response:
     require_token(request, daemon.credentials.api_token)
     job_id = job_id_of(request)
     approve = request.match_info["decision"] == "approve"
-    job = await daemon.store.decide(job_id, approve, daemon.clock(), "rejected by request")
+    now = daemon.clock()
+    job = await daemon.store.decide(job_id, approve, now, "rejected by request")
+    metrics.job_ended_by(job, now)
     if job is None:
         raise ApiError(404, "no such job")
     expected = JobStatus.QUEUED if approve else JobStatus.REJECTED

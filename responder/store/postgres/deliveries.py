@@ -16,6 +16,7 @@ from responder.events import event_to_dict
 from responder.store import (
     DeliveryStatus,
     IncidentStatus,
+    JobStatus,
     NewDelivery,
     NewJob,
     RecordedDelivery,
@@ -61,6 +62,7 @@ WITH reset AS (
     UPDATE jobs SET status = 'cancelled', finished_at = $8,
         error = 'cancelled by ' || $4 || ' (delivery ' || $1 || ')'
     WHERE $14 AND status = 'scheduled' AND incident_id = $5 AND $4 = ANY (cancel_on)
+    RETURNING playbook
 ), body AS (
     INSERT INTO payloads (digest, body) SELECT $7, $18 WHERE $18::bytea IS NOT NULL
     ON CONFLICT DO NOTHING
@@ -81,7 +83,8 @@ WITH reset AS (
     ORDER BY j.n
     RETURNING id
 )
-SELECT (SELECT id FROM delivery) AS inserted, ARRAY(SELECT id FROM created ORDER BY id) AS job_ids
+SELECT (SELECT id FROM delivery) AS inserted, ARRAY(SELECT id FROM created ORDER BY id) AS job_ids,
+    ARRAY(SELECT playbook FROM cancelled) AS cancelled
 """
 
 
@@ -193,10 +196,11 @@ async def record(
         # impossible): run again, and the check sees it.
         raise Conflict(f"delivery {delivery.id!r} was recorded concurrently")
     ids: list[int] = list(written["job_ids"])
+    ended = [(playbook, JobStatus.CANCELLED) for playbook in written["cancelled"]]
     for job_id, job in zip(ids, jobs, strict=True):
         if job.coalesce:
-            await _coalesce(db, job_id, job, now)
-    return RecordedDelivery(created=True, job_ids=ids, status=status)
+            ended += [(p, JobStatus.COALESCED) for p in await _coalesce(db, job_id, job, now)]
+    return RecordedDelivery(created=True, job_ids=ids, status=status, ended=tuple(ended))
 
 
 def _array_literal(values: tuple[str, ...]) -> str:
@@ -205,18 +209,20 @@ def _array_literal(values: tuple[str, ...]) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
-async def _coalesce(db: Db, job_id: int, job: NewJob, now: float) -> None:
-    """Older queued runs of this playbook on this stack are superseded by this newer one."""
-    await db.execute(
+async def _coalesce(db: Db, job_id: int, job: NewJob, now: float) -> list[str]:
+    """Older queued runs of this playbook on this stack are superseded by this newer one; their
+    playbooks."""
+    superseded = await db.fetch(
         "UPDATE jobs SET status = 'coalesced', coalesced_into = $1, finished_at = $2"
         " WHERE status = 'queued' AND coalesce AND playbook = $3 AND project = $4 AND stack = $5"
-        " AND id < $1 AND attempts = 0",
+        " AND id < $1 AND attempts = 0 RETURNING playbook",
         job_id,
         now,
         job.playbook,
         job.project,
         job.stack,
     )
+    return [row["playbook"] for row in superseded]
 
 
 def _check_text(delivery: NewDelivery, jobs: list[NewJob]) -> None:

@@ -12,6 +12,7 @@ from responder.events import event_to_dict
 from responder.store import (
     DeliveryStatus,
     IncidentStatus,
+    JobStatus,
     NewDelivery,
     NewJob,
     RecordedDelivery,
@@ -88,6 +89,7 @@ def record(
             created=False, job_ids=[], status=DeliveryStatus.DUPLICATE, duplicate_of=earlier
         )
     status = delivery.status
+    cancelled: list[str] = []
     if incidents.tracks_incident(delivery):
         known = incidents.parse_status(incident_status)
         verdict = incidents.judge(delivery, known)
@@ -96,7 +98,7 @@ def record(
             jobs = []
         if verdict.news:
             _note_incident(db, delivery, known, verdict.incident_status)
-            _cancel_scheduled(db, delivery)
+            cancelled = _cancel_scheduled(db, delivery)
     digest = digests.get(delivery.body)
     if digest is None:
         digest = digests[delivery.body] = payload_digest(delivery.body)
@@ -119,7 +121,11 @@ def record(
             delivery.dedupe_key or None,
         ),
     )
-    return RecordedDelivery(created=True, job_ids=_insert_jobs(db, delivery, jobs), status=status)
+    ids, coalesced = _insert_jobs(db, delivery, jobs)
+    ended = [(p, JobStatus.CANCELLED) for p in cancelled] + [
+        (p, JobStatus.COALESCED) for p in coalesced
+    ]
+    return RecordedDelivery(created=True, job_ids=ids, status=status, ended=tuple(ended))
 
 
 def _check_text(delivery: NewDelivery, jobs: list[NewJob]) -> None:
@@ -169,13 +175,14 @@ def _note_incident(
     )
 
 
-def _cancel_scheduled(db: sqlite3.Connection, delivery: NewDelivery) -> None:
+def _cancel_scheduled(db: sqlite3.Connection, delivery: NewDelivery) -> list[str]:
     """An event of a type a scheduled job lists cancels it, for the same incident (a reopen inside
-    the grace period keeps the stack)."""
-    db.execute(
+    the grace period keeps the stack). The cancelled jobs' playbooks."""
+    cursor = db.execute(
         "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?"
         " WHERE status = 'scheduled' AND incident_id = ?"
-        " AND EXISTS (SELECT 1 FROM json_each(jobs.cancel_on) WHERE value = ?)",
+        " AND EXISTS (SELECT 1 FROM json_each(jobs.cancel_on) WHERE value = ?)"
+        " RETURNING playbook",
         (
             delivery.received_at,
             f"cancelled by {delivery.event_type} (delivery {delivery.id})",
@@ -183,11 +190,16 @@ def _cancel_scheduled(db: sqlite3.Connection, delivery: NewDelivery) -> None:
             delivery.event_type,
         ),
     )
+    return [row[0] for row in cursor.fetchall()]
 
 
-def _insert_jobs(db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJob]) -> list[int]:
+def _insert_jobs(
+    db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJob]
+) -> tuple[list[int], list[str]]:
+    """The new jobs' ids, and the playbooks of the older runs they coalesced."""
     now = delivery.received_at
     ids: list[int] = []
+    coalesced: list[str] = []
     for job in jobs:
         cursor = db.execute(
             "INSERT INTO jobs (delivery_id, playbook, project, stack, event, incident_id, event_type,"
@@ -213,11 +225,12 @@ def _insert_jobs(db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJo
         job_id = int(cursor.lastrowid or 0)
         if job.coalesce:
             # Older queued runs of this playbook on this stack are superseded by this newer one.
-            db.execute(
+            superseded = db.execute(
                 "UPDATE jobs SET status = 'coalesced', coalesced_into = ?, finished_at = ?"
                 " WHERE status = 'queued' AND coalesce = 1 AND playbook = ? AND project = ? AND stack = ?"
-                " AND id < ? AND attempts = 0",
+                " AND id < ? AND attempts = 0 RETURNING playbook",
                 (job_id, now, job.playbook, job.project, job.stack, job_id),
             )
+            coalesced += [row[0] for row in superseded.fetchall()]
         ids.append(job_id)
-    return ids
+    return ids, coalesced
