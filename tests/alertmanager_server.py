@@ -15,6 +15,23 @@ import aiohttp
 BINARY = "prometheus-alertmanager"
 
 
+async def wait_until_ready(
+    url: str, proc: "subprocess.Popen[bytes]", log_path: Path, seconds: float
+) -> None:
+    """Poll a server's readiness `url` until it answers 200; fail with the server's log if it
+    exits first or is not ready within `seconds`."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(int(seconds * 10)):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            if proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+    raise AssertionError(log_path.read_text())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -82,14 +99,9 @@ class Alertmanager:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        async with aiohttp.ClientSession() as session:
-            for _ in range(100):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{self.url}/-/ready") as response:
-                        if response.status == 200:
-                            return
-                await asyncio.sleep(0.1)
-        raise AssertionError((self.workdir / "alertmanager.log").read_text())
+        await wait_until_ready(
+            f"{self.url}/-/ready", self.proc, self.workdir / "alertmanager.log", 10
+        )
 
     def stop(self) -> None:
         if self.proc is not None:

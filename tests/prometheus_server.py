@@ -1,7 +1,6 @@
 """A real Prometheus server (Debian's package) on loopback, scraping a daemon every second."""
 
 import asyncio
-import contextlib
 import json
 import shutil
 import subprocess
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.alertmanager_server import free_port
+from tests.alertmanager_server import free_port, wait_until_ready
 
 BINARY = "prometheus"
 
@@ -50,16 +49,7 @@ class Prometheus:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{self.url}/-/ready") as response:
-                        if response.status == 200:
-                            return
-                if self.proc.poll() is not None:
-                    break
-                await asyncio.sleep(0.1)
-        raise AssertionError(self.log_path.read_text())
+        await wait_until_ready(f"{self.url}/-/ready", self.proc, self.log_path, 30)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

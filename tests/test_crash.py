@@ -23,6 +23,7 @@ class DaemonProcess:
     def __init__(self, data_dir: Path, port: int, log_path: Path) -> None:
         self.data_dir, self.port, self.log_path = data_dir, port, log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self.settings: dict[str, str] = {}  # environment over the defaults below, at each start
 
     @property
     def url(self) -> str:
@@ -40,6 +41,7 @@ class DaemonProcess:
             # signed events that old as replays.
             "RESPONDER_RETENTION": str(10 * 365 * 86400),
             "RESPONDER_WORKERS": "2",
+            **self.settings,
         }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(

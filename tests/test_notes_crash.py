@@ -3,9 +3,6 @@ recorded sent. After a restart PagerDuty gets no second note (its key is found o
 a Slack webhook, which cannot be asked, gets the message again, as the README says."""
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,42 +11,16 @@ import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpServer
 
-from tests.helpers import REPO, SECRET_A, pd_event
+from tests.helpers import REPO, pd_event
 from tests.notes_servers import FakeService, pagerduty_settings, start_pagerduty, start_slack
 from tests.test_crash import DaemonProcess, free_port, post
 
 INCIDENT = "QCRASHNOTE"
 
 
-class NotingDaemon(DaemonProcess):
-    """`responder serve` with the note-only playbook and the given notes settings."""
-
-    settings: dict[str, str]
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "RESPONDER_DATA_DIR": str(self.data_dir),
-            "RESPONDER_PORT": str(self.port),
-            "RESPONDER_PAGERDUTY_SECRETS": SECRET_A,
-            "RESPONDER_PLAYBOOKS_DIR": str(REPO / "tests" / "notes_playbooks"),
-            "RESPONDER_RETENTION": str(10 * 365 * 86400),
-            "RESPONDER_WORKERS": "1",
-            **self.settings,
-        }
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "responder", "serve"],
-                env=env,
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-
 @pytest.fixture
-def daemon(data_dir: Path, tmp_path: Path) -> Iterator[NotingDaemon]:
-    process = NotingDaemon(data_dir, free_port(), tmp_path / "daemon.log")
+def daemon(data_dir: Path, tmp_path: Path) -> Iterator[DaemonProcess]:
+    process = DaemonProcess(data_dir, free_port(), tmp_path / "daemon.log")
     yield process
     process.terminate()
 
@@ -62,19 +33,24 @@ async def job_notes(session: aiohttp.ClientSession, url: str) -> list[dict[str, 
 
 @pytest.mark.parametrize("destination", ["pagerduty", "slack"])
 async def test_a_note_taken_just_before_a_crash(
-    destination: str, daemon: NotingDaemon, aiohttp_server: AiohttpServer
+    destination: str, daemon: DaemonProcess, aiohttp_server: AiohttpServer
 ) -> None:
     service: FakeService
     if destination == "pagerduty":
         pagerduty = await start_pagerduty(aiohttp_server)
         service = pagerduty
-        daemon.settings = {
+        sender = {
             f"RESPONDER_{k.upper()}": str(v) for k, v in pagerduty_settings(pagerduty).items()
         }
     else:
         slack = await start_slack(aiohttp_server)
         service = slack
-        daemon.settings = {"RESPONDER_SLACK_WEBHOOK_URL": slack.url}
+        sender = {"RESPONDER_SLACK_WEBHOOK_URL": slack.url}
+    daemon.settings = {  # the note-only playbook, one job at a time
+        "RESPONDER_PLAYBOOKS_DIR": str(REPO / "tests" / "notes_playbooks"),
+        "RESPONDER_WORKERS": "1",
+        **sender,
+    }
     taken = asyncio.Event()
 
     async def hold() -> None:  # the note is taken; its answer never leaves before the kill
@@ -108,7 +84,7 @@ async def test_a_note_taken_just_before_a_crash(
     assert service.problems == []
 
 
-async def _notes_on_disk(daemon: NotingDaemon) -> list[dict[str, Any]]:
+async def _notes_on_disk(daemon: DaemonProcess) -> list[dict[str, Any]]:
     """The notes as the killed daemon left them in its store."""
     from responder.store.sqlite import SQLiteStore
 

@@ -6,8 +6,6 @@ from responder.store.postgres import rows
 from responder.store.postgres.connection import Connection
 from responder.store.postgres.driver import Db
 
-_UNFINISHED = [s.value for s in JobStatus if s not in FINAL_STATUSES]
-
 FINAL = rows.sql_list(FINAL_STATUSES)
 UNFINISHED = rows.sql_list(set(JobStatus) - FINAL_STATUSES)
 OLD_JOBS = (
@@ -75,9 +73,9 @@ class History(Connection):
 
     async def unfinished_job_counts(self) -> dict[JobStatus, int]:
         sql = (
-            "SELECT status, count(*) AS n FROM jobs WHERE status = ANY($1::text[]) GROUP BY status"
+            f"SELECT status, count(*) AS n FROM jobs WHERE status IN ({UNFINISHED}) GROUP BY status"
         )
-        found = await self._run(lambda db: db.fetch(sql, _UNFINISHED))
+        found = await self._run(lambda db: db.fetch(sql))
         return {JobStatus(r["status"]): r["n"] for r in found}
 
     async def incident(self, incident_id: str) -> IncidentRecord | None:

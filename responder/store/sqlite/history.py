@@ -7,8 +7,7 @@ from responder.store import FINAL_STATUSES, IncidentRecord, IncidentSummary, Job
 from responder.store.sqlite import rows
 from responder.store.sqlite.connection import Connection
 
-_UNFINISHED = tuple(s.value for s in JobStatus if s not in FINAL_STATUSES)
-_UNFINISHED_SQL = ", ".join("?" for _ in _UNFINISHED)
+UNFINISHED = rows.sql_list(set(JobStatus) - FINAL_STATUSES)
 # Incidents by their newest job. First among the newest jobs alone (a short walk back along the
 # primary key: most incidents have a few jobs, so `RECENT_WINDOWS[0]` jobs per incident asked for
 # is plenty), then further back; only when a noisy incident crowds them all out, over every job
@@ -49,12 +48,8 @@ class History(Connection):
         )
 
     async def unfinished_job_counts(self) -> dict[JobStatus, int]:
-        sql = (
-            f"SELECT status, count(*) FROM jobs WHERE status IN ({_UNFINISHED_SQL}) GROUP BY status"
-        )
-        return await self._run(
-            lambda db: {JobStatus(status): n for status, n in db.execute(sql, _UNFINISHED)}
-        )
+        sql = f"SELECT status, count(*) FROM jobs WHERE status IN ({UNFINISHED}) GROUP BY status"
+        return await self._run(lambda db: {JobStatus(status): n for status, n in db.execute(sql)})
 
     async def incident(self, incident_id: str) -> IncidentRecord | None:
         return await self._run(lambda db: _incident(db, incident_id))
@@ -150,7 +145,6 @@ def _prune(db: sqlite3.Connection, before: float) -> dict[str, int]:
     """See `Store.prune`. Children first, so no foreign key is ever left dangling."""
     final = sorted(FINAL_STATUSES)
     marks = ", ".join("?" * len(final))
-    unfinished = sorted(set(JobStatus) - FINAL_STATUSES)
     old_jobs = (
         f"SELECT id FROM jobs WHERE status IN ({marks}) AND COALESCE(finished_at, created_at) < ?"
     )
@@ -169,9 +163,9 @@ def _prune(db: sqlite3.Connection, before: float) -> dict[str, int]:
         ),
         "stacks": db.execute(
             "DELETE FROM stacks WHERE status = 'destroyed' AND last_activity_at < ?"
-            f" AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.status IN ({', '.join('?' * len(unfinished))})"
+            f" AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.status IN ({UNFINISHED})"
             " AND jobs.project = stacks.project AND jobs.stack = stacks.stack)",
-            (before, *unfinished),
+            (before,),
         ),
         # An incident nothing refers to any more, resolved before the cutoff, is forgotten: a later
         # event for it is handled as for an unknown incident, which for a resolved one is the same.
