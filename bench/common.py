@@ -72,6 +72,7 @@ class Server:
         self, name: str, argv: list[str], env: dict[str, str], ready_url: str, url: str
     ) -> None:
         self.name, self.argv, self.env, self.ready_url, self.url = name, argv, env, ready_url, url
+        self.cwd = REPO  # `python -m responder` imports the package found here
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready_seconds = 0.0
 
@@ -79,7 +80,7 @@ class Server:
         started = time.monotonic()
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd
             )
         async with aiohttp.ClientSession() as session:
             while time.monotonic() - started < 60 and self.proc.poll() is None:

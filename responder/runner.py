@@ -86,6 +86,8 @@ class Runner:
             job_timeout=job_timeout,
         )
         self._handles: dict[int, JobStack] = {}
+        # Jobs of this node cancelled while claimed but not yet given a handle (see `_attempt`).
+        self._early_cancels: set[int] = set()
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
@@ -117,8 +119,11 @@ class Runner:
         job = await self.store.request_cancel(job_id, now)
         metrics.job_ended_by(job, now)  # a waiting job; a running one is counted as it ends
         handle = self._handles.get(job_id)
-        if job is not None and job.status == JobStatus.RUNNING and handle is not None:
-            handle.cancel()
+        if job is not None and job.status == JobStatus.RUNNING:
+            if handle is not None:
+                handle.cancel()
+            elif job.node == self.store.node:  # claimed here, its handle not made yet
+                self._early_cancels.add(job_id)
         return await self.store.get_job(job_id) if job is not None else None
 
     async def run_once(self) -> int | None:
@@ -172,6 +177,7 @@ class Runner:
         except Exception:  # one job's failure must not stop the others' recovery
             log.exception("job.recovery_failed")
         finally:
+            self._early_cancels.discard(job.id)  # a retry reads the request from its claimed row
             self.leases.release(job.id)
             structlog.contextvars.clear_contextvars()
 
@@ -197,13 +203,17 @@ class Runner:
 
     async def _cancel_requested(self) -> None:
         """Cancel requests made through another node reach this one's running jobs."""
-        if not self._handles:
+        if not self._handles and not self._early_cancels:
             return
-        for job in await self.store.list_jobs(status=JobStatus.RUNNING, limit=1000):
+        marked = set(self._early_cancels)  # a mark made during the read is not judged by it
+        running = await self.store.list_jobs(status=JobStatus.RUNNING, limit=1000)
+        for job in running:
             handle = self._handles.get(job.id)
             if job.cancel_requested and handle is not None and not handle.cancelled:
                 log.info("job.cancel_requested", job_id=job.id)
                 handle.cancel()
+        # A mark outlives its claim only for a job stopped here without ending (its lease lost).
+        self._early_cancels -= marked - {job.id for job in running if job.node == self.store.node}
 
     async def _interrupt(self, job_id: int, fence: int, reason: str) -> None:
         """Stop a job here at once, recording nothing: its operation's processes are killed and its
@@ -294,6 +304,7 @@ class Runner:
             await self._fail(job, f"internal error: {e!r}", started, error_kind="internal_error")
         finally:
             self._handles.pop(job.id, None)
+            self._early_cancels.discard(job.id)
             self.leases.release(job.id)
             structlog.contextvars.clear_contextvars()
 
@@ -309,10 +320,10 @@ class Runner:
         deadline = asyncio.get_running_loop().time() + self.job_timeout
         handle = JobStack(self.stack_deps, job, playbook, program, deadline=deadline)
         self._handles[job.id] = handle
-        # Read again now that `cancel` can find the handle: the claim's copy of the job predates a
-        # cancel that came in between, and nothing else would pass it on.
-        current = await self._write(job, lambda: self.store.get_job(job.id))
-        if current is not None and current.cancel_requested:
+        # A cancel asked before this attempt (during an earlier one, or its recovery) is in the
+        # claimed row; one that reached this node since the claim found no handle and left a mark.
+        # Another node's cancel arrives with the leases' next round (`_cancel_requested`).
+        if job.cancel_requested or job.id in self._early_cancels:
             handle.cancel()
         event = job.event
         ctx = Context(

@@ -161,3 +161,30 @@ def test_bench_smoke_run_writes_a_report(tmp_path: Path) -> None:
     assert re.search(
         r"^\| 2 \| [\d.]+ \([\d.–]+\) \| [\d.]+ \([\d.–]+\) \| [\d.]+ \|", report, re.M
     )
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_drain_smoke_run_compares_two_checkouts(store: str) -> None:
+    # The checkout against itself: both drain every job, and the report says so run by run.
+    temp = Path(tempfile.mkdtemp(prefix="bench-drain-"))
+    temp.chmod(0o755)  # where the `postgres` user can reach its cluster's files
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "bench.drain", "--jobs", "40", "--runs", "2"]
+            + ["--against", str(REPO)]
+            + (["--postgres"] if store == "postgres" else []),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "TMPDIR": str(temp)},
+        )
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = re.findall(
+        r"^\| (this checkout|baseline) \| (\d+) \| \d+–\d+ \| (\d+) \|", result.stdout, re.M
+    )
+    assert [name for name, *_ in rows] == ["this checkout", "baseline"], result.stdout
+    assert all(int(rate) > 0 and int(cpu) > 0 for _, rate, cpu in rows), rows
+    assert re.search(r"run by run: [\d.]+, [\d.]+; median \*\*[\d.]+×\*\*", result.stdout)

@@ -3,7 +3,8 @@ still waiting for its worker, a cancel that came before the runner had the job i
 secret too short to be masked is refused by name."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -82,9 +83,17 @@ async def test_a_cancel_stops_the_playbooks_own_code_even_if_it_swallows_it(
     assert job.status == JobStatus.CANCELLED and job.error == "cancelled by request"
 
 
-async def test_a_cancel_before_the_runner_holds_the_job_is_not_lost(
-    tmp_path: Path, pulumi_env: PulumiEnvironment
-) -> None:
+@dataclass
+class OneJob:
+    """A store holding one queued `manual.work` job, a runner on it, and what the job's playbook ran."""
+
+    store: SQLiteStore
+    runner: Runner
+    ran: list[int | None]
+
+
+@pytest.fixture
+async def one_job(tmp_path: Path, pulumi_env: PulumiEnvironment) -> AsyncIterator[OneJob]:
     ran: list[int | None] = []
 
     @on("manual.work")
@@ -103,20 +112,56 @@ async def test_a_cancel_before_the_runner_holds_the_job_is_not_lost(
         incident=Incident(id="QEARLY"),
     )  # fmt: skip
     delivery = NewDelivery.of(event, id="w", body=b"{}", received_at=0.0)
-    await store.record_delivery(delivery, [NewJob("work", "burner", "s", event, 1)])
+    await store.record_delivery(delivery, [NewJob("work", "burner", "s", event, 3)])
     try:
-        claimed = await store.claim_next(1.0)
-        assert claimed is not None and not claimed.cancel_requested
-        # The cancel comes after the claim and before the runner has set the job up: the claim's
-        # copy of the job says nothing of it.
-        cancelled = await runner.cancel(claimed.id)
-        assert cancelled is not None and cancelled.cancel_requested
-        await runner._run(claimed)
-        job = await store.get_job(claimed.id)
+        yield OneJob(store, runner, ran)
     finally:
         await store.close()
+
+
+async def test_a_cancel_before_the_runner_holds_the_job_is_not_lost(one_job: OneJob) -> None:
+    store, runner = one_job.store, one_job.runner
+    claimed = await store.claim_next(1.0)
+    assert claimed is not None and not claimed.cancel_requested
+    # The cancel comes after the claim and before the runner has set the job up: the claim's
+    # copy of the job says nothing of it.
+    cancelled = await runner.cancel(claimed.id)
+    assert cancelled is not None and cancelled.cancel_requested
+    await runner._run(claimed)
+    assert runner._early_cancels == set()  # the mark ends with the attempt it was for
+    job = await store.get_job(claimed.id)
     assert job is not None and job.status == JobStatus.CANCELLED
-    assert ran == []
+    assert one_job.ran == []
+
+
+async def test_a_cancel_asked_before_a_retry_stops_the_retry_at_once(one_job: OneJob) -> None:
+    store = one_job.store
+    first = await store.claim_next(1.0)
+    assert first is not None
+    # Asked through the store, as another node would, while the first attempt runs; that
+    # attempt then ends in a retry without seeing it (its node stopped, say).
+    await store.request_cancel(first.id, 2.0)
+    await store.retry_later(first.id, 0.0, "interrupted", fence=first.fence)
+    second = await store.claim_next(3.0)
+    assert second is not None and second.id == first.id and second.cancel_requested
+    await one_job.runner._run(second)
+    job = await store.get_job(first.id)
+    assert job is not None and job.status == JobStatus.CANCELLED
+    assert one_job.ran == []
+
+
+async def test_a_cancel_mark_for_a_job_that_ended_elsewhere_is_dropped(one_job: OneJob) -> None:
+    store, runner = one_job.store, one_job.runner
+    claimed = await store.claim_next(1.0)
+    assert claimed is not None
+    await runner.cancel(claimed.id)  # claimed here, no handle: marked for its attempt
+    assert runner._early_cancels == {claimed.id}
+    await runner._cancel_requested()
+    assert runner._early_cancels == {claimed.id}  # still running here: the mark stays
+    # The attempt never comes (its lease was lost) and the job ends without this node.
+    await store.finish(claimed.id, JobStatus.FAILED, 2.0, error="taken over")
+    await runner._cancel_requested()
+    assert runner._early_cancels == set()
 
 
 @pytest.mark.pulumi

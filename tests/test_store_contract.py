@@ -230,6 +230,31 @@ async def test_claims_follow_arrival_order_one_job_per_stack(store: Store) -> No
     assert fourth.status == JobStatus.RUNNING and fourth.attempts == 1
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"huge": 2**70},  # beyond 64 bits: kept exact, not read back as a float
+        {"negative": -(2**64), "edge": 2**63 - 1},
+        {"lone": "\ud800x"},  # a lone surrogate
+        {"digits": "P12345678901234567890123", "nested": {"list": [1, 2.5, None, True, "é"]}},
+    ],
+    ids=["beyond-64-bits", "64-bit-edges", "lone-surrogate", "digits-in-text"],
+)
+async def test_a_claimed_job_carries_its_event_exactly_as_enqueued(
+    store: Store, data: dict[str, object]
+) -> None:
+    """Whatever a source accepted comes back unchanged, including what the fast JSON codec cannot
+    hold."""
+    event = bare_event(**data)
+    [job_id] = await enqueue(store, replace(job("a"), event=event))
+    claimed = await store.claim_next(NOW)
+    stored = await store.get_job(job_id)
+    assert claimed is not None and stored is not None
+    for found in (claimed.event.data, stored.event.data):
+        assert found == data
+        assert [type(v) for v in found.values()] == [type(v) for v in data.values()]
+
+
 async def test_a_retry_waits_in_its_place_until_due(store: Store) -> None:
     first, later = await enqueue(store, job("a"), job("a"))
     claimed = await store.claim_next(NOW)

@@ -1,6 +1,8 @@
 """Rows of either store read back as its records: the columns' JSON decoded, statuses as enums."""
 
+import contextlib
 import json
+import re
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any, Protocol
@@ -42,15 +44,29 @@ def sql_list(statuses: Iterable[StrEnum]) -> str:
 def json_text(value: Any) -> str:
     """`value` as JSON text for a column: orjson (a job's event encodes about 15× faster than with
     `json`, which showed in the intake profile), `json` for what orjson refuses (integers beyond
-    64 bits, lone surrogates). Both escape NUL, and the text is only ever read back by `json.loads`."""
+    64 bits, lone surrogates). Both escape NUL, and the text is read back by `json_value`."""
     try:
         return orjson.dumps(value).decode()
     except TypeError:
         return json.dumps(value)
 
 
+# Nineteen digits in a row: maybe an integer beyond 64 bits, which orjson would read as a float.
+_LONG_NUMBER = re.compile(r"\d{19}")
+
+
+def json_value(text: str) -> Any:
+    """A column's JSON text decoded as `json.loads` would: by orjson (each claimed job's event is
+    decoded on the runner's hot path), by `json` for a text that may hold an integer orjson would
+    round to a float, or anything else orjson refuses (NaN, which `json.dumps` writes)."""
+    if _LONG_NUMBER.search(text) is None:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(text)
+    return json.loads(text)
+
+
 def _json(text: str | None) -> Any:
-    return json.loads(text) if text else None
+    return json_value(text) if text else None
 
 
 def job(row: Row, steps: tuple[StepRecord, ...] = ()) -> Job:
@@ -60,7 +76,7 @@ def job(row: Row, steps: tuple[StepRecord, ...] = ()) -> Job:
         playbook=row["playbook"],
         project=row["project"],
         stack=row["stack"],
-        event=event_from_dict(json.loads(row["event"])),
+        event=event_from_dict(json_value(row["event"])),
         incident_id=row["incident_id"],
         event_type=row["event_type"],
         status=JobStatus(row["status"]),
@@ -72,7 +88,7 @@ def job(row: Row, steps: tuple[StepRecord, ...] = ()) -> Job:
         finished_at=row["finished_at"],
         error=row["error"],
         outputs=_json(row["outputs"]),
-        params=json.loads(row["params"]),
+        params=json_value(row["params"]),
         coalesced_into=row["coalesced_into"],
         plan=_json(row["plan"]),
         approved_plan=_json(row["approved_plan"]),
@@ -91,7 +107,7 @@ def step(row: Row) -> StepRecord:
         row["duration_ms"],
         row["outcome"],
         row["error"],
-        json.loads(row["changes"]),
+        json_value(row["changes"]),
     )
 
 

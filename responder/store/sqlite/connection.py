@@ -4,17 +4,16 @@ Every store method runs as one function on that thread, so a transaction is neve
 another coroutine's statements and the event loop never waits on the disk.
 """
 
-import asyncio
 import os
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from responder.store import StoreUnavailable
 from responder.store.node import new_node_id
 from responder.store.sqlite.schema import ensure_schema
+from responder.store.sqlite.thread import StoreThread, StoreThreadClosed
 
 T = TypeVar("T")
 
@@ -26,7 +25,7 @@ class Connection:
         self.path = path
         self.node = node or new_node_id()
         self.lease = lease
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._thread = StoreThread("sqlite")
         self._db: sqlite3.Connection | None = None
 
     async def open(self) -> None:
@@ -50,24 +49,25 @@ class Connection:
         if self._db is not None:
             await self._call(self._db.close)
             self._db = None
-        self._executor.shutdown(wait=True)
+        self._thread.stop()
 
     async def ping(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
 
-    async def _call(self, fn: Callable[[], T]) -> T:
+    async def _call(self, fn: Callable[[], T], *, slow: bool = False) -> T:
+        """`fn` on the store's thread; `slow`: it may take long (see `StoreThread.call`)."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        except (sqlite3.Error, RuntimeError) as e:  # RuntimeError: executor already shut down
+            return await self._thread.call(fn, slow=slow)
+        except (sqlite3.Error, StoreThreadClosed) as e:
             raise StoreUnavailable(f"job store unavailable: {e}") from e
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`fn` on the store's thread, each statement committed on its own (reads, single updates)."""
         return await self._call(lambda: fn(self._conn()))
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, slow: bool = False) -> T:
         """`fn` on the store's thread, in one transaction."""
-        return await self._call(lambda: self._transaction(fn))
+        return await self._call(lambda: self._transaction(fn), slow=slow)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

@@ -72,7 +72,7 @@ class History(Connection):
         return await self._run(lambda db: {r[0] for r in db.execute("SELECT id FROM deliveries")})
 
     async def prune(self, before: float) -> dict[str, int]:
-        return await self._write(lambda db: _prune(db, before))
+        return await self._write(lambda db: _prune(db, before), slow=True)
 
 
 def _incident(db: sqlite3.Connection, incident_id: str) -> IncidentRecord | None:

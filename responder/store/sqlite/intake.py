@@ -16,5 +16,6 @@ class Intake(GroupCommit, Connection):
                 self._transaction,
                 functools.partial(delivery_sql.record_requests, requests=requests),
                 durable=True,
-            )
+            ),
+            slow=True,  # an fsync
         )

@@ -18,8 +18,16 @@ FIRST_IN_LINE = """NOT EXISTS (SELECT 1 FROM jobs AS r
   AND NOT EXISTS (SELECT 1 FROM jobs AS q
                   WHERE q.status = 'queued' AND q.project = j.project AND q.stack = j.stack AND q.id < j.id)"""
 
-# The first queued job of each stack, provided nothing runs on that stack: strict arrival order.
-CLAIMABLE = f"SELECT * FROM jobs AS j WHERE j.status = 'queued' AND {FIRST_IN_LINE} ORDER BY j.id"
+# The first due job in line on its stack, taken in one statement. A job whose stack waits for its
+# retry time is first in line but not due: the later jobs of that stack stay behind it.
+CLAIM = f"""
+UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now, node = :node,
+                lease_expires_at = :expires, fence = fence + 1
+WHERE id = (SELECT j.id FROM jobs AS j
+            WHERE j.status = 'queued' AND j.not_before <= :now AND {FIRST_IN_LINE}
+            ORDER BY j.id LIMIT 1)
+RETURNING *
+"""
 
 # When the earliest waiting job becomes runnable: a scheduled job (it then joins the queue), or a
 # retry next on its stack. A retry behind a running job is due only when that job ends, which wakes
@@ -48,16 +56,10 @@ class JobQueue(Connection):
                 "UPDATE jobs SET status = 'queued', not_before = 0 WHERE status = 'scheduled' AND not_before <= ?",
                 (now,),
             )
-            for row in db.execute(CLAIMABLE):
-                if row["not_before"] > now:
-                    continue  # its stack waits for it: later jobs of that stack stay behind
-                db.execute(
-                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
-                    " node = ?, lease_expires_at = ?, fence = fence + 1 WHERE id = ?",
-                    (now, self.node, now + self.lease, row["id"]),
-                )
-                return rows.job_by_id(db, row["id"])
-            return None
+            row = db.execute(
+                CLAIM, {"now": now, "node": self.node, "expires": now + self.lease}
+            ).fetchone()
+            return rows.job(row) if row is not None else None
 
         return await self._write(claim)
 

@@ -60,6 +60,9 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, project, stack, id);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, id);
 CREATE INDEX IF NOT EXISTS jobs_incident ON jobs (incident_id, id);
 CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery_id);
+-- Waiting jobs with a time (scheduled, retries): an idle worker's `next_due` reads only these,
+-- not every queued job (17 ms at 13,000 queued).
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, not_before) WHERE not_before > 0;
 CREATE TABLE IF NOT EXISTS steps (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id INTEGER NOT NULL REFERENCES jobs (id),

@@ -1,0 +1,195 @@
+"""The runner's own cost: a backlog of no-op jobs drained by `responder serve`, against another checkout.
+
+    .venv/bin/python -m bench.drain --against /tmp/base     # a checkout of the baseline commit
+    .venv/bin/python -m bench.drain --postgres ...          # the same on PostgreSQL, one process
+    git worktree add /tmp/base <rev>                        # one way to make that checkout
+
+A store with `--jobs` queued no-op jobs (distinct incidents and stacks) is written, then a daemon
+(INFO logs to a file, the intake benchmark's no-op playbook) is started on it (SQLite: a copy of one
+file; PostgreSQL: a fresh database of a throw-away cluster with production durability, written
+afresh each run), and timed from ready until no job is queued or running. With PostgreSQL, the CPU
+time per job is the daemon's and the cluster's together. The two checkouts take turns, the order rotating
+from run to run; each run reports jobs per second and the daemon's CPU time per job (its
+/proc/<pid>/stat ticks). This is what a flood of pages leaves the runner to do once intake has
+stored it, and what competes with intake for the one core while the flood goes on.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import inspect
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+
+from bench.common import NOOP_PLAYBOOKS, REPO, cpu_seconds, machine, responder_server
+from bench.intake import postgres_cluster, postgres_pids
+from responder.events import Event, Incident
+from responder.store import NewDelivery, NewJob, Store
+from responder.store.sqlite import SQLiteStore
+from tests.postgres_server import PostgresServer, fresh_database
+
+UNFINISHED = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+
+
+# The imports `backlog` needs, for a copy of it run by another checkout's code (below).
+BACKLOG_IMPORTS = """
+import asyncio, sys, time
+from responder.events import Event, Incident
+from responder.store import NewDelivery, NewJob, Store
+from responder.store.postgres import PostgresStore
+"""
+
+
+async def backlog(store: Store, count: int) -> None:
+    """`count` queued no-op jobs in `store`, each its own incident and stack."""
+    await store.open()
+    try:
+        for start in range(0, count, 500):
+            batch = []
+            for i in range(start, min(count, start + 500)):
+                event = Event(
+                    id=f"drain-{i}", source="pagerduty", type="incident.triggered",
+                    resource_type="incident", incident=Incident(id=f"QDRAIN{i}"),
+                )  # fmt: skip
+                delivery = NewDelivery.of(
+                    event, id=f"drain-{i}", body=b"{}", received_at=time.time()
+                )
+                job = NewJob("noop", "burner", f"incident-QDRAIN{i}", event, 3)
+                batch.append((delivery, [job]))
+            await store.record_deliveries(batch)
+    finally:
+        await store.close()
+
+
+async def unfinished(data: Path, url: str) -> int:
+    if not url:
+        with sqlite3.connect(data / "responder.db") as db:
+            return int(db.execute(UNFINISHED).fetchone()[0])
+    connection = await asyncpg.connect(url)
+    try:
+        return int(await connection.fetchval(UNFINISHED))
+    finally:
+        await connection.close()
+
+
+async def drain(
+    checkout: Path, template: Path, work: Path, count: int, cluster: PostgresServer | None
+) -> tuple[float, float]:
+    """Jobs per second, and CPU µs per job, of one daemon of `checkout` draining the backlog."""
+    data = work / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(mode=0o700)
+    if cluster is None:
+        shutil.copy(template, data / "responder.db")
+        return await _timed(checkout, data, work, count, "", None)
+    async with fresh_database(cluster) as url:
+        # Written by the checkout's own code: its schema migrations are the ones it knows.
+        script = f"{BACKLOG_IMPORTS}\n{inspect.getsource(backlog)}\n" + (
+            "asyncio.run(backlog(PostgresStore(sys.argv[1]), int(sys.argv[2])))"
+        )
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, url, str(count), cwd=checkout
+        )
+        if await writer.wait():
+            raise RuntimeError(f"the backlog of {checkout} could not be written")
+        return await _timed(checkout, data, work, count, url, cluster)
+
+
+async def _timed(
+    checkout: Path, data: Path, work: Path, count: int, url: str, cluster: PostgresServer | None
+) -> tuple[float, float]:
+    env = {"RESPONDER_DATABASE_URL": url, "RESPONDER_PROCESSES": "1"} if url else {}
+    server = responder_server(data, NOOP_PLAYBOOKS, RESPONDER_LOG_LEVEL="INFO", **env)
+    server.cwd = checkout
+
+    def cpu() -> float:
+        return cpu_seconds(server.pids() + (postgres_pids(cluster) if cluster else []))
+
+    await server.start(work / "server.log")
+    try:
+        used, started = cpu(), time.monotonic()
+        while await unfinished(data, url):  # noqa: ASYNC110 (another process: polled)
+            await asyncio.sleep(0.02)
+        wall = time.monotonic() - started
+        used = cpu() - used
+    finally:
+        server.stop()
+    return count / wall, used / count * 1e6
+
+
+async def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
+    systems = {"this checkout": REPO}
+    if args.against:
+        systems["baseline"] = args.against.resolve()
+    found: dict[str, list[tuple[float, float]]] = {name: [] for name in systems}
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="responder-drain-"))
+        cluster = stack.enter_context(postgres_cluster()) if args.postgres else None
+        template = Path(tmp) / "backlog.db"
+        if cluster is None:
+            await backlog(SQLiteStore(template), args.jobs)
+        names = list(systems)
+        for run in range(args.runs):
+            for name in names[run % len(names) :] + names[: run % len(names)]:
+                work = Path(tmp) / name.replace(" ", "-")
+                work.mkdir(exist_ok=True)
+                rate, cpu = await drain(systems[name], template, work, args.jobs, cluster)
+                found[name].append((rate, cpu))
+                print(
+                    f"run {run} {name}: {rate:.0f} jobs/s, {cpu:.0f} µs CPU a job", file=sys.stderr
+                )
+    return found
+
+
+def report(found: dict[str, list[tuple[float, float]]], args: argparse.Namespace) -> str:
+    facts = machine()
+    lines = [
+        f"Machine: {facts['cores']} cores ({facts['cpu']}), Python {facts['python']}."
+        f" {'PostgreSQL 15, one process' if args.postgres else 'SQLite'}; {args.jobs} queued no-op"
+        f" jobs a run, {args.runs} runs per checkout; medians, spread min–max.",
+        "",
+        "| checkout | jobs/s | spread | CPU µs a job | spread |",
+        "|---|---|---|---|---|",
+    ]
+    for name, runs in found.items():
+        rates, cpus = [r for r, _ in runs], [c for _, c in runs]
+        lines.append(
+            f"| {name} | {statistics.median(rates):.0f} | {min(rates):.0f}–{max(rates):.0f}"
+            f" | {statistics.median(cpus):.0f} | {min(cpus):.0f}–{max(cpus):.0f} |"
+        )
+    if "baseline" in found:
+        ratios = [
+            mine[0] / base[0]
+            for mine, base in zip(found["this checkout"], found["baseline"], strict=True)
+        ]
+        lines += [
+            "",
+            "Jobs/s, this checkout / baseline, run by run: "
+            + ", ".join(f"{r:.2f}" for r in ratios)
+            + f"; median **{statistics.median(ratios):.2f}×**.",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=6000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--against", type=Path, help="a checkout of the baseline to compare with")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
+    args = parser.parse_args()
+    print(report(asyncio.run(measure(args)), args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
