@@ -32,18 +32,26 @@ from bench.common import NOOP_PLAYBOOKS, REPO, cpu_seconds, machine, responder_s
 from bench.intake import postgres_cluster, postgres_pids
 from responder.events import Event, Incident
 from responder.store import NewDelivery, NewJob, Store
-from responder.store.sqlite import SQLiteStore
 from tests.postgres_server import PostgresServer, fresh_database
 
 UNFINISHED = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
 
-
-# The imports `backlog` needs, for a copy of it run by another checkout's code (below).
+# `backlog` is run by each checkout's own code (so its store has that checkout's schema): these are
+# the imports it needs, and the call, around a copy of its source.
 BACKLOG_IMPORTS = """
 import asyncio, sys, time
+from pathlib import Path
 from responder.events import Event, Incident
 from responder.store import NewDelivery, NewJob, Store
-from responder.store.postgres import PostgresStore
+"""
+BACKLOG_CALL = """
+if sys.argv[1].startswith("postgresql://"):
+    from responder.store.postgres import PostgresStore
+    store = PostgresStore(sys.argv[1])
+else:
+    from responder.store.sqlite import SQLiteStore
+    store = SQLiteStore(Path(sys.argv[1]))
+asyncio.run(backlog(store, int(sys.argv[2])))
 """
 
 
@@ -68,9 +76,19 @@ async def backlog(store: Store, count: int) -> None:
         await store.close()
 
 
+async def write_backlog(checkout: Path, target: str, count: int) -> None:
+    """`backlog` into `target` (a PostgreSQL URL or an SQLite file), by `checkout`'s code."""
+    script = f"{BACKLOG_IMPORTS}\n{inspect.getsource(backlog)}\n{BACKLOG_CALL}"
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, target, str(count), cwd=checkout
+    )
+    if await writer.wait():
+        raise RuntimeError(f"{checkout} could not write the backlog")
+
+
 async def unfinished(data: Path, url: str) -> int:
     if not url:
-        with sqlite3.connect(data / "responder.db") as db:
+        with contextlib.closing(sqlite3.connect(data / "responder.db")) as db:
             return int(db.execute(UNFINISHED).fetchone()[0])
     connection = await asyncpg.connect(url)
     try:
@@ -82,30 +100,24 @@ async def unfinished(data: Path, url: str) -> int:
 async def drain(
     checkout: Path, template: Path, work: Path, count: int, cluster: PostgresServer | None
 ) -> tuple[float, float]:
-    """Jobs per second, and CPU µs per job, of one daemon of `checkout` draining the backlog."""
+    """Jobs per second, and CPU µs per job, of one daemon of `checkout` draining the backlog
+    (`template`, the SQLite file it wrote; with `cluster`, written afresh into a new database)."""
     data = work / "data"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(mode=0o700)
     if cluster is None:
         shutil.copy(template, data / "responder.db")
-        return await _timed(checkout, data, work, count, "", None)
+        return await _timed(checkout, data, work, "", None)
     async with fresh_database(cluster) as url:
-        # Written by the checkout's own code: its schema migrations are the ones it knows.
-        script = f"{BACKLOG_IMPORTS}\n{inspect.getsource(backlog)}\n" + (
-            "asyncio.run(backlog(PostgresStore(sys.argv[1]), int(sys.argv[2])))"
-        )
-        writer = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", script, url, str(count), cwd=checkout
-        )
-        if await writer.wait():
-            raise RuntimeError(f"the backlog of {checkout} could not be written")
-        return await _timed(checkout, data, work, count, url, cluster)
+        await write_backlog(checkout, url, count)
+        return await _timed(checkout, data, work, url, cluster)
 
 
 async def _timed(
-    checkout: Path, data: Path, work: Path, count: int, url: str, cluster: PostgresServer | None
+    checkout: Path, data: Path, work: Path, url: str, cluster: PostgresServer | None
 ) -> tuple[float, float]:
-    env = {"RESPONDER_DATABASE_URL": url, "RESPONDER_PROCESSES": "1"} if url else {}
+    # Set either way: a store setting of the caller's environment must not reach the daemon.
+    env = {"RESPONDER_DATABASE_URL": url, "RESPONDER_PROCESSES": "1"}
     server = responder_server(data, NOOP_PLAYBOOKS, RESPONDER_LOG_LEVEL="INFO", **env)
     server.cwd = checkout
 
@@ -114,14 +126,15 @@ async def _timed(
 
     await server.start(work / "server.log")
     try:
-        used, started = cpu(), time.monotonic()
+        # From what is left once the daemon answers: its runner starts before it listens.
+        used, started, left = cpu(), time.monotonic(), await unfinished(data, url)
         while await unfinished(data, url):  # noqa: ASYNC110 (another process: polled)
             await asyncio.sleep(0.02)
         wall = time.monotonic() - started
         used = cpu() - used
     finally:
         server.stop()
-    return count / wall, used / count * 1e6
+    return left / wall, used / left * 1e6
 
 
 async def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
@@ -130,17 +143,18 @@ async def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float
         systems["baseline"] = args.against.resolve()
     found: dict[str, list[tuple[float, float]]] = {name: [] for name in systems}
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="responder-drain-"))
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="responder-drain-")))
         cluster = stack.enter_context(postgres_cluster()) if args.postgres else None
-        template = Path(tmp) / "backlog.db"
+        templates = {name: tmp / f"backlog-{i}.db" for i, name in enumerate(systems)}
         if cluster is None:
-            await backlog(SQLiteStore(template), args.jobs)
+            for name, checkout in systems.items():
+                await write_backlog(checkout, str(templates[name]), args.jobs)
         names = list(systems)
         for run in range(args.runs):
             for name in names[run % len(names) :] + names[: run % len(names)]:
-                work = Path(tmp) / name.replace(" ", "-")
+                work = tmp / name.replace(" ", "-")
                 work.mkdir(exist_ok=True)
-                rate, cpu = await drain(systems[name], template, work, args.jobs, cluster)
+                rate, cpu = await drain(systems[name], templates[name], work, args.jobs, cluster)
                 found[name].append((rate, cpu))
                 print(
                     f"run {run} {name}: {rate:.0f} jobs/s, {cpu:.0f} µs CPU a job", file=sys.stderr

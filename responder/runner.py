@@ -212,7 +212,8 @@ class Runner:
             if job.cancel_requested and handle is not None and not handle.cancelled:
                 log.info("job.cancel_requested", job_id=job.id)
                 handle.cancel()
-        # A mark outlives its claim only for a job stopped here without ending (its lease lost).
+        # Marks of jobs no longer running here: a cancel answered after its job's attempt ended,
+        # or an attempt cancelled before it began.
         self._early_cancels -= marked - {job.id for job in running if job.node == self.store.node}
 
     async def _interrupt(self, job_id: int, fence: int, reason: str) -> None:

@@ -143,6 +143,46 @@ async def test_a_dropped_thread_ends_without_a_stop() -> None:
     assert not thread.is_alive()
 
 
+async def test_a_stream_of_quick_calls_does_not_hold_an_answer_back() -> None:
+    worker = StoreThread("store-stream")
+    gate = threading.Event()
+    try:
+        first = worker.call(lambda: "first")
+        for _ in range(4):  # quick calls, each under LONG, together over it
+            worker.call(functools.partial(time.sleep, LONG / 2))
+        blocked = worker.call(gate.wait)
+        assert await asyncio.wait_for(first, 10) == "first"
+        assert not blocked.done()
+    finally:
+        gate.set()
+        worker.stop()
+
+
+class Owner:
+    """What holds a store's thread (the SQLite connection), and whose calls hold it in return."""
+
+    def __init__(self) -> None:
+        self.thread = StoreThread("store-owned")
+
+    def ping(self) -> str:
+        return "pong"
+
+
+async def test_a_dropped_owner_s_thread_ends_even_after_a_cancelled_call() -> None:
+    owner = Owner()
+    gate = threading.Event()
+    blocker = owner.thread.call(gate.wait)
+    skipped = owner.thread.call(owner.ping)  # holds the owner, and is cancelled before it runs
+    skipped.cancel()
+    gate.set()
+    assert await blocker is True
+    [thread] = threads_named("store-owned")
+    del owner, skipped
+    gc.collect()
+    await asyncio.to_thread(thread.join, 10)
+    assert not thread.is_alive()
+
+
 async def test_nothing_is_taken_after_a_stop_and_no_thread_is_left() -> None:
     unused = StoreThread("store-unused")
     assert threads_named("store-unused") == []  # a store never used holds no thread

@@ -46,10 +46,12 @@ class Connection:
         self._db = db
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._call(self._db.close)
-            self._db = None
-        self._thread.stop()
+        try:
+            if self._db is not None:
+                await self._call(self._db.close)
+                self._db = None
+        finally:
+            self._thread.stop()
 
     async def ping(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())

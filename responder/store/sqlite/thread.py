@@ -3,9 +3,11 @@ the calls that finished together with one wake-up.
 
 It replaces a one-worker `ThreadPoolExecutor`, whose per-call hand-off (a work item, a condition,
 a future chained to an asyncio one, a wake-up of the loop per call) cost about twice the CPU, all of
-it under the GIL that intake and the runner share (bench/RESULTS.md, "Runner"). Answers wait for one
-another only while calls are quick: they are sent before a call its caller marks slow (a commit to
-disk, a prune), after any call that took long, and whenever the thread runs out of calls.
+it under the GIL that intake and the runner share (bench/RESULTS.md, "Runner"). Waiting answers are
+sent whenever the thread runs out of calls, before a call its caller marks slow (a commit to disk, a
+prune), before any call once the oldest has waited `LONG`, and after any call that took `LONG`: so
+an answer waits little more than `LONG`, unless the call after it turned out long though not marked
+slow (a commit that checkpoints the WAL, say).
 """
 
 import asyncio
@@ -21,7 +23,7 @@ T = TypeVar("T")
 
 _Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any], bool]
 _Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]
-LONG = 0.001  # s: a call that took this long sends the answers waiting, its own included
+LONG = 0.001  # s: how long an answer may wait for others; a call this long is sent at once
 
 
 class StoreThreadClosed(RuntimeError):
@@ -80,17 +82,21 @@ def _serve(calls: "queue.SimpleQueue[_Call | None]") -> None:
         if call is None:
             answers.send()
             return
-        loop, future, fn, slow = call
+        _take(call, answers)
         del call  # holds nothing of a call (its closure, its loop) while it waits for the next
-        if future.cancelled():  # its caller gave up before it started
-            continue
-        if slow:
-            answers.send()
-        started = time.monotonic()
-        answers.add(loop, _outcome(future, fn))
-        if time.monotonic() - started >= LONG:
-            answers.send()
-        del loop, future, fn
+
+
+def _take(call: _Call, answers: "_Answers") -> None:
+    """Run one call, its answer kept with those waiting to be sent, or sent at once with them."""
+    loop, future, fn, slow = call
+    if future.cancelled():  # its caller gave up before it started
+        return
+    if slow or answers.older_than(LONG):  # nothing waits behind a call that may take long
+        answers.send()
+    started = time.monotonic()
+    answers.add(loop, _outcome(future, fn))
+    if time.monotonic() - started >= LONG:
+        answers.send()
 
 
 class _Answers:
@@ -98,9 +104,15 @@ class _Answers:
 
     def __init__(self) -> None:
         self._waiting: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
+        self._since = 0.0  # when the oldest of them was added
 
     def add(self, loop: asyncio.AbstractEventLoop, answer: _Answer) -> None:
+        if not self._waiting:
+            self._since = time.monotonic()
         self._waiting.setdefault(loop, []).append(answer)
+
+    def older_than(self, seconds: float) -> bool:
+        return bool(self._waiting) and time.monotonic() - self._since >= seconds
 
     def send(self) -> None:
         waiting, self._waiting = self._waiting, {}
