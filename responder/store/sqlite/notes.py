@@ -30,12 +30,11 @@ class Notes(Connection):
         def claim(db: sqlite3.Connection) -> list[NoteRecord]:
             claimed = []
             for row in db.execute(DUE, (now, now, self.node, limit)).fetchall():
-                db.execute(
+                updated = db.execute(
                     "UPDATE notes SET status = 'sending', attempts = attempts + 1, node = ?,"
-                    " lease_expires_at = ? WHERE id = ?",
+                    " lease_expires_at = ? WHERE id = ? RETURNING *",
                     (self.node, now + lease, row["id"]),
-                )
-                updated = db.execute("SELECT * FROM notes WHERE id = ?", (row["id"],)).fetchone()
+                ).fetchone()
                 claimed.append(note(updated, resumed=row["status"] == NoteStatus.SENDING))
             return claimed
 
