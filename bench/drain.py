@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -86,13 +87,25 @@ async def write_backlog(checkout: Path, target: str, count: int) -> None:
         raise RuntimeError(f"{checkout} could not write the backlog")
 
 
-async def unfinished(data: Path, url: str) -> int:
+@contextlib.asynccontextmanager
+async def unfinished_counter(data: Path, url: str) -> AsyncIterator[Callable[[], Awaitable[int]]]:
+    """How many jobs are queued or running, asked on one connection held for the whole run: a
+    connection per poll would fork a PostgreSQL backend each time, counted as the jobs' CPU."""
     if not url:
         with contextlib.closing(sqlite3.connect(data / "responder.db")) as db:
-            return int(db.execute(UNFINISHED).fetchone()[0])
+
+            async def count_sqlite() -> int:
+                return int(db.execute(UNFINISHED).fetchone()[0])
+
+            yield count_sqlite
+        return
     connection = await asyncpg.connect(url)
     try:
-        return int(await connection.fetchval(UNFINISHED))
+
+        async def count_postgres() -> int:
+            return int(await connection.fetchval(UNFINISHED))
+
+        yield count_postgres
     finally:
         await connection.close()
 
@@ -126,12 +139,13 @@ async def _timed(
 
     await server.start(work / "server.log")
     try:
-        # From what is left once the daemon answers: its runner starts before it listens.
-        used, started, left = cpu(), time.monotonic(), await unfinished(data, url)
-        while await unfinished(data, url):  # noqa: ASYNC110 (another process: polled)
-            await asyncio.sleep(0.02)
-        wall = time.monotonic() - started
-        used = cpu() - used
+        async with unfinished_counter(data, url) as unfinished:
+            # From what is left once the daemon answers: its runner starts before it listens.
+            used, started, left = cpu(), time.monotonic(), await unfinished()
+            while await unfinished():  # noqa: ASYNC110 (another process: polled)
+                await asyncio.sleep(0.02)
+            wall = time.monotonic() - started
+            used = cpu() - used
     finally:
         server.stop()
     return left / wall, used / left * 1e6
