@@ -1,7 +1,15 @@
 """What the store has recorded, read back (jobs, an incident's whole record) and pruned."""
 
 from responder.incidents import parse_status
-from responder.store import FINAL_STATUSES, IncidentRecord, IncidentSummary, Job, JobStatus
+from responder.store import (
+    FINAL_STATUSES,
+    IncidentRecord,
+    IncidentStatus,
+    IncidentSummary,
+    Job,
+    JobStatus,
+    StackRecord,
+)
 from responder.store.postgres import rows
 from responder.store.postgres.connection import Connection
 from responder.store.postgres.driver import Db
@@ -122,16 +130,10 @@ async def _incident(db: Db, incident_id: str) -> IncidentRecord | None:
     jobs = tuple([rows.job(r, await rows.steps(db, r["id"])) for r in found])
     if not deliveries and not jobs:
         return None
-    stacks = tuple(
-        rows.stack(r)
-        for r in await db.fetch(
-            f"{rows.STACKS_WITH_INCIDENT} WHERE s.incident_id = $1 ORDER BY s.stack", incident_id
-        )
-    )
-    status = await db.fetchval("SELECT status FROM incidents WHERE id = $1", incident_id)
+    stacks = await _stacks_of(db, incident_id)
     return IncidentRecord(
         id=incident_id,
-        status=parse_status(status),
+        status=await _status_of(db, incident_id),
         deliveries=deliveries,
         jobs=jobs,
         stacks=stacks,
@@ -156,20 +158,27 @@ async def _summary(db: Db, incident_id: str, limit: int) -> IncidentSummary | No
         )
     )
     count = await db.fetchval("SELECT count(*) FROM jobs WHERE incident_id = $1", incident_id)
-    stacks = tuple(
-        rows.stack(r)
-        for r in await db.fetch(
-            f"{rows.STACKS_WITH_INCIDENT} WHERE s.incident_id = $1 ORDER BY s.stack", incident_id
-        )
-    )
+    stacks = await _stacks_of(db, incident_id)
     if not sources and not count and not stacks:
         return None
-    status = await db.fetchval("SELECT status FROM incidents WHERE id = $1", incident_id)
     return IncidentSummary(
         id=incident_id,
-        status=parse_status(status),
+        status=await _status_of(db, incident_id),
         sources=sources,
         job_count=int(count),
         jobs=jobs,
         stacks=stacks,
+    )
+
+
+async def _stacks_of(db: Db, incident_id: str) -> tuple[StackRecord, ...]:
+    found = await db.fetch(
+        f"{rows.STACKS_WITH_INCIDENT} WHERE s.incident_id = $1 ORDER BY s.stack", incident_id
+    )
+    return tuple(rows.stack(r) for r in found)
+
+
+async def _status_of(db: Db, incident_id: str) -> IncidentStatus | None:
+    return parse_status(
+        await db.fetchval("SELECT status FROM incidents WHERE id = $1", incident_id)
     )

@@ -3,7 +3,15 @@
 import sqlite3
 
 from responder.incidents import parse_status
-from responder.store import FINAL_STATUSES, IncidentRecord, IncidentSummary, Job, JobStatus
+from responder.store import (
+    FINAL_STATUSES,
+    IncidentRecord,
+    IncidentStatus,
+    IncidentSummary,
+    Job,
+    JobStatus,
+    StackRecord,
+)
 from responder.store.sqlite import rows
 from responder.store.sqlite.connection import Connection
 
@@ -89,16 +97,10 @@ def _incident(db: sqlite3.Connection, incident_id: str) -> IncidentRecord | None
     )
     if not deliveries and not jobs:
         return None
-    stacks = tuple(
-        rows.stack(r)
-        for r in db.execute(
-            f"{rows.STACKS_WITH_INCIDENT} WHERE s.incident_id = ? ORDER BY s.stack", (incident_id,)
-        )
-    )
-    status = db.execute("SELECT status FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+    stacks = _stacks_of(db, incident_id)
     return IncidentRecord(
         id=incident_id,
-        status=parse_status(status[0] if status else None),
+        status=_status_of(db, incident_id),
         deliveries=deliveries,
         jobs=jobs,
         stacks=stacks,
@@ -122,18 +124,12 @@ def _summary(db: sqlite3.Connection, incident_id: str, limit: int) -> IncidentSu
         )
     )
     count = rows.count(db, "SELECT count(*) FROM jobs WHERE incident_id = ?", (incident_id,))
-    stacks = tuple(
-        rows.stack(r)
-        for r in db.execute(
-            f"{rows.STACKS_WITH_INCIDENT} WHERE s.incident_id = ? ORDER BY s.stack", (incident_id,)
-        )
-    )
+    stacks = _stacks_of(db, incident_id)
     if not sources and not count and not stacks:
         return None
-    status = db.execute("SELECT status FROM incidents WHERE id = ?", (incident_id,)).fetchone()
     return IncidentSummary(
         id=incident_id,
-        status=parse_status(status[0] if status else None),
+        status=_status_of(db, incident_id),
         sources=sources,
         job_count=count,
         jobs=jobs,
@@ -178,3 +174,15 @@ def _prune(db: sqlite3.Connection, before: float) -> dict[str, int]:
         ),
     }
     return {table: cursor.rowcount for table, cursor in counts.items()}
+
+
+def _stacks_of(db: sqlite3.Connection, incident_id: str) -> tuple[StackRecord, ...]:
+    found = db.execute(
+        f"{rows.STACKS_WITH_INCIDENT} WHERE s.incident_id = ? ORDER BY s.stack", (incident_id,)
+    )
+    return tuple(rows.stack(r) for r in found)
+
+
+def _status_of(db: sqlite3.Connection, incident_id: str) -> IncidentStatus | None:
+    found = db.execute("SELECT status FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+    return parse_status(found[0] if found else None)
