@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
@@ -88,8 +88,14 @@ def _error(status: int, message: str, code: int, *errors: str) -> web.Response:
     return web.json_response({"error": body}, status=status)
 
 
-async def start_pagerduty(aiohttp_server: AiohttpServer) -> PagerDuty:
-    service = PagerDuty()
+Service = TypeVar("Service", bound=FakeService)
+
+
+def recording(
+    service: Service,
+    answer: Callable[[Service, web.Request, bytes], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A handler that records each request in `service` with the status `answer` gave it."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -97,12 +103,17 @@ async def start_pagerduty(aiohttp_server: AiohttpServer) -> PagerDuty:
             request.method, request.path, dict(request.headers), body, time.monotonic()
         )
         service.requests.append(record)
-        response = await _pagerduty(service, request, body)
+        response = await answer(service, request, body)
         record.status = response.status
         return response
 
+    return handle
+
+
+async def start_pagerduty(aiohttp_server: AiohttpServer) -> PagerDuty:
+    service = PagerDuty()
     app = web.Application()
-    app.router.add_route("*", "/incidents/{id}/notes", handle)
+    app.router.add_route("*", "/incidents/{id}/notes", recording(service, _pagerduty))
     server = await aiohttp_server(app, host="127.0.0.1")
     service.url = str(server.make_url("")).rstrip("/")
     return service
@@ -222,19 +233,8 @@ class Slack(FakeService):
 
 async def start_slack(aiohttp_server: AiohttpServer) -> Slack:
     service = Slack()
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        record = Recorded(
-            request.method, request.path, dict(request.headers), body, time.monotonic()
-        )
-        service.requests.append(record)
-        response = await _slack(service, request, body)
-        record.status = response.status
-        return response
-
     app = web.Application()
-    app.router.add_route("*", "/services/{team}/{bot}/{token}", handle)
+    app.router.add_route("*", "/services/{team}/{bot}/{token}", recording(service, _slack))
     server = await aiohttp_server(app, host="127.0.0.1")
     service.url = str(server.make_url(SLACK_PATH))
     return service
