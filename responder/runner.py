@@ -88,7 +88,9 @@ class Runner:
         self._handles: dict[int, JobStack] = {}
         # Jobs of this node cancelled while claimed but not yet given a handle (see `_attempt`).
         self._early_cancels: set[int] = set()
-        self._wakeup = asyncio.Event()
+        # Set when work is announced, then replaced, never cleared: each worker waits on the one that
+        # was current when its claim began, so no worker can swallow another's wake-up (see `_next`).
+        self._announced = asyncio.Event()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[int, asyncio.Task[None]] = {}
@@ -136,8 +138,13 @@ class Runner:
         return job.id
 
     def notify(self) -> None:
-        """New jobs were stored: wake an idle worker."""
-        self._wakeup.set()
+        """New jobs were stored: wake the idle workers."""
+        self._wake()
+
+    def _wake(self) -> None:
+        """Work may be due: wake every worker that began looking for it before now."""
+        announced, self._announced = self._announced, asyncio.Event()
+        announced.set()
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; give running jobs `grace` seconds, then interrupt them.
@@ -146,7 +153,7 @@ class Runner:
         A job still waiting for the store to record its result is interrupted the same way.
         """
         self._stopping = True
-        self._wakeup.set()
+        self._wake()
         running = [*self._running.values(), *self.leases.recoveries]
         if running:
             log.info("runner.draining", running=len(running), grace_seconds=grace)
@@ -192,7 +199,7 @@ class Runner:
         if program is not None and job.attempts < job.max_attempts:
             await self._write(job, lambda: self.store.retry_later(job.id, now, error, fence=fence))
             log.info("job.retrying", reason=error)
-            self._wakeup.set()
+            self._wake()
         else:
             await self._write(
                 job,
@@ -240,12 +247,14 @@ class Runner:
                 await asyncio.sleep(self.health.max_delay)  # not a hot loop if the fault persists
 
     async def _next(self, caller: str) -> None:
-        # Cleared before the claim, not after it: new work announced while the claim or `next_due`
-        # is under way must still wake this worker.
-        self._wakeup.clear()
+        # Taken before the claim: work announced while the claim or `next_due` is under way wakes
+        # this worker, even if another worker has woken and claimed meanwhile. (One shared event,
+        # cleared by each worker before its claim, let a worker wake to claim one job and clear
+        # the wake-up another idle worker still needed for the next: that job waited 5 s.)
+        announced = self._announced
         job = await self.health.call(caller, lambda: self.store.claim_next(self.clock()))
         if job is None:
-            await self._idle(caller)
+            await self._idle(caller, announced)
             return
         task = asyncio.create_task(self._run(job))
         self._running[job.id] = task
@@ -260,13 +269,13 @@ class Runner:
             # Only the job was interrupted (its lease is gone, see `_interrupt`): the worker goes on.
         finally:
             self._running.pop(job.id, None)
-            self._wakeup.set()  # the stack is free: its next job may now run
+            self._wake()  # the stack is free: its next job may now run
 
-    async def _idle(self, caller: str) -> None:
+    async def _idle(self, caller: str, announced: asyncio.Event) -> None:
         due = await self.health.call(caller, self.store.next_due)
         timeout = max(0.05, due - self.clock()) if due else 5.0
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), min(timeout, 5.0))
+            await asyncio.wait_for(announced.wait(), min(timeout, 5.0))
 
     async def _write(self, job: Job, fn: Callable[[], Awaitable[T]]) -> T:
         """A store call for this job, retried until the store takes it: a result is never dropped."""
@@ -368,7 +377,7 @@ class Runner:
                 job, lambda: self.store.retry_later(job.id, retry_at, error, fence=job.fence)
             )
             metrics.job_attempt_ended(job.playbook, "retrying", started, final=False)
-            self._wakeup.set()
+            self._wake()
             return
         outputs = handle.last_outputs if outcome.status == JobStatus.SUCCEEDED else None
         now = self.clock()

@@ -153,6 +153,52 @@ async def test_jobs_for_one_stack_run_one_at_a_time_in_order(make_rig: MakeRig) 
     assert all(c.call.held for c in rig.ops.calls)  # under the lock the runner took for the job
 
 
+async def test_new_work_wakes_a_worker_that_was_still_looking_when_it_was_announced(
+    make_rig: MakeRig,
+) -> None:
+    """Worker B is between its empty claim and its wait when two jobs are announced; worker A wakes
+    first and takes one. The other must wake B at once, not after B's idle poll (5 s)."""
+    started: list[int | None] = []
+
+    async def holds(ctx: Context) -> None:
+        started.append(ctx.job_id)
+        await ctx.stack.up()
+
+    rig = await make_rig([book(holds)], workers=2)
+    rig.ops.gate("up")  # the first job keeps its worker busy
+    looking, unblock = asyncio.Event(), asyncio.Event()
+    next_due = rig.store.next_due
+    calls = 0
+
+    async def slow_first_look() -> float | None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # the first look after the test's wake-up below: worker B, held here
+            looking.set()
+            await unblock.wait()
+        return await next_due()
+
+    rig.store.next_due = slow_first_look  # type: ignore[method-assign]
+    await rig.runner.start()
+    async with asyncio.timeout(5):
+        while calls < 2:  # both workers found nothing and are waiting
+            await asyncio.sleep(0.01)
+    rig.runner.notify()  # both look again: B is held in its look, A waits
+    await asyncio.wait_for(looking.wait(), 5)
+    await asyncio.sleep(0.05)  # A is waiting again
+    first = await rig.enqueue(book(holds), "s1")
+    second = await rig.enqueue(book(holds), "s2")
+    rig.runner.notify()  # one announcement for both jobs: A takes one
+    async with asyncio.timeout(5):
+        while not started:
+            await asyncio.sleep(0.01)
+    unblock.set()  # B finishes its look, having missed the announcement while in it
+    async with asyncio.timeout(2):  # far less than the 5 s idle poll
+        while len(started) < 2:
+            await asyncio.sleep(0.01)
+    assert sorted(j for j in started if j is not None) == [first, second]
+
+
 async def test_a_retryable_error_is_retried_with_exponential_backoff(make_rig: MakeRig) -> None:
     rig = await make_rig([book(up)], retry_backoff=2.0)
     rig.ops.fail("up", StackLockedError("locked by another update"), times=3)
