@@ -23,7 +23,10 @@ OWN_SOURCES = frozenset({"responder", "manual"})
 
 def parse_status(value: str | None) -> IncidentStatus | None:
     """A recorded status; None for none, or for one no rule knows (written by an older version)."""
-    return next((status for status in IncidentStatus if status == value), None)
+    return _STATUSES.get(value) if value is not None else None
+
+
+_STATUSES = {status.value: status for status in IncidentStatus}
 
 
 def is_open(status: IncidentStatus | None) -> bool:

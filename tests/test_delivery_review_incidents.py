@@ -10,7 +10,7 @@ import pytest
 from responder import incidents
 from responder.playbook import Context, Playbook, on, playbook
 from responder.sources import events_v2
-from responder.store import DeliveryStatus, JobStatus, NewDelivery, NewJob
+from responder.store import DeliveryStatus, IncidentStatus, JobStatus, NewDelivery, NewJob
 from responder.store.sqlite import SQLiteStore
 from tests.helpers import API_TOKEN, Client, FakeClock, bare_event, fixture_bytes
 
@@ -185,6 +185,14 @@ def test_the_status_comes_from_lifecycle_event_types_only(
 ) -> None:
     verdict = incidents.judge(delivery("d", event_type), incidents.parse_status(known))
     assert verdict.news and verdict.incident_status == after
+
+
+def test_a_recorded_status_is_read_back_and_one_no_rule_knows_is_none() -> None:
+    for status in IncidentStatus:
+        assert incidents.parse_status(status.value) is status
+    assert incidents.parse_status(None) is None
+    assert incidents.parse_status("snoozed") is None  # written by another version
+    assert incidents.parse_status("TRIGGERED") is None
 
 
 @pytest.mark.parametrize("known", [None, "resolved"])
