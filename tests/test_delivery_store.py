@@ -221,6 +221,16 @@ async def test_a_version_0_store_is_upgraded(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_a_group_commit_s_savepoint_journals_stay_in_memory(store: SQLiteStore) -> None:
+    """Each delivery of a batch has its own savepoint; past 64 KiB SQLite would move their journal
+    to a temporary file per batch (≈ 45 µs of CPU a delivery) unless temporary storage is memory."""
+    assert await store._run(lambda db: db.execute("PRAGMA temp_store").fetchone()[0]) == 2
+    batch = [
+        store.record_delivery(delivery(f"b{i}", incident=f"QB{i}"), [job()]) for i in range(16)
+    ]
+    assert all(recorded.created for recorded in await asyncio.gather(*batch))
+
+
 @pytest.mark.parametrize("statement", ["CLAIM", "NEXT_DUE"])
 async def test_the_runner_s_queue_statements_never_scan_the_jobs_table(
     store: SQLiteStore, statement: str
