@@ -213,15 +213,15 @@ class Runner:
         if not self._handles and not self._early_cancels:
             return
         marked = set(self._early_cancels)  # a mark made during the read is not judged by it
-        running = await self.store.list_jobs(status=JobStatus.RUNNING, limit=1000)
-        for job in running:
-            handle = self._handles.get(job.id)
-            if job.cancel_requested and handle is not None and not handle.cancelled:
-                log.info("job.cancel_requested", job_id=job.id)
+        requested = await self.store.cancels_requested()
+        for job_id in requested:
+            handle = self._handles.get(job_id)
+            if handle is not None and not handle.cancelled:
+                log.info("job.cancel_requested", job_id=job_id)
                 handle.cancel()
-        # Marks of jobs no longer running here: a cancel answered after its job's attempt ended,
-        # or an attempt cancelled before it began.
-        self._early_cancels -= marked - {job.id for job in running if job.node == self.store.node}
+        # A mark is left by a cancel asked here, so its job is among those while it runs here; the
+        # others' attempts ended (or were cancelled before they began).
+        self._early_cancels -= marked - requested
 
     async def _interrupt(self, job_id: int, fence: int, reason: str) -> None:
         """Stop a job here at once, recording nothing: its operation's processes are killed and its

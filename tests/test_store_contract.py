@@ -942,6 +942,30 @@ async def test_cancel_ends_a_waiting_job_and_flags_a_running_one(store: Store) -
     assert await store.request_cancel(999_999, NOW) is None
 
 
+async def test_a_node_hears_of_the_cancels_asked_for_its_own_running_jobs(harness: Harness) -> None:
+    """Whichever node a cancel was asked through, the node running the job finds it, however many
+    jobs run elsewhere; another node's, waiting or finished jobs are not its concern."""
+    store = harness.store
+    asked, running, waiting = await enqueue(store, job("a"), job("b"), job("c", delay=60.0))
+    for _ in range(2):
+        assert (await store.claim_next(NOW)) is not None
+    assert await store.cancels_requested() == set()
+    other = await harness.another()
+    await other.open()
+    try:
+        (elsewhere,) = await enqueue(other, job("d"), incident="QELSEWHERE")
+        assert (await other.claim_next(NOW)) is not None
+        for job_id in (asked, waiting, elsewhere):
+            assert await other.request_cancel(job_id, NOW) is not None
+        assert await store.cancels_requested() == {asked}
+        assert await other.cancels_requested() == {elsewhere}
+        await store.finish(asked, JobStatus.CANCELLED, NOW)
+        assert await store.cancels_requested() == set()
+        assert (await store.get_job(running)) is not None
+    finally:
+        await other.close()
+
+
 # -- stacks --------------------------------------------------------------------------------------
 
 

@@ -113,6 +113,9 @@ class Store(Protocol):
         """Extend to `now + lease` the leases of this node's running jobs (job id -> fence); return
         the ids whose lease it no longer holds (taken over by another node, or no longer running)."""
 
+    async def cancels_requested(self) -> set[int]:
+        """The ids of this node's running jobs whose cancel was asked, through any node."""
+
     async def take_over(self, now: float) -> list[Job]:
         """Lease to this node, with a new fence, the running jobs whose lease expired before `now`
         (their node died, or lost the database and stopped them), this node's own included; with

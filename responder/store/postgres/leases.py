@@ -16,6 +16,10 @@ WHERE j.id = held.id AND j.status = 'running' AND j.fence = held.fence
 RETURNING j.id
 """
 
+CANCELS_REQUESTED = (
+    "SELECT id FROM jobs WHERE status = 'running' AND node = $1 AND cancel_requested"
+)
+
 # Running jobs whose lease expired, or that have none (left by a version before leases). SKIP
 # LOCKED: of two nodes taking over at once, each job goes to the one that locked it first; the
 # other passes over it, or, if it was already committed, sees a live lease on it and leaves it.
@@ -53,6 +57,10 @@ class Leases(Connection):
         if renewals is not None:
             await renewals.close()
         await super().close()
+
+    async def cancels_requested(self) -> set[int]:
+        found = await self._run(lambda db: db.fetch(CANCELS_REQUESTED, self.node))
+        return {row["id"] for row in found}
 
     async def take_over(self, now: float) -> list[Job]:
         found = await self._run(lambda db: db.fetch(TAKE_OVER, self.node, now + self.lease, now))

@@ -10,6 +10,8 @@ from responder.store.sqlite.connection import Connection
 # A job's lease is extended only while it still runs under the fence its holder knows.
 RENEW = "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running' AND fence = ?"
 
+CANCELS_REQUESTED = "SELECT id FROM jobs WHERE status = 'running' AND node = ? AND cancel_requested"
+
 # Only one process opens a file, so a running job of another node was left by an earlier life of
 # this process (a new node at each start): taken over at once, without waiting for its lease.
 TAKE_OVER = """
@@ -34,6 +36,10 @@ class Leases(Connection):
             }
 
         return await self._write(renew)
+
+    async def cancels_requested(self) -> set[int]:
+        found = await self._run(lambda db: db.execute(CANCELS_REQUESTED, (self.node,)).fetchall())
+        return {row[0] for row in found}
 
     async def take_over(self, now: float) -> list[Job]:
         def take(db: sqlite3.Connection) -> list[Job]:
