@@ -1,7 +1,6 @@
 """The job runner: workers claim jobs from the store, run their playbooks, and recover after a crash."""
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -11,6 +10,7 @@ import structlog
 
 from responder import metrics
 from responder.health import StoreHealth
+from responder.idle import IdleWorkers
 from responder.job_stack import JobStack, StackDeps
 from responder.leases import LeaseKeeper
 from responder.lifecycle import SYSTEM_PLAYBOOKS
@@ -88,9 +88,7 @@ class Runner:
         self._handles: dict[int, JobStack] = {}
         # Jobs of this node cancelled while claimed but not yet given a handle (see `_attempt`).
         self._early_cancels: set[int] = set()
-        # Set when work is announced, then replaced, never cleared: each worker waits on the one that
-        # was current when its claim began, so no worker can swallow another's wake-up (see `_next`).
-        self._announced = asyncio.Event()
+        self._idle = IdleWorkers()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[int, asyncio.Task[None]] = {}
@@ -138,13 +136,8 @@ class Runner:
         return job.id
 
     def notify(self) -> None:
-        """New jobs were stored: wake the idle workers."""
-        self._wake()
-
-    def _wake(self) -> None:
-        """Work may be due: wake every worker that began looking for it before now."""
-        announced, self._announced = self._announced, asyncio.Event()
-        announced.set()
+        """New jobs were stored: wake an idle worker."""
+        self._idle.announce()
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; give running jobs `grace` seconds, then interrupt them.
@@ -153,7 +146,7 @@ class Runner:
         A job still waiting for the store to record its result is interrupted the same way.
         """
         self._stopping = True
-        self._wake()
+        self._idle.announce(everyone=True)
         running = [*self._running.values(), *self.leases.recoveries]
         if running:
             log.info("runner.draining", running=len(running), grace_seconds=grace)
@@ -199,7 +192,7 @@ class Runner:
         if program is not None and job.attempts < job.max_attempts:
             await self._write(job, lambda: self.store.retry_later(job.id, now, error, fence=fence))
             log.info("job.retrying", reason=error)
-            self._wake()
+            self._idle.announce()
         else:
             await self._write(
                 job,
@@ -247,15 +240,16 @@ class Runner:
                 await asyncio.sleep(self.health.max_delay)  # not a hot loop if the fault persists
 
     async def _next(self, caller: str) -> None:
-        # Taken before the claim: work announced while the claim or `next_due` is under way wakes
-        # this worker, even if another worker has woken and claimed meanwhile. (One shared event,
-        # cleared by each worker before its claim, let a worker wake to claim one job and clear
-        # the wake-up another idle worker still needed for the next: that job waited 5 s.)
-        announced = self._announced
+        # Taken before the claim: work announced while the claim or `next_due` is under way sends
+        # this worker to look again instead of waiting. (One shared event, cleared by each worker
+        # before its claim, let a worker wake to claim one job and clear the wake-up another still
+        # needed for the next: that job waited for the 5 s idle poll.)
+        mark = self._idle.mark()
         job = await self.health.call(caller, lambda: self.store.claim_next(self.clock()))
         if job is None:
-            await self._idle(caller, announced)
+            await self._wait_for_work(caller, mark)
             return
+        self._idle.announce()  # more may be due: the next idle worker looks too
         task = asyncio.create_task(self._run(job))
         self._running[job.id] = task
         try:
@@ -269,13 +263,12 @@ class Runner:
             # Only the job was interrupted (its lease is gone, see `_interrupt`): the worker goes on.
         finally:
             self._running.pop(job.id, None)
-            self._wake()  # the stack is free: its next job may now run
+            self._idle.announce()  # the stack is free: its next job may now run
 
-    async def _idle(self, caller: str, announced: asyncio.Event) -> None:
+    async def _wait_for_work(self, caller: str, mark: int) -> None:
         due = await self.health.call(caller, self.store.next_due)
         timeout = max(0.05, due - self.clock()) if due else 5.0
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(announced.wait(), min(timeout, 5.0))
+        await self._idle.wait(mark, min(timeout, 5.0))
 
     async def _write(self, job: Job, fn: Callable[[], Awaitable[T]]) -> T:
         """A store call for this job, retried until the store takes it: a result is never dropped."""
@@ -377,7 +370,7 @@ class Runner:
                 job, lambda: self.store.retry_later(job.id, retry_at, error, fence=job.fence)
             )
             metrics.job_attempt_ended(job.playbook, "retrying", started, final=False)
-            self._wake()
+            self._idle.announce()
             return
         outputs = handle.last_outputs if outcome.status == JobStatus.SUCCEEDED else None
         now = self.clock()

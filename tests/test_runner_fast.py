@@ -199,6 +199,51 @@ async def test_new_work_wakes_a_worker_that_was_still_looking_when_it_was_announ
     assert sorted(j for j in started if j is not None) == [first, second]
 
 
+async def test_one_job_wakes_one_idle_worker_and_a_burst_wakes_them_in_turn(
+    make_rig: MakeRig,
+) -> None:
+    """Each woken worker costs a claim: a job announced to three idle workers is looked for by the
+    one that takes it and the one it passes the word to, not by all three. Three jobs announced at
+    once still all start, the word passed from worker to worker."""
+    started: list[int | None] = []
+
+    async def holds(ctx: Context) -> None:
+        started.append(ctx.job_id)
+        await ctx.stack.up()
+
+    rig = await make_rig([book(holds)], workers=3)
+    rig.ops.gate("up")
+    claims = 0
+    claim_next = rig.store.claim_next
+
+    async def counted(now: float) -> Job | None:
+        nonlocal claims
+        claims += 1
+        return await claim_next(now)
+
+    rig.store.claim_next = counted  # type: ignore[method-assign]
+    await rig.runner.start()
+    async with asyncio.timeout(5):
+        while claims < 3:  # each worker looked once and found nothing
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # and waits
+    claims = 0
+    first = await rig.enqueue(book(holds), "s1")
+    rig.runner.notify()
+    async with asyncio.timeout(5):
+        while not started:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    assert started == [first]
+    assert claims == 2  # the worker that took it, and the one it woke, who found nothing
+    burst = [await rig.enqueue(book(holds), f"s{i}") for i in (2, 3)]
+    rig.runner.notify()
+    async with asyncio.timeout(2):  # far less than the 5 s idle poll
+        while len(started) < 3:
+            await asyncio.sleep(0.01)
+    assert sorted(j for j in started if j is not None) == [first, *burst]
+
+
 async def test_a_retryable_error_is_retried_with_exponential_backoff(make_rig: MakeRig) -> None:
     rig = await make_rig([book(up)], retry_backoff=2.0)
     rig.ops.fail("up", StackLockedError("locked by another update"), times=3)
