@@ -180,6 +180,7 @@ class Runner:
             self._early_cancels.discard(job.id)  # a retry reads the request from its claimed row
             self.leases.release(job.id)
             structlog.contextvars.clear_contextvars()
+            self._idle.announce()  # its retry is queued, or its stack free for the next job
 
     async def _recover(self, job: Job) -> None:
         log.warning("job.recovering", attempts=job.attempts, previous_node=job.node)
@@ -192,7 +193,6 @@ class Runner:
         if program is not None and job.attempts < job.max_attempts:
             await self._write(job, lambda: self.store.retry_later(job.id, now, error, fence=fence))
             log.info("job.retrying", reason=error)
-            self._idle.announce()
         else:
             await self._write(
                 job,

@@ -244,6 +244,32 @@ async def test_one_job_wakes_one_idle_worker_and_a_burst_wakes_them_in_turn(
     assert sorted(j for j in started if j is not None) == [first, *burst]
 
 
+async def test_a_recovery_that_fails_its_job_wakes_a_worker_for_the_stack_s_next_job(
+    make_rig: MakeRig,
+) -> None:
+    """A job recovered without attempts left is failed, which frees its stack: the job queued behind
+    it starts at once, not at the idle worker's next poll (5 s)."""
+    started: list[int | None] = []
+
+    async def note(ctx: Context) -> None:
+        started.append(ctx.job_id)
+
+    rig = await make_rig([book(note)])
+    interrupted = await rig.enqueue(book(note), "s1")  # one attempt: its recovery fails it
+    claimed = await rig.store.claim_next(rig.clock())  # running here when this node lost it
+    assert claimed is not None and claimed.id == interrupted
+    behind = await rig.enqueue(book(note), "s1")
+    await rig.runner.start()
+    await asyncio.sleep(0.2)  # the worker finds nothing it may run, and waits
+    assert started == []
+    await rig.runner._recover_one(claimed)  # as the lease keeper does for a job taken over
+    assert (await rig.job(interrupted)).status == JobStatus.FAILED
+    async with asyncio.timeout(2):
+        while not started:
+            await asyncio.sleep(0.01)
+    assert started == [behind]
+
+
 async def test_a_retryable_error_is_retried_with_exponential_backoff(make_rig: MakeRig) -> None:
     rig = await make_rig([book(up)], retry_backoff=2.0)
     rig.ops.fail("up", StackLockedError("locked by another update"), times=3)
