@@ -234,13 +234,20 @@ async def test_claims_follow_arrival_order_one_job_per_stack(store: Store) -> No
     "data",
     [
         {"huge": 2**70},  # beyond 64 bits: kept exact, not read back as a float
-        # The edges of 64 bits, and just past them: -(2**63) - 1 has 19 digits, as many as the
-        # edge itself, and orjson reads it as a float.
-        {"negative": -(2**64), "edge": 2**63 - 1, "low": -(2**63), "below": -(2**63) - 1},
+        {"edge": 2**63 - 1, "low": -(2**63), "unsigned": 2**64 - 1},  # the 64-bit edges
+        {"below": -(2**63) - 1},  # 19 digits, as the edges, and orjson reads it as a float
+        {"negative": -(2**64)},
         {"lone": "\ud800x"},  # a lone surrogate
         {"digits": "P12345678901234567890123", "nested": {"list": [1, 2.5, None, True, "é"]}},
     ],
-    ids=["beyond-64-bits", "64-bit-edges", "lone-surrogate", "digits-in-text"],
+    ids=[
+        "beyond-64-bits",
+        "64-bit-edges",
+        "just-below-64-bits",
+        "negative-beyond-64-bits",
+        "lone-surrogate",
+        "digits-in-text",
+    ],
 )
 async def test_a_claimed_job_carries_its_event_exactly_as_enqueued(
     store: Store, data: dict[str, object]
