@@ -7,6 +7,7 @@ import sqlite3
 import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +17,10 @@ from responder.store import (
     NewDelivery,
     NewJob,
     RecordRejected,
+    StepRecord,
     StoreUnavailable,
 )
-from responder.store.sqlite import SQLiteStore
+from responder.store.sqlite import SQLiteStore, prune
 from tests.helpers import bare_event
 
 NOW = 1_800_000_000.0
@@ -229,6 +231,53 @@ async def test_a_group_commit_s_savepoint_journals_stay_in_memory(store: SQLiteS
         store.record_delivery(delivery(f"b{i}", incident=f"QB{i}"), [job()]) for i in range(16)
     ]
     assert all(recorded.created for recorded in await asyncio.gather(*batch))
+
+
+async def test_a_prune_deletes_batch_by_batch_each_in_its_own_transaction(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deliveries commit between a long prune's batches, and what one transaction holds in memory
+    stays small (its page journal: temporary storage is memory)."""
+    monkeypatch.setattr(prune, "BATCH", 2)
+    old = [
+        store.record_delivery(
+            delivery(f"o{i}", incident=f"QO{i}", body=f"{{{i}}}".encode()), [job(f"s{i}")]
+        )
+        for i in range(5)
+    ]
+    ids = [r.job_ids[0] for r in await asyncio.gather(*old)]
+    for job_id in ids:
+        claimed = await store.claim_next(NOW)
+        assert claimed is not None and claimed.id == job_id
+        await store.add_step(job_id, StepRecord("up", NOW, 1.0, "succeeded"))
+        await store.finish(job_id, JobStatus.SUCCEEDED, NOW)
+    kept = await store.record_delivery(
+        delivery("new", incident="QNEW", received_at=NOW + 10), [job("s9")]
+    )
+    transactions = 0
+    write = store._write
+
+    async def counted(fn: Any, *, slow: bool = False) -> Any:
+        nonlocal transactions
+        transactions += 1
+        return await write(fn, slow=slow)
+
+    monkeypatch.setattr(store, "_write", counted)
+    counts = await store.prune(NOW + 5)
+    assert counts == {
+        "notes": 0,
+        "steps": 5,
+        "jobs": 5,
+        "deliveries": 5,
+        "payloads": 5,
+        "stacks": 0,
+        "incidents": 0,
+    }
+    assert transactions == 3 + 3 + 3 + 1  # 5 jobs, 5 deliveries, 5 bodies by 2; then the records
+    assert [j.id for j in await store.list_jobs()] == kept.job_ids
+    assert rows(store, "SELECT id FROM deliveries") == [("new",)]
+    assert rows(store, "SELECT count(*) FROM payloads") == [(1,)]
+    assert await store.prune(NOW + 5) == dict.fromkeys(counts, 0)
 
 
 @pytest.mark.parametrize("statement", ["CLAIM", "NEXT_DUE"])

@@ -1,10 +1,11 @@
 """What the store has recorded, read back (jobs, an incident's whole record) and pruned."""
 
+import functools
 import sqlite3
+from typing import Any
 
 from responder.incidents import parse_status
 from responder.store import (
-    FINAL_STATUSES,
     IncidentRecord,
     IncidentStatus,
     IncidentSummary,
@@ -12,10 +13,9 @@ from responder.store import (
     JobStatus,
     StackRecord,
 )
-from responder.store.sqlite import rows
+from responder.store.sqlite import prune, rows
 from responder.store.sqlite.connection import Connection
 
-UNFINISHED = rows.sql_list(set(JobStatus) - FINAL_STATUSES)
 # Incidents by their newest job. First among the newest jobs alone (a short walk back along the
 # primary key: most incidents have a few jobs, so `RECENT_WINDOWS[0]` jobs per incident asked for
 # is plenty), then further back; only when a noisy incident crowds them all out, over every job
@@ -56,7 +56,9 @@ class History(Connection):
         )
 
     async def unfinished_job_counts(self) -> dict[JobStatus, int]:
-        sql = f"SELECT status, count(*) FROM jobs WHERE status IN ({UNFINISHED}) GROUP BY status"
+        sql = (
+            f"SELECT status, count(*) FROM jobs WHERE status IN ({rows.UNFINISHED}) GROUP BY status"
+        )
         return await self._run(lambda db: {JobStatus(status): n for status, n in db.execute(sql)})
 
     async def incident(self, incident_id: str) -> IncidentRecord | None:
@@ -80,7 +82,22 @@ class History(Connection):
         return await self._run(lambda db: {r[0] for r in db.execute("SELECT id FROM deliveries")})
 
     async def prune(self, before: float) -> dict[str, int]:
-        return await self._write(lambda db: _prune(db, before), slow=True)
+        """What is old enough is found first, then deleted a batch per transaction (see `prune`):
+        children before their parents, so no foreign key is ever left dangling."""
+        counts = dict.fromkeys(prune.TABLES, 0)
+
+        async def delete(query: str, params: tuple[Any, ...], batch: prune.Batch) -> None:
+            keys = await self._run(lambda db: prune.found(db, query, params))
+            for chunk in prune.batches(keys):
+                deleted = await self._write(functools.partial(batch, ids=chunk), slow=True)
+                for table, count in deleted.items():
+                    counts[table] += count
+
+        await delete(prune.OLD_JOBS, (before,), prune.delete_jobs)
+        await delete(prune.OLD_DELIVERIES, (before,), prune.delete_deliveries)
+        await delete(prune.ORPHAN_PAYLOADS, (), prune.delete_payloads)
+        records = await self._write(lambda db: prune.delete_records(db, before), slow=True)
+        return counts | records
 
 
 def _incident(db: sqlite3.Connection, incident_id: str) -> IncidentRecord | None:
@@ -135,45 +152,6 @@ def _summary(db: sqlite3.Connection, incident_id: str, limit: int) -> IncidentSu
         jobs=jobs,
         stacks=stacks,
     )
-
-
-def _prune(db: sqlite3.Connection, before: float) -> dict[str, int]:
-    """See `Store.prune`. Children first, so no foreign key is ever left dangling."""
-    final = sorted(FINAL_STATUSES)
-    marks = ", ".join("?" * len(final))
-    old_jobs = (
-        f"SELECT id FROM jobs WHERE status IN ({marks}) AND COALESCE(finished_at, created_at) < ?"
-    )
-    counts = {
-        "notes": db.execute(f"DELETE FROM notes WHERE job_id IN ({old_jobs})", (*final, before)),
-        "steps": db.execute(f"DELETE FROM steps WHERE job_id IN ({old_jobs})", (*final, before)),
-        "jobs": db.execute(f"DELETE FROM jobs WHERE id IN ({old_jobs})", (*final, before)),
-        "deliveries": db.execute(
-            "DELETE FROM deliveries WHERE received_at < ?"
-            " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.delivery_id = deliveries.id)",
-            (before,),
-        ),
-        "payloads": db.execute(
-            "DELETE FROM payloads"
-            " WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.payload = payloads.digest)"
-        ),
-        "stacks": db.execute(
-            "DELETE FROM stacks WHERE status = 'destroyed' AND last_activity_at < ?"
-            f" AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.status IN ({UNFINISHED})"
-            " AND jobs.project = stacks.project AND jobs.stack = stacks.stack)",
-            (before,),
-        ),
-        # An incident nothing refers to any more, resolved before the cutoff, is forgotten: a later
-        # event for it is handled as for an unknown incident, which for a resolved one is the same.
-        "incidents": db.execute(
-            "DELETE FROM incidents WHERE status = 'resolved' AND last_event_at < ?"
-            " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.incident_id = incidents.id)"
-            " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.incident_id = incidents.id)"
-            " AND NOT EXISTS (SELECT 1 FROM stacks WHERE stacks.incident_id = incidents.id)",
-            (before,),
-        ),
-    }
-    return {table: cursor.rowcount for table, cursor in counts.items()}
 
 
 def _stacks_of(db: sqlite3.Connection, incident_id: str) -> tuple[StackRecord, ...]:

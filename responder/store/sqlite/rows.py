@@ -2,11 +2,13 @@
 
 import sqlite3
 
-from responder.store.records import Job, StepRecord
+from responder.store.records import FINAL_STATUSES, Job, JobStatus, StepRecord
 from responder.store.rows import STACKS_WITH_INCIDENT, delivery, job, sql_list, stack, step
 
 __all__ = [
+    "FINAL",
     "STACKS_WITH_INCIDENT",
+    "UNFINISHED",
     "count",
     "delivery",
     "job",
@@ -15,6 +17,10 @@ __all__ = [
     "stack",
     "steps",
 ]
+
+# The job statuses as SQL lists of literals, for rules written once in Python.
+FINAL = sql_list(FINAL_STATUSES)
+UNFINISHED = sql_list(set(JobStatus) - FINAL_STATUSES)
 
 
 def count(db: sqlite3.Connection, sql: str, args: tuple[object, ...] = ()) -> int:

@@ -5,10 +5,8 @@ import sqlite3
 import time
 
 from responder.store import (
-    FINAL_STATUSES,
     RELEASED_STACKS,
     Caps,
-    JobStatus,
     JsonObject,
     StackRecord,
     StackStatus,
@@ -17,7 +15,6 @@ from responder.store.sqlite import rows
 from responder.store.sqlite.connection import Connection
 
 LIVE = f"status NOT IN ({rows.sql_list(RELEASED_STACKS)})"  # the stacks a cap counts
-UNFINISHED = rows.sql_list(set(JobStatus) - FINAL_STATUSES)
 
 
 class StackRecords(Connection):
@@ -118,7 +115,7 @@ class StackRecords(Connection):
         return await self._run(lambda db: rows.count(db, sql, (since,)))
 
     async def pending_jobs_for(self, project: str, stack: str) -> int:
-        sql = f"SELECT COUNT(*) FROM jobs WHERE project = ? AND stack = ? AND status IN ({UNFINISHED})"
+        sql = f"SELECT COUNT(*) FROM jobs WHERE project = ? AND stack = ? AND status IN ({rows.UNFINISHED})"
         return await self._run(lambda db: rows.count(db, sql, (project, stack)))
 
 
