@@ -118,6 +118,8 @@ class Runner:
         now = self.clock()
         job = await self.store.request_cancel(job_id, now)
         metrics.job_ended_by(job, now)  # a waiting job; a running one is counted as it ends
+        if job is not None and job.status == JobStatus.CANCELLED:
+            self._idle.announce()  # a waiting retry held its stack: the next job there may run
         handle = self._handles.get(job_id)
         if job is not None and job.status == JobStatus.RUNNING:
             if handle is not None:
@@ -237,6 +239,7 @@ class Runner:
                 raise
             except Exception:
                 log.exception("runner.loop_error", worker=index)
+                self._idle.announce()  # it may have been woken for work: another worker looks
                 await asyncio.sleep(self.health.max_delay)  # not a hot loop if the fault persists
 
     async def _next(self, caller: str) -> None:

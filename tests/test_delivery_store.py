@@ -280,6 +280,30 @@ async def test_a_prune_deletes_batch_by_batch_each_in_its_own_transaction(
     assert await store.prune(NOW + 5) == dict.fromkeys(counts, 0)
 
 
+async def test_a_prune_keeps_a_body_a_new_delivery_took_between_its_batches(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch's delete restates why its rows may go: a body found unused, then stored again by
+    a delivery committed before its batch, stays (deleting it would leave the delivery dangling)."""
+    [job_id] = (await store.record_delivery(delivery("old", body=b"{1}"), [job()])).job_ids
+    assert (await store.claim_next(NOW)) is not None
+    await store.finish(job_id, JobStatus.SUCCEEDED, NOW)
+    write = store._write
+
+    async def racing(fn: Any, *, slow: bool = False) -> Any:
+        if getattr(fn, "func", None) is prune.delete_payloads:
+            again = delivery("again", incident="QAGAIN", body=b"{1}", received_at=NOW + 10)
+            await store.record_delivery(again, [])
+        return await write(fn, slow=slow)
+
+    monkeypatch.setattr(store, "_write", racing)
+    counts = await store.prune(NOW + 5)
+    assert (counts["jobs"], counts["deliveries"], counts["payloads"]) == (1, 1, 0)
+    assert rows(store, "SELECT id FROM deliveries") == [("again",)]
+    assert rows(store, "SELECT count(*) FROM payloads") == [(1,)]
+    assert rows(store, "PRAGMA foreign_key_check") == []
+
+
 @pytest.mark.parametrize("statement", ["CLAIM", "NEXT_DUE"])
 async def test_the_runner_s_queue_statements_never_scan_the_jobs_table(
     store: SQLiteStore, statement: str

@@ -270,6 +270,68 @@ async def test_a_recovery_that_fails_its_job_wakes_a_worker_for_the_stack_s_next
     assert started == [behind]
 
 
+async def test_a_worker_woken_for_a_job_that_fails_to_claim_passes_the_word_on(
+    make_rig: MakeRig,
+) -> None:
+    """Its loop logs the error and pauses; another idle worker takes the job at once."""
+    started: list[int | None] = []
+
+    async def note(ctx: Context) -> None:
+        started.append(ctx.job_id)
+
+    rig = await make_rig([book(note)], workers=3)
+    claims = 0
+    claim_next = rig.store.claim_next
+
+    async def fails_once(now: float) -> Job | None:
+        nonlocal claims
+        claims += 1
+        if claims == 4:  # the first claim after the announcement below
+            raise RuntimeError("a fault of the runner, not of the store")
+        return await claim_next(now)
+
+    rig.store.claim_next = fails_once  # type: ignore[method-assign]
+    await rig.runner.start()
+    async with asyncio.timeout(5):
+        while claims < 3:  # each worker looked once and found nothing
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    job_id = await rig.enqueue(book(note), "s1")
+    rig.runner.notify()
+    async with asyncio.timeout(2):  # far less than the failed worker's pause and the idle poll
+        while not started:
+            await asyncio.sleep(0.01)
+    assert started == [job_id]
+
+
+async def test_cancelling_a_waiting_retry_lets_the_next_job_on_its_stack_run_at_once(
+    make_rig: MakeRig,
+) -> None:
+    started: list[int | None] = []
+
+    async def up_once(ctx: Context) -> None:
+        started.append(ctx.job_id)
+        await ctx.stack.up()
+
+    rig = await make_rig([book(up_once)], workers=2, retry_backoff=1000.0)
+    rig.ops.fail("up", StackLockedError("locked by another update"), times=1)
+    retrying = await rig.enqueue(book(up_once), "s1", max_attempts=2)
+    behind = await rig.enqueue(book(up_once), "s1")
+    await rig.runner.start()
+    async with asyncio.timeout(5):
+        while (await rig.job(retrying)).attempts < 1 or (
+            await rig.job(retrying)
+        ).status != JobStatus.QUEUED:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # the retry waits for its time, and holds s1: both workers idle
+    assert started == [retrying]
+    await rig.runner.cancel(retrying)
+    async with asyncio.timeout(2):
+        while len(started) < 2:
+            await asyncio.sleep(0.01)
+    assert started == [retrying, behind]
+
+
 async def test_a_retryable_error_is_retried_with_exponential_backoff(make_rig: MakeRig) -> None:
     rig = await make_rig([book(up)], retry_backoff=2.0)
     rig.ops.fail("up", StackLockedError("locked by another update"), times=3)

@@ -132,9 +132,10 @@ class Wakes:
 async def test_a_node_is_woken_when_another_makes_a_job_runnable(
     nodes: Callable[[], Awaitable[PostgresStore]],
 ) -> None:
-    """New queued jobs, a retry, a finished job (its stack freed), an approval: each wakes the
-    listening node. A write that must not wake it (a scheduled job; the listener's own work, which
-    it knows of) would show as one wake-up too many in the count at a later one."""
+    """New queued jobs, a retry, a finished job (its stack freed), an approval, a cancelled waiting
+    job: each wakes the listening node. A write that must not wake it (a scheduled job; the
+    listener's own work, which it knows of) would show as one wake-up too many in the count at a
+    later one."""
     listener, other = await nodes(), await nodes()
     wakes = Wakes()
     await listener.listen(wakes)
@@ -155,6 +156,9 @@ async def test_a_node_is_woken_when_another_makes_a_job_runnable(
     await other.await_approval(second, {"steps": []}, NOW + 6, fence=gated.fence)
     await other.decide(second, True, NOW + 7)
     assert await wakes.next() == 4
+    cancelled = await other.request_cancel(second, NOW + 8)  # a waiting job holding its stack
+    assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
+    assert await wakes.next() == 5
 
 
 async def test_a_lost_listening_connection_is_reconnected_and_logged(

@@ -197,7 +197,10 @@ class JobQueue(Connection):
                 await db.execute("UPDATE jobs SET cancel_requested = true WHERE id = $1", job_id)
             return await rows.job_by_id(db, job_id)
 
-        return await self._write(cancel)
+        job = await self._write(cancel)
+        if job is not None and job.status == JobStatus.CANCELLED:
+            self._announce()  # once committed: a waiting retry held its stack, the next may run
+        return job
 
 
 async def _lock_status(db: Db, job_id: int) -> JobStatus | None:

@@ -87,7 +87,8 @@ class History(Connection):
         counts = dict.fromkeys(prune.TABLES, 0)
 
         async def delete(query: str, params: tuple[Any, ...], batch: prune.Batch) -> None:
-            keys = await self._run(lambda db: prune.found(db, query, params))
+            # Slow too: a long scan must not hold back the answers already waiting on the thread.
+            keys = await self._call(lambda: prune.found(self._conn(), query, params), slow=True)
             for chunk in prune.batches(keys):
                 deleted = await self._write(functools.partial(batch, ids=chunk), slow=True)
                 for table, count in deleted.items():
