@@ -19,7 +19,7 @@ from responder.stacks import CLIError, Secret, StackLockedError, StackNotFoundEr
 from responder.store import Caps, Job, JobStatus, NewDelivery, NewJob, StackStatus
 from responder.store.sqlite import SQLiteStore
 from tests.fakes import FakeOperations
-from tests.helpers import FakeClock
+from tests.helpers import FakeClock, until
 
 PROJECT = "fast"
 PROGRAM = "tests.programs.slow:pulumi_program"
@@ -180,22 +180,17 @@ async def test_new_work_wakes_a_worker_that_was_still_looking_when_it_was_announ
 
     rig.store.next_due = slow_first_look  # type: ignore[method-assign]
     await rig.runner.start()
-    async with asyncio.timeout(5):
-        while calls < 2:  # both workers found nothing and are waiting
-            await asyncio.sleep(0.01)
+    await until(lambda: calls >= 2, "both workers found nothing and are waiting", timeout=5)
     rig.runner.notify()  # both look again: B is held in its look, A waits
     await asyncio.wait_for(looking.wait(), 5)
     await asyncio.sleep(0.05)  # A is waiting again
     first = await rig.enqueue(book(holds), "s1")
     second = await rig.enqueue(book(holds), "s2")
     rig.runner.notify()  # one announcement for both jobs: A takes one
-    async with asyncio.timeout(5):
-        while not started:
-            await asyncio.sleep(0.01)
+    await until(lambda: bool(started), "the first job started", timeout=5)
     unblock.set()  # B finishes its look, having missed the announcement while in it
-    async with asyncio.timeout(2):  # far less than the 5 s idle poll
-        while len(started) < 2:
-            await asyncio.sleep(0.01)
+    # Far less than the 5 s idle poll:
+    await until(lambda: len(started) >= 2, "the second job started", timeout=2)
     assert sorted(j for j in started if j is not None) == [first, second]
 
 
@@ -223,24 +218,19 @@ async def test_one_job_wakes_one_idle_worker_and_a_burst_wakes_them_in_turn(
 
     rig.store.claim_next = counted  # type: ignore[method-assign]
     await rig.runner.start()
-    async with asyncio.timeout(5):
-        while claims < 3:  # each worker looked once and found nothing
-            await asyncio.sleep(0.01)
+    await until(lambda: claims >= 3, "each worker looked once and found nothing", timeout=5)
     await asyncio.sleep(0.1)  # and waits
     claims = 0
     first = await rig.enqueue(book(holds), "s1")
     rig.runner.notify()
-    async with asyncio.timeout(5):
-        while not started:
-            await asyncio.sleep(0.01)
+    await until(lambda: bool(started), "the job started", timeout=5)
     await asyncio.sleep(0.2)
     assert started == [first]
     assert claims == 2  # the worker that took it, and the one it woke, who found nothing
     burst = [await rig.enqueue(book(holds), f"s{i}") for i in (2, 3)]
     rig.runner.notify()
-    async with asyncio.timeout(2):  # far less than the 5 s idle poll
-        while len(started) < 3:
-            await asyncio.sleep(0.01)
+    # Far less than the 5 s idle poll:
+    await until(lambda: len(started) >= 3, "the burst's jobs started", timeout=2)
     assert sorted(j for j in started if j is not None) == [first, *burst]
 
 
@@ -264,9 +254,7 @@ async def test_a_recovery_that_fails_its_job_wakes_a_worker_for_the_stack_s_next
     assert started == []
     await rig.runner._recover_one(claimed)  # as the lease keeper does for a job taken over
     assert (await rig.job(interrupted)).status == JobStatus.FAILED
-    async with asyncio.timeout(2):
-        while not started:
-            await asyncio.sleep(0.01)
+    await until(lambda: bool(started), "the job behind it started", timeout=2)
     assert started == [behind]
 
 
@@ -292,15 +280,12 @@ async def test_a_worker_woken_for_a_job_that_fails_to_claim_passes_the_word_on(
 
     rig.store.claim_next = fails_once  # type: ignore[method-assign]
     await rig.runner.start()
-    async with asyncio.timeout(5):
-        while claims < 3:  # each worker looked once and found nothing
-            await asyncio.sleep(0.01)
+    await until(lambda: claims >= 3, "each worker looked once and found nothing", timeout=5)
     await asyncio.sleep(0.1)
     job_id = await rig.enqueue(book(note), "s1")
     rig.runner.notify()
-    async with asyncio.timeout(2):  # far less than the failed worker's pause and the idle poll
-        while not started:
-            await asyncio.sleep(0.01)
+    # Far less than the failed worker's pause and the idle poll:
+    await until(lambda: bool(started), "another worker took the job", timeout=2)
     assert started == [job_id]
 
 
@@ -326,9 +311,7 @@ async def test_cancelling_a_waiting_retry_lets_the_next_job_on_its_stack_run_at_
     await asyncio.sleep(0.2)  # the retry waits for its time, and holds s1: both workers idle
     assert started == [retrying]
     await rig.runner.cancel(retrying)
-    async with asyncio.timeout(2):
-        while len(started) < 2:
-            await asyncio.sleep(0.01)
+    await until(lambda: len(started) >= 2, "the job behind the cancelled retry started", timeout=2)
     assert started == [retrying, behind]
 
 

@@ -32,13 +32,6 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 SHORT = "hunter2"  # a secret too short for the redactor to mask
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_the_job_timeout_covers_the_playbooks_own_code(
     make_client: MakeClient, logs: LogCapture
 ) -> None:
