@@ -129,6 +129,8 @@ def contexts(
                 env,
                 timeout=app[SETTINGS].job_timeout,
                 redactor=redactor,
+                # One per job worker: each job's next operation starts in a warm process.
+                kept_workers=app[SETTINGS].workers,
                 settings=app[STORE],  # stacks' config and salt, for whichever node runs them next
             )
         await ops.start()

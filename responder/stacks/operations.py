@@ -51,9 +51,12 @@ class PulumiOperations:
         kill_grace: float = 15.0,
         redactor: Redactor | None = None,
         warm_workers: int = 1,
+        kept_workers: int = 0,
         settings: StackSettingsStore | None = None,
     ) -> None:
-        """`settings`: where stacks' settings files are shared with other nodes (the job store)."""
+        """`settings`: where stacks' settings files are shared with other nodes (the job store).
+        `warm_workers` are started ahead of need; up to `kept_workers` that ran a request cleanly
+        wait for the next (0: a worker per request)."""
         self.env = env
         self.settings = SettingsFiles(settings)
         self.timeout = timeout
@@ -65,7 +68,7 @@ class PulumiOperations:
         self._abandoned: set[str] = set()  # running operations to kill and leave as they are
         self._projects: set[str] = set()
         self._workers = WorkerPool(
-            {**self._worker_env(), GRACE_VARIABLE: str(kill_grace)}, warm_workers
+            {**self._worker_env(), GRACE_VARIABLE: str(kill_grace)}, warm_workers, kept_workers
         )
         if redactor:
             redactor.add(env.passphrase())
@@ -109,7 +112,7 @@ class PulumiOperations:
         log.warning("stack.backend_open_failed", exit_code=proc.returncode, attempts=3)
 
     async def close(self) -> None:
-        await self._workers.close()
+        await self._workers.close(self.kill_grace)
 
     @contextlib.asynccontextmanager
     async def locked(self, target: StackTarget) -> AsyncIterator[None]:
@@ -363,6 +366,8 @@ class PulumiOperations:
             finally:
                 if record:
                     record.unlink(missing_ok=True)
+                if session.ready:
+                    await asyncio.shield(self._workers.release(worker, self.kill_grace))
         finally:
             if self._cancels.get(target.key) is cancel:
                 del self._cancels[target.key]

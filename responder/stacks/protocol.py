@@ -1,11 +1,13 @@
-"""Messages between the daemon and a stack worker process: one request in, JSON lines out.
+"""Messages between the daemon and a stack worker process: requests in, JSON lines out.
 
-The request arrives on the worker's stdin as one JSON object. The worker answers with JSON lines on
+Each request arrives on the worker's stdin as one JSON line. The worker answers with JSON lines on
 its protocol stream, each with a `kind`:
   {"kind": "event", "step": ..., "event": {...}}        a Pulumi engine event, secrets already masked
   {"kind": "done", "step": ..., "result": {...}}        a step succeeded
   {"kind": "error", "step": ..., "error": KIND, "message": ...}   a step failed; no further steps run
-Its environment carries the daemon's pid and the grace between SIGTERM and SIGKILL.
+  {"kind": "ready", "step": ""}      the request ended cleanly; the worker waits for another
+A worker that does not say `ready` exits after the request. Its environment carries the daemon's pid
+and the grace between SIGTERM and SIGKILL.
 """
 
 import json
@@ -56,7 +58,7 @@ class Request(TypedDict):
 
 
 class Message(TypedDict):
-    kind: Literal["event", "done", "error"]
+    kind: Literal["event", "done", "error", "ready"]
     step: str
     event: NotRequired[dict[str, Any]]
     result: NotRequired[dict[str, Any]]

@@ -42,22 +42,29 @@ class WorkerSession:
         self.error: StackError | None = None
         self.current_step = ""
         self.stderr_tail: deque[str] = deque(maxlen=40)
+        # The request ended cleanly and the worker, alive, waits for another: the caller's to keep
+        # or retire (see WorkerPool.release). Otherwise the session has ended it.
+        self.ready = False
 
     async def run(
         self, request: Request, timeout: float, cancel: asyncio.Event, grace: Callable[[], float]
     ) -> list[StepResult]:
         """Run the request in the worker until it ends, `timeout` passes or `cancel` is set; when
-        this returns or raises, no process of it is alive. A stopped operation gets `grace()`
-        seconds (asked when it is stopped) to cancel gracefully before it is killed."""
+        this returns or raises, no process of it is alive but, once `ready`, the idle worker. A
+        stopped operation gets `grace()` seconds (asked when it is stopped) to cancel gracefully
+        before it is killed."""
         reader = asyncio.create_task(self._communicate(request))
         cancelled = asyncio.create_task(cancel.wait())
+        finished: set[asyncio.Task[object]] = set()
         try:
             finished, _ = await asyncio.wait(
                 {reader, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             cancelled.cancel()
-            await asyncio.shield(self._end(reader, grace()))
+            if reader not in finished or not self.ready:  # else it waits for its next request
+                self.ready = False
+                await asyncio.shield(self._end(reader, grace()))
         stack = self.target.name
         if reader in finished:
             results = reader.result()
@@ -79,9 +86,11 @@ class WorkerSession:
 
     async def _communicate(self, request: Request) -> list[StepResult]:
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
-        self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-        await self.proc.stdin.drain()
-        self.proc.stdin.close()
+        self.worker.requests += 1
+        # A worker that died meanwhile is reported below as crashed, from its output's end.
+        with contextlib.suppress(ConnectionError):
+            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+            await self.proc.stdin.drain()
         stderr = asyncio.create_task(self._drain_stderr())
         steps = iter(request["steps"])
         self.current_step = next(steps)["op"]
@@ -89,6 +98,10 @@ class WorkerSession:
         async for raw in self.proc.stdout:
             message = json.loads(raw)
             kind = message["kind"]
+            if kind == "ready":
+                stderr.cancel()  # the next session reads on; this one's lines were all its own
+                self.ready = self.error is None and len(self.results) == len(request["steps"])
+                return self.results
             if kind == "event":
                 log.info(
                     "pulumi.engine",

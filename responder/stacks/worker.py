@@ -1,12 +1,14 @@
-"""A stack worker process: runs one request's Pulumi steps, isolated from the daemon."""
+"""A stack worker process: runs requests' Pulumi steps one at a time, isolated from the daemon."""
 
 # Started as `python -m responder.stacks.worker`. Isolation means a timeout or cancellation can stop
 # it, a crash cannot take the daemon down, and concurrent programs never share Pulumi's
 # process-global state. SIGTERM is forwarded once to the running `pulumi` CLI, which then cancels
 # gracefully; whatever is still running below the worker after the grace period is killed. The
 # daemon's death counts as a SIGTERM. No process the worker starts outlives it: it is a child
-# subreaper (orphaned plugins re-parent to it) and ends everything below it before it exits.
-# The steps themselves are in steps.py.
+# subreaper (orphaned plugins re-parent to it) and ends everything below it at the end of each
+# request. It takes another request only after one that succeeded and left the process as it found
+# it (no cancel, the same working directory and import path: a project folder's program changes
+# both); otherwise it exits. The steps themselves are in steps.py.
 
 import json
 import os
@@ -32,19 +34,29 @@ def main() -> int:
     processes.signal_on_parent_death(signal.SIGTERM)
     if os.getppid() != int(os.environ[PARENT_VARIABLE]):
         return 0  # the daemon died before the line above: nothing to run for
-    protocol = _take_stdout()
+    sink = _Sink(_take_stdout())
     if "--warm" in sys.argv:
         warm_up()
-    line = sys.stdin.readline()
-    if not line:
-        return 0  # the daemon went away without sending a request
-    request: Request = json.loads(line)
-    try:
-        from responder.stacks import steps
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0  # the daemon sent no (further) request
+        request: Request = json.loads(line)
+        before = _process_state()
+        try:
+            from responder.stacks import steps
 
-        return steps.run(request, _Sink(protocol), _cancelled)
-    finally:
-        processes.end_descendants(_grace())
+            code = steps.run(request, sink, _cancelled)
+        finally:
+            processes.end_descendants(_grace())
+        if code != 0 or _cancelled.is_set() or _process_state() != before:
+            return code
+        sink.send({"kind": "ready", "step": ""})
+
+
+def _process_state() -> tuple[str, list[str]]:
+    """What a request must leave as it found it for the worker to take another."""
+    return os.getcwd(), list(sys.path)
 
 
 def warm_up() -> None:

@@ -1,0 +1,153 @@
+"""Kept workers: a worker whose request ended cleanly runs the next request (each job's operation
+starts in a warm process), with nothing of the earlier request left alive; one that failed, ran a
+project folder's program, died while idle or served its share of requests is not reused."""
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from responder.stacks import PulumiEnvironment, PulumiOperations, Secret, StackError, StackTarget
+from responder.stacks import pool as worker_pool
+from tests.helpers import LogCapture, until
+from tests.test_processes_trees import CASE_VARIABLE, case_processes, kinds
+
+pytestmark = pytest.mark.pulumi
+
+NESTED = "tests.programs.nested_secret:pulumi_program"
+LEAKY = "tests.programs.leaky_failure:pulumi_program"
+
+
+@pytest.fixture
+def case(monkeypatch: pytest.MonkeyPatch) -> str:
+    value = uuid.uuid4().hex
+    monkeypatch.setenv(CASE_VARIABLE, value)
+    return value
+
+
+@pytest.fixture
+async def ops(
+    pulumi_env: PulumiEnvironment, logs: LogCapture, case: str
+) -> AsyncIterator[PulumiOperations]:
+    # No warm spare, one kept worker: every worker process alive between operations is a kept one.
+    ops = PulumiOperations(
+        pulumi_env,
+        timeout=180,
+        kill_grace=3,
+        redactor=logs.redactor,
+        warm_workers=0,
+        kept_workers=1,
+    )
+    await ops.start()
+    yield ops
+    await ops.close()
+
+
+def workers(case: str) -> list[int]:
+    return sorted(pid for pid, cmd in case_processes(case).items() if "stacks.worker" in cmd)
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def dead(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def the_kept_worker(case: str) -> int:
+    """The one process left of the operations so far: an idle worker, with nothing below it."""
+    assert kinds(case_processes(case)) == {"worker"}, case_processes(case)
+    (pid,) = workers(case)
+    assert children(pid) == []
+    return pid
+
+
+async def test_a_worker_whose_request_succeeded_runs_the_next_until_its_share_is_served(
+    ops: PulumiOperations, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_pool, "REQUESTS_PER_WORKER", 3)
+    pids = []
+    for i in range(4):
+        target = StackTarget(f"inc-kept-{i}", "nested", NESTED)
+        up = await ops.up(target, config={"x": f"value-{i}"})
+        # This request's stack and config, not those the process ran with before.
+        assert up.outputs["x"].value == f"value-{i}"
+        assert up.outputs["plain"].value == "visible"
+        if i == 2:  # its third request: retired
+            assert case_processes(case) == {}
+        else:
+            pids.append(the_kept_worker(case))
+    assert pids[0] == pids[1] != pids[2]
+    refreshed = await ops.refresh(StackTarget("inc-kept-0", "nested", NESTED))
+    assert refreshed.outputs["x"].value == "value-0"
+    assert the_kept_worker(case) == pids[2]
+    await ops.close()
+    assert case_processes(case) == {}
+
+
+async def test_a_failed_request_ends_its_worker(ops: PulumiOperations, case: str) -> None:
+    target = StackTarget("inc-fails", "leaky", LEAKY)
+    await ops.set_config(target, {"token": Secret("t0ken-value"), "fail": "true"})
+    kept = the_kept_worker(case)
+    with pytest.raises(StackError):
+        await ops.up(target)
+    assert case_processes(case) == {}
+    await ops.up(StackTarget("inc-next", "nested", NESTED))
+    assert the_kept_worker(case) != kept
+
+
+async def test_a_project_folders_program_ends_its_worker(
+    ops: PulumiOperations, case: str, tmp_path: Path
+) -> None:
+    """It changes the process (working directory, import path): the next program must not see it."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "Pulumi.yaml").write_text("name: folder\nruntime: python\n")
+    (folder / "__main__.py").write_text("import pulumi\n\npulumi.export('where', 'folder')\n")
+    up = await ops.up(StackTarget("inc-folder", "folder", str(folder)))
+    assert up.outputs["where"].value == "folder"
+    assert case_processes(case) == {}
+
+
+async def test_a_kept_worker_killed_while_idle_is_replaced(
+    ops: PulumiOperations, case: str
+) -> None:
+    await ops.up(StackTarget("inc-before-kill", "nested", NESTED))
+    kept = the_kept_worker(case)
+    os.kill(kept, signal.SIGKILL)
+    await until(lambda: dead(kept), "the worker died")  # a zombie: asyncio may not know yet
+    up = await ops.up(StackTarget("inc-after-kill", "nested", NESTED), config={"x": "after"})
+    assert up.outputs["x"].value == "after"
+    assert the_kept_worker(case) != kept
+
+
+async def test_a_cancelled_operation_ends_its_kept_worker(
+    ops: PulumiOperations, case: str, tmp_path: Path
+) -> None:
+    from tests.test_processes_trees import STUBBORN, wait_stubborn
+
+    started = tmp_path / "started"
+    target = StackTarget("inc-kept-cancel", "stubborn", STUBBORN)
+    await ops.set_config(target, {"started_file": str(started), "sleep_seconds": "120"})
+    kept = the_kept_worker(case)
+    up = asyncio.create_task(ops.up(target))
+    await wait_stubborn(started, case)
+    assert workers(case) == [kept]  # the `up` runs in the worker the config step left
+    assert await ops.cancel(target)
+    with pytest.raises(StackError):
+        await up
+    # Ended with all it started; what is left is the worker of the repair that followed, idle.
+    assert kept not in case_processes(case)
+    assert the_kept_worker(case) != kept
