@@ -208,6 +208,8 @@ class Settings:
     # lost the database), another node takes the job over.
     lease_seconds: float = _setting(30.0, _positive_float)
     job_timeout: float = _setting(900.0, _positive_float)
+    # Pulumi operations one stack worker process runs before it is replaced (1: each its own).
+    operations_per_worker: int = _setting(50, _int_range(1, 10_000))
     job_max_attempts: int = _setting(3, _int_range(1, 100))
     retry_backoff: float = _setting(2.0, _positive_float)
     shutdown_grace: float = _setting(30.0, _positive_float)

@@ -131,6 +131,7 @@ def contexts(
                 redactor=redactor,
                 # One per job worker: each job's next operation starts in a warm process.
                 kept_workers=app[SETTINGS].workers,
+                operations_per_worker=app[SETTINGS].operations_per_worker,
                 settings=app[STORE],  # stacks' config and salt, for whichever node runs them next
             )
         await ops.start()

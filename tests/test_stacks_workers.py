@@ -6,20 +6,22 @@ import asyncio
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from responder.stacks import PulumiEnvironment, PulumiOperations, Secret, StackError, StackTarget
-from responder.stacks import pool as worker_pool
-from tests.helpers import LogCapture, until
+from responder.store import JobStatus
+from tests.helpers import Client, LogCapture, ProbeTarget, pd_event, until
 from tests.test_processes_trees import CASE_VARIABLE, case_processes, kinds
 
 pytestmark = pytest.mark.pulumi
 
 NESTED = "tests.programs.nested_secret:pulumi_program"
 LEAKY = "tests.programs.leaky_failure:pulumi_program"
+
+MakeClient = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
@@ -75,25 +77,30 @@ def the_kept_worker(case: str) -> int:
 
 
 async def test_a_worker_whose_request_succeeded_runs_the_next_until_its_share_is_served(
-    ops: PulumiOperations, case: str, monkeypatch: pytest.MonkeyPatch
+    pulumi_env: PulumiEnvironment, logs: LogCapture, case: str
 ) -> None:
-    monkeypatch.setattr(worker_pool, "REQUESTS_PER_WORKER", 3)
-    pids = []
-    for i in range(4):
-        target = StackTarget(f"inc-kept-{i}", "nested", NESTED)
-        up = await ops.up(target, config={"x": f"value-{i}"})
-        # This request's stack and config, not those the process ran with before.
-        assert up.outputs["x"].value == f"value-{i}"
-        assert up.outputs["plain"].value == "visible"
-        if i == 2:  # its third request: retired
-            assert case_processes(case) == {}
-        else:
-            pids.append(the_kept_worker(case))
-    assert pids[0] == pids[1] != pids[2]
-    refreshed = await ops.refresh(StackTarget("inc-kept-0", "nested", NESTED))
-    assert refreshed.outputs["x"].value == "value-0"
-    assert the_kept_worker(case) == pids[2]
-    await ops.close()
+    ops = PulumiOperations(
+        pulumi_env, redactor=logs.redactor, warm_workers=0, kept_workers=1, operations_per_worker=3
+    )
+    await ops.start()
+    try:
+        pids = []
+        for i in range(4):
+            target = StackTarget(f"inc-kept-{i}", "nested", NESTED)
+            up = await ops.up(target, config={"x": f"value-{i}"})
+            # This request's stack and config, not those the process ran with before.
+            assert up.outputs["x"].value == f"value-{i}"
+            assert up.outputs["plain"].value == "visible"
+            if i == 2:  # its third request: retired
+                assert case_processes(case) == {}
+            else:
+                pids.append(the_kept_worker(case))
+        assert pids[0] == pids[1] != pids[2]
+        refreshed = await ops.refresh(StackTarget("inc-kept-0", "nested", NESTED))
+        assert refreshed.outputs["x"].value == "value-0"
+        assert the_kept_worker(case) == pids[2]
+    finally:
+        await ops.close()
     assert case_processes(case) == {}
 
 
@@ -151,3 +158,23 @@ async def test_a_cancelled_operation_ends_its_kept_worker(
     # Ended with all it started; what is left is the worker of the repair that followed, idle.
     assert kept not in case_processes(case)
     assert the_kept_worker(case) != kept
+
+
+@pytest.mark.parametrize(("operations_per_worker", "idle_workers"), [(50, 2), (1, 1)])
+async def test_the_daemon_keeps_the_worker_of_a_job_unless_each_operation_gets_its_own(
+    make_client: MakeClient,
+    probe_target: ProbeTarget,
+    case: str,
+    operations_per_worker: int,
+    idle_workers: int,
+) -> None:
+    client = await make_client(
+        probe_url=probe_target.url, workers=1, operations_per_worker=operations_per_worker
+    )
+    await client.deliver(pd_event("incident.triggered", "QKEEP"), "keep-trigger")
+    [job] = await client.wait_for_jobs()
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    # The warm spare, and the worker that ran the job's operations if it is kept.
+    await until(lambda: len(workers(case)) == idle_workers, f"{idle_workers} idle workers")
+    await asyncio.sleep(0.5)
+    assert len(workers(case)) == idle_workers

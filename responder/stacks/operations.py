@@ -52,11 +52,12 @@ class PulumiOperations:
         redactor: Redactor | None = None,
         warm_workers: int = 1,
         kept_workers: int = 0,
+        operations_per_worker: int = 50,
         settings: StackSettingsStore | None = None,
     ) -> None:
         """`settings`: where stacks' settings files are shared with other nodes (the job store).
         `warm_workers` are started ahead of need; up to `kept_workers` that ran a request cleanly
-        wait for the next (0: a worker per request)."""
+        wait for the next (0: a worker per request), each for `operations_per_worker` in all."""
         self.env = env
         self.settings = SettingsFiles(settings)
         self.timeout = timeout
@@ -68,7 +69,10 @@ class PulumiOperations:
         self._abandoned: set[str] = set()  # running operations to kill and leave as they are
         self._projects: set[str] = set()
         self._workers = WorkerPool(
-            {**self._worker_env(), GRACE_VARIABLE: str(kill_grace)}, warm_workers, kept_workers
+            {**self._worker_env(), GRACE_VARIABLE: str(kill_grace)},
+            warm_workers,
+            kept_workers,
+            operations_per_worker,
         )
         if redactor:
             redactor.add(env.passphrase())

