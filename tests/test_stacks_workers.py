@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from responder.stacks import PulumiEnvironment, PulumiOperations, Secret, StackError, StackTarget
+from responder.stacks import (
+    Call,
+    PulumiEnvironment,
+    PulumiOperations,
+    Secret,
+    StackError,
+    StackTarget,
+)
 from responder.store import JobStatus
 from tests.helpers import Client, LogCapture, ProbeTarget, pd_event, until
 from tests.test_processes_trees import CASE_VARIABLE, case_processes, kinds
@@ -20,6 +27,7 @@ pytestmark = pytest.mark.pulumi
 
 NESTED = "tests.programs.nested_secret:pulumi_program"
 LEAKY = "tests.programs.leaky_failure:pulumi_program"
+STATE = "tests.programs.process_state"
 
 MakeClient = Callable[..., Awaitable[Client]]
 
@@ -178,3 +186,41 @@ async def test_the_daemon_keeps_the_worker_of_a_job_unless_each_operation_gets_i
     await until(lambda: len(workers(case)) == idle_workers, f"{idle_workers} idle workers")
     await asyncio.sleep(0.5)
     assert len(workers(case)) == idle_workers
+
+
+@pytest.mark.parametrize("program", ["sets_env", "leaves_thread"])
+async def test_a_worker_whose_program_changed_the_process_is_not_kept(
+    ops: PulumiOperations, case: str, program: str
+) -> None:
+    """What the next program, and the processes it starts, would inherit: the environment; a thread
+    that would write on into the next request's output."""
+    up = await ops.up(StackTarget(f"inc-{program}", "state", f"{STATE}:{program}"))
+    assert up.outputs["ok"].value is True
+    assert case_processes(case) == {}
+
+
+async def test_a_kept_worker_runs_only_the_program_it_ran(ops: PulumiOperations, case: str) -> None:
+    """Its modules stay loaded: another program's module of the same name must not stand in."""
+    await ops.up(StackTarget("inc-first-program", "nested", NESTED))
+    first = the_kept_worker(case)
+    up = await ops.up(StackTarget("inc-other-program", "state", f"{STATE}:reads_stdin"))
+    assert up.outputs["stdin_bytes"].value == 0
+    assert the_kept_worker(case) != first  # the oldest gave way: one is kept here
+
+
+@pytest.mark.parametrize("kept_workers", [0, 1])
+async def test_a_program_reading_its_input_reads_the_end_at_once(
+    pulumi_env: PulumiEnvironment, logs: LogCapture, case: str, kept_workers: int
+) -> None:
+    ops = PulumiOperations(
+        pulumi_env, timeout=60, redactor=logs.redactor, warm_workers=0, kept_workers=kept_workers
+    )
+    await ops.start()
+    try:
+        for i in range(2):
+            target = StackTarget(f"inc-stdin-{i}", "state", f"{STATE}:reads_stdin")
+            up = await ops.up(target, call=Call(timeout=30))
+            assert up.outputs["stdin_bytes"].value == 0
+    finally:
+        await ops.close()
+    assert case_processes(case) == {}

@@ -340,7 +340,7 @@ class PulumiOperations:
             # and the request is then never sent.
             self._cancels[target.key] = cancel
         try:
-            worker = await self._workers.acquire()
+            worker = await self._workers.acquire(request["program"])
             if cancel.is_set():
                 self._workers.give_back(worker)
                 raise OperationCancelled(
@@ -370,8 +370,9 @@ class PulumiOperations:
             finally:
                 if record:
                     record.unlink(missing_ok=True)
-                if session.ready:
-                    await asyncio.shield(self._workers.release(worker, self.kill_grace))
+                if session.reusable:
+                    release = self._workers.release(worker, request["program"], self.kill_grace)
+                    await asyncio.shield(release)
         finally:
             if self._cancels.get(target.key) is cancel:
                 del self._cancels[target.key]

@@ -25,6 +25,7 @@ class Worker:
     proc: asyncio.subprocess.Process
     marker: str
     requests: int = field(default=0)  # sent to it so far
+    program: str = ""  # the program its requests ran (see WorkerPool)
 
     async def end(self, grace: float) -> None:
         """End every process of the worker's operation, in whatever state it is.
@@ -74,8 +75,11 @@ class WorkerPool:
 
     A request runs alone in its worker, and a worker runs a next request only after one that ended
     cleanly and left the process as it found it (the worker says so, see worker.py): no process of
-    it alive, no cancel, the same working directory and import path. Reusing it saves the start of a
-    Python process with pulumi imported, about a quarter of a provisioning's CPU time.
+    it alive, no thread, no cancel, the same working directory, import path and environment. The
+    modules a program imported stay loaded, so a kept worker runs the same program only: another
+    program's modules (a `helper` of the same name) must never stand in for its own. Reusing a
+    worker saves the start of a Python process with pulumi imported, about a quarter of a
+    provisioning's CPU time.
     """
 
     def __init__(
@@ -86,42 +90,54 @@ class WorkerPool:
         self._kept_wanted = kept
         self._requests_per_worker = requests_per_worker
         self._spares: deque[asyncio.Future[Worker]] = deque()
-        self._kept: list[Worker] = []  # the last one kept is taken first: its memory is warmest
+        self._kept: list[Worker] = []  # oldest first; the newest for a program is taken first
+        self._closed = False
 
     def fill(self) -> None:
-        while len(self._spares) < self._spares_wanted:
+        while len(self._spares) < self._spares_wanted and not self._closed:
             self._spares.append(asyncio.ensure_future(self._spawn()))
 
-    async def acquire(self) -> Worker:
-        while self._kept:
-            worker = self._kept.pop()
-            if worker.alive():
-                return worker
-            await worker.end(0)  # it died waiting (killed from outside): nothing of it may remain
+    async def acquire(self, program: str) -> Worker:
+        """A worker for a request running `program`: one kept that ran it before, else a spare."""
+        for worker in reversed(self._kept):
+            if worker.program == program:
+                self._kept.remove(worker)
+                if worker.alive():
+                    return worker
+                await worker.end(0)  # it died waiting (killed from outside): nothing of it remains
+                return await self.acquire(program)
         while self._spares:
             worker = await self._spares.popleft()
             self.fill()
-            if worker.proc.returncode is None:
+            if worker.alive():
                 return worker
         return await self._spawn()
 
     def give_back(self, worker: Worker) -> None:
-        """A worker that was never sent a request (its operation was cancelled first) waits for the
-        next operation instead of being ended."""
+        """A worker that was not sent the request it was taken for (its operation was cancelled
+        first) waits for the next operation instead of being ended."""
+        if worker.requests:
+            self._kept.append(worker)
+            return
         spare = asyncio.get_running_loop().create_future()
         spare.set_result(worker)
         self._spares.appendleft(spare)
 
-    async def release(self, worker: Worker, grace: float) -> None:
-        """A worker whose request ended cleanly: kept for the next request, or retired."""
+    async def release(self, worker: Worker, program: str, grace: float) -> None:
+        """A worker whose request, running `program`, ended cleanly: kept for the next request of
+        the same program (in place of the oldest kept, if as many are), or retired."""
         if (
-            len(self._kept) < self._kept_wanted
-            and worker.requests < self._requests_per_worker
-            and worker.alive()
+            self._closed
+            or self._kept_wanted == 0
+            or worker.requests >= self._requests_per_worker
+            or not worker.alive()
         ):
-            self._kept.append(worker)
+            await worker.retire(grace)
             return
-        await worker.retire(grace)
+        worker.program = program
+        self._kept.append(worker)
+        if len(self._kept) > self._kept_wanted:
+            await self._kept.pop(0).retire(grace)
 
     async def _spawn(self) -> Worker:
         marker = uuid.uuid4().hex
@@ -144,6 +160,8 @@ class WorkerPool:
         return Worker(proc, marker)
 
     async def close(self, grace: float) -> None:
+        """End every waiting worker; a worker released or given back later is ended too."""
+        self._closed = True
         kept, self._kept = self._kept, []
         for worker in kept:
             await worker.retire(grace)

@@ -42,15 +42,16 @@ class WorkerSession:
         self.error: StackError | None = None
         self.current_step = ""
         self.stderr_tail: deque[str] = deque(maxlen=40)
-        # The request ended cleanly and the worker, alive, waits for another: the caller's to keep
-        # or retire (see WorkerPool.release). Otherwise the session has ended it.
-        self.ready = False
+        self.ready = False  # the worker said its request ended cleanly and it waits for another
+        # Decided once the request ended: the worker, alive and waiting, is the caller's to keep or
+        # retire (see WorkerPool.release). Otherwise the session has ended it.
+        self.reusable = False
 
     async def run(
         self, request: Request, timeout: float, cancel: asyncio.Event, grace: Callable[[], float]
     ) -> list[StepResult]:
         """Run the request in the worker until it ends, `timeout` passes or `cancel` is set; when
-        this returns or raises, no process of it is alive but, once `ready`, the idle worker. A
+        this returns or raises, no process of it is alive but, if `reusable`, the idle worker. A
         stopped operation gets `grace()` seconds (asked when it is stopped) to cancel gracefully
         before it is killed."""
         reader = asyncio.create_task(self._communicate(request))
@@ -62,8 +63,8 @@ class WorkerSession:
             )
         finally:
             cancelled.cancel()
-            if reader not in finished or not self.ready:  # else it waits for its next request
-                self.ready = False
+            self.reusable = reader in finished and self.ready
+            if not self.reusable:
                 await asyncio.shield(self._end(reader, grace()))
         stack = self.target.name
         if reader in finished:

@@ -15,8 +15,9 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from responder.stacks import processes
 from responder.stacks.protocol import GRACE_VARIABLE, PARENT_VARIABLE, Message, Request
@@ -26,6 +27,8 @@ if TYPE_CHECKING:  # pulumi is imported once the process is set up (see warm_up)
 
 _cancelled = threading.Event()
 _writing = threading.Lock()  # protocol lines go out whole, even across a forced exit
+_serving = threading.Event()  # a request is running (else the worker waits for one)
+THREADS_SETTLE = 0.5  # seconds the threads a request leaves get to end (see _process_state)
 
 
 def main() -> int:
@@ -34,29 +37,54 @@ def main() -> int:
     processes.signal_on_parent_death(signal.SIGTERM)
     if os.getppid() != int(os.environ[PARENT_VARIABLE]):
         return 0  # the daemon died before the line above: nothing to run for
+    requests = _take_stdin()
     sink = _Sink(_take_stdout())
     if "--warm" in sys.argv:
         warm_up()
     while True:
-        line = sys.stdin.readline()
+        line = requests.readline()
         if not line:
             return 0  # the daemon sent no (further) request
         request: Request = json.loads(line)
-        before = _process_state()
+        before = ProcessState.now()
+        _serving.set()
         try:
             from responder.stacks import steps
 
             code = steps.run(request, sink, _cancelled)
         finally:
             processes.end_descendants(_grace())
-        if code != 0 or _cancelled.is_set() or _process_state() != before:
+        if code != 0 or _cancelled.is_set() or not before.restored():
             return code
         sink.send({"kind": "ready", "step": ""})
+        _serving.clear()  # after the line: ending at once must not wait on its own lock
 
 
-def _process_state() -> tuple[str, list[str]]:
-    """What a request must leave as it found it for the worker to take another."""
-    return os.getcwd(), list(sys.path)
+class ProcessState(NamedTuple):
+    """What a request must leave as it found it for the worker to take another: the working
+    directory, the import path and the environment (what the next program, and the CLI and plugins
+    it starts, would inherit), and the threads (one left running would go on writing to the output,
+    into the next request's). The modules a program imports stay: a kept worker only runs the same
+    program again (see WorkerPool)."""
+
+    cwd: str
+    path: list[str]
+    environ: dict[str, str]
+    threads: frozenset[int | None]
+
+    @classmethod
+    def now(cls) -> "ProcessState":
+        threads = frozenset(t.ident for t in threading.enumerate())
+        return cls(os.getcwd(), list(sys.path), dict(os.environ), threads)
+
+    def restored(self) -> bool:
+        """The process is as it was; threads started since, still ending, get `THREADS_SETTLE`
+        seconds in all (the SDK shuts the program's executor down without waiting for it)."""
+        deadline = time.monotonic() + THREADS_SETTLE
+        for thread in threading.enumerate():
+            if thread.ident not in self.threads and time.monotonic() < deadline:
+                thread.join(deadline - time.monotonic())
+        return ProcessState.now() == self
 
 
 def warm_up() -> None:
@@ -120,6 +148,16 @@ class _Sink:
             self.send({"kind": "event", "step": step, "event": summary})
 
 
+def _take_stdin() -> TextIO:
+    """Keep the real stdin for requests; the program and every process below read /dev/null (end
+    of input at once, as when a worker's stdin was closed after its one request)."""
+    requests = os.fdopen(os.dup(0), "r")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return requests
+
+
 def _take_stdout() -> TextIO:
     """Keep the real stdout for the protocol; anything the program prints goes to stderr instead."""
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
@@ -130,6 +168,8 @@ def _take_stdout() -> TextIO:
 
 def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     """Pass the first SIGTERM to the CLI (a graceful cancel); end everything left after the grace."""
+    if not _serving.is_set():  # waiting for a request: nothing to cancel, nothing to wait for
+        _end_now()
     if _cancelled.is_set():
         return
     _cancelled.set()
