@@ -2,11 +2,12 @@
 
 import asyncio
 import contextlib
+import inspect
 import io
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,9 +225,18 @@ async def served(settings: Settings, logs: LogCapture) -> AsyncIterator[int]:
         await runner.cleanup()
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    """Wait for `condition`, polling; fail naming `what` if it does not hold within `timeout` s."""
+async def until(
+    condition: Callable[[], bool | Awaitable[bool]],
+    what: str,
+    timeout: float = 60,
+    interval: float = 0.01,
+) -> None:
+    """Wait for `condition` (a function or a coroutine function), polling every `interval` s; fail
+    naming `what` if it does not hold within `timeout` s."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
-        await asyncio.sleep(0.01)
+    while True:
+        held = condition()
+        if await held if inspect.isawaitable(held) else held:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"never within {timeout:g}s: {what}"
+        await asyncio.sleep(interval)

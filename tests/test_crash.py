@@ -8,13 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.helpers import REPO, SECRET_A, pd_event, sign
+from tests.helpers import REPO, SECRET_A, pd_event, sign, until
 
 pytestmark = pytest.mark.pulumi
 
@@ -139,7 +139,7 @@ async def test_sigkill_mid_job_loses_nothing(daemon: DaemonProcess, data_dir: Pa
         flooding = asyncio.create_task(flood())
         # Kill while the CLI holds the stack's lock and is creating the slow resource.
         locks = data_dir / "pulumi-state" / ".pulumi" / "locks"
-        await _wait_until(
+        await until(
             lambda: (
                 any(locks.rglob("*.json"))
                 and any(
@@ -150,13 +150,16 @@ async def test_sigkill_mid_job_loses_nothing(daemon: DaemonProcess, data_dir: Pa
                 )
             ),
             "the lock file and the slow resource's create",
+            interval=0.1,
         )
         daemon.kill()
         killed_after = len(acknowledged)
         daemon.start()
         await daemon.wait_ready(session)
-        await _wait_until(
-            lambda: len(acknowledged) > killed_after, "a delivery acknowledged after the restart"
+        await until(
+            lambda: len(acknowledged) > killed_after,
+            "a delivery acknowledged after the restart",
+            interval=0.1,
         )
         flooding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -185,15 +188,6 @@ async def test_sigkill_mid_job_loses_nothing(daemon: DaemonProcess, data_dir: Pa
     assert any(
         line.get("event") == "job.recovering" and line.get("job_id") == slow["id"] for line in lines
     )
-
-
-async def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    """Poll an observable condition; fail naming it if it does not hold within the timeout."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def _wait_all_final(

@@ -20,7 +20,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.helpers import API_TOKEN, pd_event
+from tests.helpers import API_TOKEN, pd_event, until
 from tests.multinode_playbooks.nodes import TOKEN
 from tests.nodes import PASSPHRASE, Node
 from tests.postgres_server import PostgresServer, fresh_database
@@ -28,6 +28,8 @@ from tests.postgres_server import PostgresServer, fresh_database
 pytestmark = pytest.mark.pulumi
 
 MakeNodes = Callable[[int], Awaitable[list[Node]]]
+
+POLL = 0.25  # seconds between two looks at the nodes' APIs
 
 
 @pytest.fixture
@@ -72,13 +74,6 @@ async def start(session: aiohttp.ClientSession, *nodes: Node, **settings: str) -
     await asyncio.gather(*(node.wait_ready(session) for node in nodes))
 
 
-async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out after {seconds:g}s waiting for {what}"
-        await asyncio.sleep(0.25)
-
-
 async def all_final(jobs: Callable[[], Awaitable[list[dict[str, Any]]]], count: int) -> bool:
     rows = await jobs()
     final = {"succeeded", "failed", "cancelled", "refused", "rejected", "coalesced"}
@@ -101,7 +96,7 @@ async def test_incidents_sent_round_robin_are_provisioned_exactly_once(
         )
     )
     assert set(statuses) == {202}
-    await until(lambda: all_final(jobs, 50), 420, "50 provisions")
+    await until(lambda: all_final(jobs, 50), "50 provisions", 420, POLL)
     rows = await jobs()
     assert len(rows) == 50 and len({r["incident_id"] for r in rows}) == 50
     assert {r["status"] for r in rows} == {"succeeded"}, [r["error"] for r in rows if r["error"]]
@@ -123,7 +118,7 @@ async def test_one_incidents_events_sent_to_alternate_nodes_run_one_at_a_time_in
     ]
     for node, body in sent:
         assert await node.deliver(session, body) == 202
-    await until(lambda: all_final(jobs, 4), 180, "the incident's four jobs")
+    await until(lambda: all_final(jobs, 4), "the incident's four jobs", 180, POLL)
     rows = await jobs()
     assert [r["playbook"] for r in rows] == [
         "provision",
@@ -145,13 +140,13 @@ async def test_a_stack_made_on_one_node_with_a_secret_is_refreshed_and_destroyed
     a, b = await make(2)
     await start(session, a)
     assert await a.deliver(session, pd_event("incident.triggered", "QMOVE", title="x 0")) == 202
-    await until(lambda: all_final(jobs, 1), 120, "the stack on node A")
+    await until(lambda: all_final(jobs, 1), "the stack on node A", 120, POLL)
     a.stop()
     await start(session, b)  # its data dir is empty: no workspace, no settings file
     assert not list(b.data_dir.glob("workspaces/*/Pulumi.*.*.yaml"))
     assert await b.deliver(session, pd_event("incident.acknowledged", "QMOVE")) == 202
     assert await b.deliver(session, pd_event("incident.resolved", "QMOVE")) == 202
-    await until(lambda: all_final(jobs, 3), 120, "refresh, update and destroy on node B")
+    await until(lambda: all_final(jobs, 3), "refresh, update and destroy on node B", 120, POLL)
     rows = await jobs()
     assert [r["status"] for r in rows] == ["succeeded"] * 3, [r["error"] for r in rows]
     assert rows[0]["node"] == a.id and {r["node"] for r in rows[1:]} == {b.id}
@@ -182,11 +177,11 @@ async def test_a_node_killed_mid_update_has_its_job_finished_by_another(
             )
         )
 
-    await until(creating, 60, "node A's update to be under way")
+    await until(creating, "node A's update to be under way", 60, POLL)
     await start(session, b)
     a.kill_machine()
     killed = time.monotonic()
-    await until(lambda: all_final(jobs, 1), 120, "node B to finish the job")
+    await until(lambda: all_final(jobs, 1), "node B to finish the job", 120, POLL)
     failover = time.monotonic() - killed
     [job] = await jobs()
     assert job["status"] == "succeeded", job["error"]
@@ -197,7 +192,7 @@ async def test_a_node_killed_mid_update_has_its_job_finished_by_another(
         assert (await r.json())["node"] == b.id  # the API says who ran it
     # No stale lock: the stack takes the incident's next operations.
     assert await b.deliver(session, pd_event("incident.acknowledged", "QKILL")) == 202
-    await until(lambda: all_final(jobs, 2), 120, "the next job on the recovered stack")
+    await until(lambda: all_final(jobs, 2), "the next job on the recovered stack", 120, POLL)
     assert (await jobs())[1]["status"] == "succeeded", (await jobs())[1]["error"]
     print(f"failover: node killed -> its job finished on another node in {failover:.1f}s")
 
@@ -215,7 +210,7 @@ async def test_a_delivery_sent_to_two_nodes_at_once_makes_one_job(
             a.deliver(session, body, webhook_id), b.deliver(session, body, webhook_id)
         )
         assert all(200 <= s < 300 for s in statuses), statuses
-    await until(lambda: all_final(jobs, 10), 60, "the ten jobs")
+    await until(lambda: all_final(jobs, 10), "the ten jobs", 60, POLL)
     rows = await jobs()
     assert len(rows) == 10 and len({r["incident_id"] for r in rows}) == 10
 
@@ -263,7 +258,7 @@ async def test_a_database_restart_loses_nothing_acknowledged(
         finished = {r["incident_id"] for r in rows if r["status"] == "succeeded"}
         return set(acknowledged) <= finished
 
-    await until(done, 60, "every acknowledged delivery's job")
+    await until(done, "every acknowledged delivery's job", 60, POLL)
     for node in (a, b):  # both recover, without a restart (an idle worker may still be in its
         # store backoff, up to 5 s, and says so in /readyz until its next store call succeeds)
 
@@ -271,7 +266,7 @@ async def test_a_database_restart_loses_nothing_acknowledged(
             async with session.get(f"{node.url}/readyz") as response:
                 return response.status == 200
 
-        await until(ready, 15, f"{node.url} ready again")
+        await until(ready, f"{node.url} ready again", 15, POLL)
 
 
 async def test_the_reaper_runs_on_one_node_and_moves_when_it_dies(
@@ -286,7 +281,7 @@ async def test_the_reaper_runs_on_one_node_and_moves_when_it_dies(
             n.events("reaper.leading") or n.events("reaper.standby") for n in (a, b)
         )
 
-    await until(one_leads, 30, "one leader and one standby")
+    await until(one_leads, "one leader and one standby", 30, POLL)
     leader, standby = (a, b) if a.events("reaper.leading") else (b, a)
     await asyncio.sleep(2)  # several passes later, still one leader
     assert not standby.events("reaper.leading")
@@ -296,7 +291,7 @@ async def test_the_reaper_runs_on_one_node_and_moves_when_it_dies(
         return bool(standby.events("reaper.leading"))
 
     started = time.monotonic()
-    await until(moved, 30, "the standby to lead")
+    await until(moved, "the standby to lead", 30, POLL)
     print(f"leadership moved in {time.monotonic() - started:.1f}s")
 
 
@@ -309,7 +304,7 @@ async def test_on_pulumis_postgres_backend_stacks_are_tagged_listed_swept_and_ex
     assert (
         await node.deliver(session, pd_event("incident.triggered", "QPGSTATE", title="x 0")) == 202
     )
-    await until(lambda: all_final(jobs, 1), 120, "the stack")
+    await until(lambda: all_final(jobs, 1), "the stack", 120, POLL)
     [provisioned] = await jobs()
     stack = provisioned["stack"]
     assert provisioned["status"] == "succeeded", provisioned["error"]
@@ -327,7 +322,7 @@ async def test_on_pulumis_postgres_backend_stacks_are_tagged_listed_swept_and_ex
         rows = await jobs()
         return any(r["stack"] == "orphan-pg" and r["status"] == "succeeded" for r in rows)
 
-    await until(swept, 60, "the orphan to be reaped")
+    await until(swept, "the orphan to be reaped", 60, POLL)
     names = [s["name"] for s in pulumi(node, tmp_path, "stack", "ls", "--json")]
     assert "orphan-pg" not in names and stack in names
     assert list((node.data_dir / "postmortem").rglob("*orphan-pg*")), "no postmortem export"

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from responder.stacks import (
     StackOperations,
     StackTarget,
 )
-from tests.helpers import REPO, LogCapture, marked_processes
+from tests.helpers import REPO, LogCapture, marked_processes, until
 
 pytestmark = pytest.mark.pulumi
 
@@ -47,14 +47,6 @@ def kinds(processes: dict[int, str]) -> set[str]:
         "pulumi.dynamic": "-m pulumi.dynamic",
     }
     return {kind for kind, part in named.items() for cmd in processes.values() if part in cmd}
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting until {what}")
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -86,7 +78,7 @@ async def stubborn_stack(ops: StackOperations, name: str, started: Path) -> Stac
 
 async def wait_stubborn(started: Path, case: str) -> None:
     """Until the provider is creating the resource (ignoring SIGTERM) under worker and CLI."""
-    await wait_until(started.exists, 90, "the stubborn provider started creating")
+    await until(started.exists, "the stubborn provider started creating", 90, 0.1)
     assert kinds(case_processes(case)) == {"worker", "pulumi", "pulumi.dynamic"}
 
 
@@ -161,8 +153,11 @@ async def test_daemon_death_ends_every_process(
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
         # The worker learns of it (PR_SET_PDEATHSIG), cancels, and kills what is left after the grace.
-        await wait_until(
-            lambda: case_processes(case) == {}, KILL_GRACE + 20, "the operation's processes ended"
+        await until(
+            lambda: case_processes(case) == {},
+            "the operation's processes ended",
+            KILL_GRACE + 20,
+            0.1,
         )
     finally:
         daemon.kill()
@@ -182,7 +177,7 @@ async def test_recover_ends_a_dead_operations_processes(
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
         os.kill(worker, signal.SIGKILL)
-        await wait_until(lambda: worker not in case_processes(case), 10, "the worker died")
+        await until(lambda: worker not in case_processes(case), "the worker died", 10, 0.1)
     finally:
         daemon.kill()
         daemon.wait()

@@ -21,6 +21,7 @@ from responder.store import Job, JobStatus, NewDelivery, NewJob, Store, StoreUna
 from responder.store.postgres import PostgresStore
 from responder.store.sqlite import SQLiteStore
 from tests.fakes import FakeOperations, Gate
+from tests.helpers import until
 
 PROJECT = "leases"
 PROGRAM = "tests.programs.slow:pulumi_program"
@@ -118,12 +119,6 @@ async def enqueue(store: Store, playbook: str, stack: str, max_attempts: int = 1
     return job_id
 
 
-async def until(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not await check():
-            await asyncio.sleep(0.02)
-
-
 async def get(store: Store, job_id: int) -> Job:
     job = await store.get_job(job_id)
     assert job is not None
@@ -157,7 +152,7 @@ async def test_a_job_another_node_took_over_is_stopped_here(
     async def stopped_here() -> bool:
         return not runner._running  # the lease round found the lease lost and interrupted it
 
-    await until(stopped_here)
+    await until(stopped_here, "the node stops the job whose lease it lost", 10)
     job = await get(store, job_id)
     assert job.status == JobStatus.RUNNING and job.node == other.node and job.fence == taken.fence
     assert job.steps == ()  # nothing recorded by the node that lost it
@@ -202,7 +197,7 @@ async def test_a_node_that_cannot_renew_stops_its_jobs_in_time_then_recovers_the
     async def stopped_here() -> bool:
         return not runner._running
 
-    await until(stopped_here)
+    await until(stopped_here, "the node stops the job whose lease it lost", 10)
     # Well before the lease could expire and another node take it over: its processes killed at
     # once, the stack left for that node to repair.
     assert time.monotonic() - runner.leases._renewed < 0.8 * LEASE
@@ -219,7 +214,7 @@ async def test_a_node_that_cannot_renew_stops_its_jobs_in_time_then_recovers_the
     async def both_done() -> bool:
         return all([(await get(store, i)).status.final for i in (job_id, other)])
 
-    await until(both_done)
+    await until(both_done, "both jobs done", 10)
     job = await get(store, job_id)
     assert job.status == JobStatus.SUCCEEDED and job.attempts == 2, job
     assert ops.recovered == [StackTarget("s1", PROJECT, PROGRAM)]
@@ -242,7 +237,7 @@ async def test_a_single_node_that_cannot_renew_goes_on(
     async def reported() -> bool:
         return runner.health.problem is not None
 
-    await until(reported)
+    await until(reported, "the lease renewal's failure reported", 10)
     await asyncio.sleep(LEASE)  # past the point where a shared store's node gives up
     assert runner._running and ops.abandoned == []
     monkeypatch.undo()
@@ -251,7 +246,7 @@ async def test_a_single_node_that_cannot_renew_goes_on(
     async def final() -> bool:
         return (await get(store, job_id)).status.final
 
-    await until(final)
+    await until(final, "the job final", 10)
     job = await get(store, job_id)
     assert job.status == JobStatus.SUCCEEDED and job.attempts == 1, job
 
@@ -266,7 +261,7 @@ async def test_a_cancel_made_through_another_node_stops_the_job(
     async def final() -> bool:
         return (await get(store, job_id)).status.final
 
-    await until(final)
+    await until(final, "the job final", 10)
     assert (await get(store, job_id)).status == JobStatus.CANCELLED
 
 

@@ -13,7 +13,7 @@ from responder.store import JobStatus, LeaseLost, StoreUnavailable
 from responder.store.postgres import PostgresStore, migrations
 from responder.store.postgres.driver import Db
 from responder.store.sqlite import SQLiteStore
-from tests.helpers import LogCapture
+from tests.helpers import LogCapture, until
 from tests.test_store_contract import NOW, delivery, enqueue, job
 
 KEEPALIVE_SETTINGS = (
@@ -39,13 +39,6 @@ async def nodes(postgres_url: str) -> AsyncIterator[Callable[[], Awaitable[Postg
     yield node
     for store in opened:
         await store.close()
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    async with asyncio.timeout(DEADLINE):
-        while not await condition():
-            await asyncio.sleep(0.02)
-    assert await condition(), what
 
 
 async def backends(url: str, role: str, node: str) -> list[int]:
@@ -173,9 +166,13 @@ async def test_a_lost_listening_connection_is_reconnected_and_logged(
     assert logs.events("store.listen_failed")
     await enqueue(other, job())
     await wakes.next()
-    await until(lambda: _one_other(postgres_url, "listen", listener.node, pid), "one connection")
+    await until(
+        lambda: _one_other(postgres_url, "listen", listener.node, pid), "one connection", DEADLINE
+    )
     await listener.close()  # stops listening, and closes that connection
-    await until(lambda: _none(postgres_url, "listen", listener.node), "no connection left")
+    await until(
+        lambda: _none(postgres_url, "listen", listener.node), "no connection left", DEADLINE
+    )
 
 
 async def _one_other(url: str, role: str, node: str, pid: int) -> bool:
@@ -201,7 +198,7 @@ async def test_listen_returns_while_the_database_is_away_and_close_stops_it(
     async def retried() -> bool:
         return len(logs.events("store.listen_failed")) >= 2
 
-    await until(retried, "a failed attempt is logged and tried again")
+    await until(retried, "a failed attempt is logged and tried again", DEADLINE)
     await asyncio.wait_for(store.close(), DEADLINE)
     assert logs.events("store.listen_stopped") == []
 
@@ -217,9 +214,11 @@ async def test_one_node_leads_until_it_closes(
     assert not await b.lead()
     assert await a.lead() and not await b.lead()  # asking again changes nothing
     await a.close()
-    await until(b.lead, "the standby takes the leadership")
+    await until(b.lead, "the standby takes the leadership", DEADLINE)
     assert await b.lead()
-    await until(lambda: _none(postgres_url, "leader", a.node), "the leader's connection closed")
+    await until(
+        lambda: _none(postgres_url, "leader", a.node), "the leader's connection closed", DEADLINE
+    )
 
 
 async def test_the_leadership_moves_when_the_leader_s_connection_is_killed(
@@ -229,11 +228,13 @@ async def test_the_leadership_moves_when_the_leader_s_connection_is_killed(
     assert await a.lead() and not await b.lead()
     [pid] = await backends(postgres_url, "leader", a.node)
     await kill(postgres_url, pid)
-    await until(b.lead, "the standby takes the leadership")
+    await until(b.lead, "the standby takes the leadership", DEADLINE)
     assert not await a.lead()  # reconnected: another node leads now
-    await until(lambda: _one_other(postgres_url, "leader", a.node, pid), "a new connection")
+    await until(
+        lambda: _one_other(postgres_url, "leader", a.node, pid), "a new connection", DEADLINE
+    )
     await b.close()
-    await until(a.lead, "the first node leads again")
+    await until(a.lead, "the first node leads again", DEADLINE)
 
 
 async def test_a_leader_whose_connection_died_takes_the_leadership_again(
@@ -243,7 +244,7 @@ async def test_a_leader_whose_connection_died_takes_the_leadership_again(
     assert await a.lead()
     [pid] = await backends(postgres_url, "leader", a.node)
     await kill(postgres_url, pid)
-    await until(a.lead, "reconnected and leading")
+    await until(a.lead, "reconnected and leading", DEADLINE)
 
 
 async def test_no_database_means_no_leadership(postgres_url: str) -> None:
@@ -301,7 +302,9 @@ async def test_a_lost_renewal_connection_is_replaced_at_once(
     assert await store.renew_leases({queued: held.fence}, NOW + 2) == set()
     assert await _one_other(postgres_url, "leases", store.node, pid)
     await store.close()
-    await until(lambda: _none(postgres_url, "leases", store.node), "its connection closed")
+    await until(
+        lambda: _none(postgres_url, "leases", store.node), "its connection closed", DEADLINE
+    )
 
 
 async def test_the_server_notices_a_dead_node_s_connections_within_seconds(
