@@ -19,6 +19,7 @@ from responder.playbook import Playbook
 from responder.stacks import PulumiEnvironment, PulumiOperations, StackOperations
 from tests.fakes import FakeOperations
 from tests.helpers import (
+    CASE_VARIABLE,
     SESSION_VARIABLE,
     Client,
     LogCapture,
@@ -66,6 +67,14 @@ async def postgres_url(postgres_server: PostgresServer) -> AsyncIterator[str]:
     """A fresh, empty database of the session's cluster for one test (its URL carries a password)."""
     async with fresh_database(postgres_server) as url:
         yield url
+
+
+@pytest.fixture
+def case(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A marker in the environment of every process this test starts from now on."""
+    value = uuid.uuid4().hex
+    monkeypatch.setenv(CASE_VARIABLE, value)
+    return value
 
 
 @pytest.fixture

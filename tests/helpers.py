@@ -33,6 +33,10 @@ SECRET_B = "fixture-secret-B-ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkjihgf"
 API_TOKEN = "test-api-token-0123456789"
 
 
+# Set by the `case` fixture: every process a test starts inherits it (see marked_processes).
+CASE_VARIABLE = "PYTEST_RESPONDER_CASE"
+
+
 def marked_processes(variable: str, value: str) -> dict[int, list[str]]:
     """pid → argv of each live process whose environment holds `variable=value`; children inherit
     it, so this finds every process started after the variable was set, whatever its parent."""

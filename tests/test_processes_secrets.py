@@ -10,11 +10,10 @@ import pytest
 
 from responder.logs import Redactor
 from responder.stacks import PulumiEnvironment, PulumiOperations, Secret, StackError, StackTarget
-from tests.helpers import LogCapture, marked_processes
+from tests.helpers import CASE_VARIABLE, LogCapture, marked_processes
 
 pytestmark = pytest.mark.pulumi
 
-CASE_VARIABLE = "PYTEST_RESPONDER_CASE"
 ECHO = "tests.programs.echo_secret:pulumi_program"
 LEAKY = "tests.programs.leaky_failure:pulumi_program"
 

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,11 +24,10 @@ from responder.stacks import (
     StackOperations,
     StackTarget,
 )
-from tests.helpers import REPO, LogCapture, marked_processes, until
+from tests.helpers import CASE_VARIABLE, REPO, LogCapture, marked_processes, until
 
 pytestmark = pytest.mark.pulumi
 
-CASE_VARIABLE = "PYTEST_RESPONDER_CASE"
 KILL_GRACE = 3.0
 STUBBORN = "tests.programs.stubborn:pulumi_program"
 
@@ -47,14 +45,6 @@ def kinds(processes: dict[int, str]) -> set[str]:
         "pulumi.dynamic": "-m pulumi.dynamic",
     }
     return {kind for kind, part in named.items() for cmd in processes.values() if part in cmd}
-
-
-@pytest.fixture
-def case(monkeypatch: pytest.MonkeyPatch) -> str:
-    """A marker in the environment of every process this test starts from now on."""
-    value = uuid.uuid4().hex
-    monkeypatch.setenv(CASE_VARIABLE, value)
-    return value
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from responder.stacks import PulumiEnvironment, PulumiOperations, StackTarget
-from tests.helpers import LogCapture
-from tests.test_processes_secrets import CASE_VARIABLE, Watcher
+from tests.helpers import CASE_VARIABLE, LogCapture
+from tests.test_processes_secrets import Watcher
 from tests.test_stacks import stack_tags
 
 pytestmark = pytest.mark.pulumi

@@ -5,7 +5,6 @@ project folder's program, died while idle or served its share of requests is not
 import asyncio
 import os
 import signal
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from responder.stacks import (
 )
 from responder.store import JobStatus
 from tests.helpers import Client, LogCapture, ProbeTarget, pd_event, until
-from tests.test_processes_trees import CASE_VARIABLE, case_processes, kinds
+from tests.test_processes_trees import case_processes, kinds
 
 pytestmark = pytest.mark.pulumi
 
@@ -30,13 +29,6 @@ LEAKY = "tests.programs.leaky_failure:pulumi_program"
 STATE = "tests.programs.process_state"
 
 MakeClient = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture
-def case(monkeypatch: pytest.MonkeyPatch) -> str:
-    value = uuid.uuid4().hex
-    monkeypatch.setenv(CASE_VARIABLE, value)
-    return value
 
 
 @pytest.fixture
