@@ -10,6 +10,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from responder.project_program import is_module_function
+from responder.stacks.interface import DEFAULT_PROGRAM
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "RESPONDER_"
 # The shortest webhook secret or bearer token accepted, configured or read from a secret file.
@@ -68,6 +71,14 @@ def _routing_keys(raw: str) -> tuple[str, ...]:
     if any(len(k) != 32 or not k.isalnum() or not k.isascii() for k in keys):
         raise ValueError("each key must be 32 letters or digits")
     return keys
+
+
+def _programs(raw: str) -> tuple[str, ...]:
+    """comma-separated programs, each `module:function`"""
+    programs = _csv(raw)
+    if not all(is_module_function(p) for p in programs):
+        raise ValueError("each program must be `module:function`")
+    return programs
 
 
 def _token(raw: str) -> str:
@@ -210,6 +221,9 @@ class Settings:
     job_timeout: float = _setting(900.0, _positive_float)
     # Pulumi operations one stack worker process runs before it is replaced (1: each its own).
     operations_per_worker: int = _setting(50, _int_range(1, 10_000))
+    # Programs that keep nothing from one run to the next (no module-level cache or client, no
+    # change to the process): only these run again, for any stack, in a worker that ran them.
+    stateless_programs: tuple[str, ...] = _setting((DEFAULT_PROGRAM,), _programs)
     job_max_attempts: int = _setting(3, _int_range(1, 100))
     retry_backoff: float = _setting(2.0, _positive_float)
     shutdown_grace: float = _setting(30.0, _positive_float)

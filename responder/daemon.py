@@ -132,6 +132,7 @@ def contexts(
                 # One per job worker: each job's next operation starts in a warm process.
                 kept_workers=app[SETTINGS].workers,
                 operations_per_worker=app[SETTINGS].operations_per_worker,
+                stateless_programs=app[SETTINGS].stateless_programs,
                 settings=app[STORE],  # stacks' config and salt, for whichever node runs them next
             )
         await ops.start()

@@ -39,6 +39,7 @@ def test_environment_values_are_parsed() -> None:
         ({"RESPONDER_PORT": "70000"}, "RESPONDER_PORT: must be between 0 and 65535; got '70000'"),
         ({"RESPONDER_WORKERS": "0"}, "RESPONDER_WORKERS"),
         ({"RESPONDER_OPERATIONS_PER_WORKER": "0"}, "RESPONDER_OPERATIONS_PER_WORKER: must be"),
+        ({"RESPONDER_STATELESS_PROGRAMS": "a:b, /srv/programs/dns"}, "each program must be"),
         (
             {"RESPONDER_VERIFY_SIGNATURES": "maybe"},
             "RESPONDER_VERIFY_SIGNATURES: must be true or false",

@@ -18,15 +18,24 @@ from responder.stacks import (
     StackError,
     StackTarget,
 )
+from responder.stacks.pool import Worker, WorkerPool
+from responder.stacks.protocol import GRACE_VARIABLE
 from responder.store import JobStatus
 from tests.helpers import Client, LogCapture, ProbeTarget, pd_event, until
-from tests.test_processes_trees import case_processes, kinds
+from tests.test_processes_trees import STUBBORN, case_processes, kinds
 
 pytestmark = pytest.mark.pulumi
 
 NESTED = "tests.programs.nested_secret:pulumi_program"
 LEAKY = "tests.programs.leaky_failure:pulumi_program"
 STATE = "tests.programs.process_state"
+# Declared stateless here, as a daemon's RESPONDER_STATELESS_PROGRAMS would (not `remembers`).
+STATELESS = (
+    STUBBORN,
+    NESTED,
+    LEAKY,
+    *(f"{STATE}:{p}" for p in ("sets_env", "sets_umask", "leaves_thread", "reads_stdin")),
+)
 
 MakeClient = Callable[..., Awaitable[Client]]
 
@@ -43,6 +52,7 @@ async def ops(
         redactor=logs.redactor,
         warm_workers=0,
         kept_workers=1,
+        stateless_programs=STATELESS,
     )
     await ops.start()
     yield ops
@@ -80,7 +90,12 @@ async def test_a_worker_whose_request_succeeded_runs_the_next_until_its_share_is
     pulumi_env: PulumiEnvironment, logs: LogCapture, case: str
 ) -> None:
     ops = PulumiOperations(
-        pulumi_env, redactor=logs.redactor, warm_workers=0, kept_workers=1, operations_per_worker=3
+        pulumi_env,
+        redactor=logs.redactor,
+        warm_workers=0,
+        kept_workers=1,
+        operations_per_worker=3,
+        stateless_programs=STATELESS,
     )
     await ops.start()
     try:
@@ -143,7 +158,7 @@ async def test_a_kept_worker_killed_while_idle_is_replaced(
 async def test_a_cancelled_operation_ends_its_kept_worker(
     ops: PulumiOperations, case: str, tmp_path: Path
 ) -> None:
-    from tests.test_processes_trees import STUBBORN, wait_stubborn
+    from tests.test_processes_trees import wait_stubborn
 
     started = tmp_path / "started"
     target = StackTarget("inc-kept-cancel", "stubborn", STUBBORN)
@@ -180,7 +195,7 @@ async def test_the_daemon_keeps_the_worker_of_a_job_unless_each_operation_gets_i
     assert len(workers(case)) == idle_workers
 
 
-@pytest.mark.parametrize("program", ["sets_env", "leaves_thread"])
+@pytest.mark.parametrize("program", ["sets_env", "sets_umask", "leaves_thread"])
 async def test_a_worker_whose_program_changed_the_process_is_not_kept(
     ops: PulumiOperations, case: str, program: str
 ) -> None:
@@ -205,7 +220,12 @@ async def test_a_program_reading_its_input_reads_the_end_at_once(
     pulumi_env: PulumiEnvironment, logs: LogCapture, case: str, kept_workers: int
 ) -> None:
     ops = PulumiOperations(
-        pulumi_env, timeout=60, redactor=logs.redactor, warm_workers=0, kept_workers=kept_workers
+        pulumi_env,
+        timeout=60,
+        redactor=logs.redactor,
+        warm_workers=0,
+        kept_workers=kept_workers,
+        stateless_programs=STATELESS,
     )
     await ops.start()
     try:
@@ -216,3 +236,52 @@ async def test_a_program_reading_its_input_reads_the_end_at_once(
     finally:
         await ops.close()
     assert case_processes(case) == {}
+
+
+async def test_a_program_not_declared_stateless_runs_in_a_fresh_worker_each_time(
+    ops: PulumiOperations, case: str
+) -> None:
+    """What it keeps in its module (here, the stacks it ran for) stays with its one run."""
+    for stack in ("inc-remembers-a", "inc-remembers-b"):
+        up = await ops.up(StackTarget(stack, "state", f"{STATE}:remembers"))
+        assert up.outputs["stacks_seen"].value == [stack]
+        assert case_processes(case) == {}
+
+
+async def test_a_worker_given_back_after_close_is_ended(
+    pulumi_env: PulumiEnvironment, logs: LogCapture, case: str
+) -> None:
+    """An operation cancelled while its worker starts, and the operations closed meanwhile (the
+    daemon's shutdown): the worker it was given is not left behind."""
+    ops = PulumiOperations(
+        pulumi_env, timeout=60, kill_grace=3, redactor=logs.redactor, warm_workers=0
+    )
+    await ops.start()
+    target = StackTarget("inc-given-back", "nested", NESTED)
+    up = asyncio.create_task(ops.up(target))
+    # Its cancel is registered just before its worker is taken (and started: no spare): cancel then.
+    while target.key not in ops._cancels:
+        await asyncio.sleep(0)
+    assert await ops.cancel(target)
+    await ops.close()
+    with pytest.raises(StackError):
+        await up
+    await until(lambda: case_processes(case) == {}, "no process left", 10)
+
+
+async def test_a_caller_cancelled_as_its_spare_arrives_leaves_the_spare_in_the_pool(
+    case: str,
+) -> None:
+    pool = WorkerPool({**os.environ, GRACE_VARIABLE: "3"}, spares=1, kept=1)
+    pool.fill()
+    caller: list[asyncio.Task[Worker]] = []
+    pool._spares[0].add_done_callback(lambda _: caller[0].cancel())  # in the same loop turn
+    caller.append(asyncio.create_task(pool.acquire(NESTED)))
+    with pytest.raises(asyncio.CancelledError):
+        await caller[0]
+    (spare,) = workers(case)
+    taken = await pool.acquire(NESTED)
+    assert taken.proc.pid == spare  # the next caller's
+    await taken.retire(3)
+    await pool.close(3)
+    await until(lambda: case_processes(case) == {}, "no process left", 10)

@@ -6,7 +6,7 @@ import json
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 
 from responder import metrics
@@ -53,11 +53,13 @@ class PulumiOperations:
         warm_workers: int = 1,
         kept_workers: int = 0,
         operations_per_worker: int = 50,
+        stateless_programs: Collection[str] = (),
         settings: StackSettingsStore | None = None,
     ) -> None:
         """`settings`: where stacks' settings files are shared with other nodes (the job store).
         `warm_workers` are started ahead of need; up to `kept_workers` that ran a request cleanly
-        wait for the next (0: a worker per request), each for `operations_per_worker` in all."""
+        wait for the next request of the same program, if it is one of `stateless_programs`
+        (0: a worker per request), each for `operations_per_worker` in all."""
         self.env = env
         self.settings = SettingsFiles(settings)
         self.timeout = timeout
@@ -73,6 +75,7 @@ class PulumiOperations:
             warm_workers,
             kept_workers,
             operations_per_worker,
+            stateless_programs,
         )
         if redactor:
             redactor.add(env.passphrase())
@@ -342,7 +345,7 @@ class PulumiOperations:
         try:
             worker = await self._workers.acquire(request["program"])
             if cancel.is_set():
-                self._workers.give_back(worker)
+                await asyncio.shield(self._workers.give_back(worker, self.kill_grace))
                 raise OperationCancelled(
                     "operation cancelled before it started", stack=target.name, step=steps[0]["op"]
                 )

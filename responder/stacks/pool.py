@@ -8,6 +8,7 @@ import signal
 import sys
 import uuid
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,20 +76,27 @@ class WorkerPool:
 
     A request runs alone in its worker, and a worker runs a next request only after one that ended
     cleanly and left the process as it found it (the worker says so, see worker.py): no process of
-    it alive, no thread, no cancel, the same working directory, import path and environment. The
-    modules a program imported stay loaded, so a kept worker runs the same program only: another
-    program's modules (a `helper` of the same name) must never stand in for its own. Reusing a
-    worker saves the start of a Python process with pulumi imported, about a quarter of a
-    provisioning's CPU time.
+    it alive, no thread, no cancel, the same working directory, import path, environment, umask and
+    signal handlers. What a program keeps in its own modules (a cache, a client, a setting read
+    once) cannot be checked: only programs declared `stateless` run again in a worker, and only in
+    one that ran that same program (another program's modules, a `helper` of the same name, must
+    never stand in for its own). Reusing a worker saves the start of a Python process with pulumi
+    imported, about a quarter of a provisioning's CPU time.
     """
 
     def __init__(
-        self, env: dict[str, str], spares: int, kept: int = 0, requests_per_worker: int = 50
+        self,
+        env: dict[str, str],
+        spares: int,
+        kept: int = 0,
+        requests_per_worker: int = 50,
+        stateless: Collection[str] = (),
     ) -> None:
         self._env = env
         self._spares_wanted = spares
         self._kept_wanted = kept
         self._requests_per_worker = requests_per_worker
+        self._stateless = frozenset(stateless)
         self._spares: deque[asyncio.Future[Worker]] = deque()
         self._kept: list[Worker] = []  # oldest first; the newest for a program is taken first
         self._closed = False
@@ -107,27 +115,36 @@ class WorkerPool:
                 await worker.end(0)  # it died waiting (killed from outside): nothing of it remains
                 return await self.acquire(program)
         while self._spares:
-            worker = await self._spares.popleft()
+            spare = self._spares.popleft()
+            try:
+                worker = await asyncio.shield(spare)
+            except asyncio.CancelledError:
+                if not spare.cancelled():  # still starting, or started: the next caller's
+                    self._spares.appendleft(spare)
+                raise
             self.fill()
             if worker.alive():
                 return worker
         return await self._spawn()
 
-    def give_back(self, worker: Worker) -> None:
+    async def give_back(self, worker: Worker, grace: float) -> None:
         """A worker that was not sent the request it was taken for (its operation was cancelled
-        first) waits for the next operation instead of being ended."""
-        if worker.requests:
+        first) waits for the next operation instead of being ended (unless the pool is closed)."""
+        if self._closed:
+            await worker.retire(grace)
+        elif worker.requests:
             self._kept.append(worker)
-            return
-        spare = asyncio.get_running_loop().create_future()
-        spare.set_result(worker)
-        self._spares.appendleft(spare)
+        else:
+            spare = asyncio.get_running_loop().create_future()
+            spare.set_result(worker)
+            self._spares.appendleft(spare)
 
     async def release(self, worker: Worker, program: str, grace: float) -> None:
         """A worker whose request, running `program`, ended cleanly: kept for the next request of
         the same program (in place of the oldest kept, if as many are), or retired."""
         if (
             self._closed
+            or program not in self._stateless
             or self._kept_wanted == 0
             or worker.requests >= self._requests_per_worker
             or not worker.alive()

@@ -26,7 +26,9 @@ if TYPE_CHECKING:  # pulumi is imported once the process is set up (see warm_up)
     from pulumi.automation import events
 
 _cancelled = threading.Event()
-_writing = threading.Lock()  # protocol lines go out whole, even across a forced exit
+# Protocol lines go out whole, even across a forced exit. Reentrant: the main thread ends at once
+# from its SIGTERM handler even while it writes a line (a whole one: handlers run between calls).
+_writing = threading.RLock()
 _serving = threading.Event()  # a request is running (else the worker waits for one)
 THREADS_SETTLE = 0.5  # seconds the threads a request leaves get to end (see _process_state)
 
@@ -56,26 +58,33 @@ def main() -> int:
             processes.end_descendants(_grace())
         if code != 0 or _cancelled.is_set() or not before.restored():
             return code
+        _serving.clear()  # from here a SIGTERM ends the worker at once
+        if _cancelled.is_set():  # one came before: its graceful cancel is armed, do not wait for it
+            return code
         sink.send({"kind": "ready", "step": ""})
-        _serving.clear()  # after the line: ending at once must not wait on its own lock
 
 
 class ProcessState(NamedTuple):
     """What a request must leave as it found it for the worker to take another: the working
     directory, the import path and the environment (what the next program, and the CLI and plugins
-    it starts, would inherit), and the threads (one left running would go on writing to the output,
-    into the next request's). The modules a program imports stay: a kept worker only runs the same
-    program again (see WorkerPool)."""
+    it starts, would inherit), the umask and signal handlers, and the threads (one left running
+    would go on writing to the output, into the next request's). What a program keeps in its own
+    modules is not seen here: only programs declared stateless run again (see WorkerPool)."""
 
     cwd: str
     path: list[str]
     environ: dict[str, str]
+    umask: int  # the daemon's 0o077 keeps every file of a stack private
+    handlers: tuple[object, ...]  # cancelling relies on SIGTERM's
     threads: frozenset[int | None]
 
     @classmethod
     def now(cls) -> "ProcessState":
+        umask = os.umask(0o077)
+        os.umask(umask)
+        handlers = tuple(signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT))
         threads = frozenset(t.ident for t in threading.enumerate())
-        return cls(os.getcwd(), list(sys.path), dict(os.environ), threads)
+        return cls(os.getcwd(), list(sys.path), dict(os.environ), umask, handlers, threads)
 
     def restored(self) -> bool:
         """The process is as it was; threads started since, still ending, get `THREADS_SETTLE`

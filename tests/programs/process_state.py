@@ -8,6 +8,19 @@ import time
 
 import pulumi
 
+_stacks_seen: list[str] = []
+
+
+def remembers() -> None:
+    """Keeps something in its module: the stacks it ran for (a cache, a client, alike)."""
+    _stacks_seen.append(pulumi.get_stack())
+    pulumi.export("stacks_seen", list(_stacks_seen))
+
+
+def sets_umask() -> None:
+    os.umask(os.umask(0) ^ 0o004)  # others may read what it creates, or may not: either way changed
+    pulumi.export("ok", True)
+
 
 def sets_env() -> None:
     os.environ["RESPONDER_TEST_LEFT_BEHIND"] = pulumi.get_stack()
