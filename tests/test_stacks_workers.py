@@ -285,3 +285,69 @@ async def test_a_caller_cancelled_as_its_spare_arrives_leaves_the_spare_in_the_p
     await taken.retire(3)
     await pool.close(3)
     await until(lambda: case_processes(case) == {}, "no process left", 10)
+
+
+class FirstStartFails(WorkerPool):
+    """A pool whose first worker cannot be started (as with too many open files)."""
+
+    started = 0
+
+    async def _spawn(self) -> Worker:
+        self.started += 1
+        if self.started == 1:
+            await asyncio.sleep(0.1)
+            raise OSError(24, "Too many open files")
+        return await super()._spawn()
+
+
+def pool_env() -> dict[str, str]:
+    return {**os.environ, GRACE_VARIABLE: "3"}
+
+
+async def test_a_spare_put_back_after_close_is_ended(case: str) -> None:
+    """close() while a caller waits for its spare to start, the caller cancelled afterwards."""
+    pool = WorkerPool(pool_env(), spares=1, kept=1)
+    pool.fill()
+    caller = asyncio.create_task(pool.acquire(NESTED))
+    await asyncio.sleep(0)  # the caller took the spare and waits for it to start
+    assert not pool._spares
+    await pool.close(3)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await until(lambda: case_processes(case) == {}, "the spare ended", 20)
+
+
+async def test_a_spare_that_failed_to_start_neither_stops_close_nor_the_next_spare(
+    case: str,
+) -> None:
+    pool = FirstStartFails(pool_env(), spares=2, kept=1)
+    pool.fill()
+    await pool.close(3)  # the failed one logged, the other one ended
+    assert case_processes(case) == {}
+
+    pool = FirstStartFails(pool_env(), spares=1, kept=1)
+    pool.fill()
+    with pytest.raises(OSError):
+        await pool.acquire(NESTED)
+    taken = await pool.acquire(NESTED)
+    await until(lambda: len(workers(case)) == 2, "a new spare beside the worker taken")
+    await taken.retire(3)
+    await pool.close(3)
+    assert case_processes(case) == {}
+
+
+async def test_a_kept_worker_given_back_still_runs_only_its_program(case: str) -> None:
+    pool = WorkerPool(pool_env(), spares=0, kept=1, stateless=[NESTED, LEAKY])
+    worker = await pool.acquire(NESTED)
+    worker.requests = 1  # as if it had run a request of NESTED
+    await pool.release(worker, NESTED, 3)
+    assert await pool.acquire(NESTED) is worker
+    await pool.give_back(worker, 3)  # its operation was cancelled before it was sent
+    other = await pool.acquire(LEAKY)
+    assert other is not worker
+    await other.retire(3)
+    assert await pool.acquire(NESTED) is worker
+    await worker.retire(3)
+    await pool.close(3)
+    await until(lambda: case_processes(case) == {}, "no process left", 10)

@@ -352,7 +352,11 @@ class PulumiOperations:
             session = WorkerSession(worker, target, self.redactor, call.on_step)
             record = self._worker_record(target) if target.name else None
             if record:  # for recovery, should the daemon die before the session ends
-                record.write_text(worker.marker)
+                try:
+                    record.write_text(worker.marker)
+                except OSError:
+                    await asyncio.shield(self._workers.give_back(worker, self.kill_grace))
+                    raise
             abandoned = self._abandoned
             try:
                 timeout = call.timeout or self.timeout

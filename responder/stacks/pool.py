@@ -8,9 +8,10 @@ import signal
 import sys
 import uuid
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from responder.logs import get_logger
 from responder.stacks import processes
@@ -76,8 +77,8 @@ class WorkerPool:
 
     A request runs alone in its worker, and a worker runs a next request only after one that ended
     cleanly and left the process as it found it (the worker says so, see worker.py): no process of
-    it alive, no thread, no cancel, the same working directory, import path, environment, umask and
-    signal handlers. What a program keeps in its own modules (a cache, a client, a setting read
+    it alive, no thread, no cancel, the same working directory, import path, environment and umask.
+    What a program keeps in its own modules (a cache, a client, a setting read
     once) cannot be checked: only programs declared `stateless` run again in a worker, and only in
     one that ran that same program (another program's modules, a `helper` of the same name, must
     never stand in for its own). Reusing a worker saves the start of a Python process with pulumi
@@ -100,6 +101,7 @@ class WorkerPool:
         self._spares: deque[asyncio.Future[Worker]] = deque()
         self._kept: list[Worker] = []  # oldest first; the newest for a program is taken first
         self._closed = False
+        self._tasks: set[asyncio.Future[None]] = set()
 
     def fill(self) -> None:
         while len(self._spares) < self._spares_wanted and not self._closed:
@@ -121,6 +123,11 @@ class WorkerPool:
             except asyncio.CancelledError:
                 if not spare.cancelled():  # still starting, or started: the next caller's
                     self._spares.appendleft(spare)
+                    if self._closed:  # the pool's close() already went by
+                        self._background(self._end_spares())
+                raise
+            except Exception:
+                self.fill()  # its start failed: the next spare starts now
                 raise
             self.fill()
             if worker.alive():
@@ -182,9 +189,21 @@ class WorkerPool:
         kept, self._kept = self._kept, []
         for worker in kept:
             await worker.retire(grace)
+        await self._end_spares()
+
+    async def _end_spares(self) -> None:
         while self._spares:
-            worker = await self._spares.popleft()
+            try:
+                worker = await self._spares.popleft()
+            except Exception as e:  # it never started: nothing to end
+                log.warning("stack.worker_start_failed", error=str(e))
+                continue
             if worker.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.proc.kill()
                 await worker.proc.communicate()
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)  # referenced until done, or it may be collected before
+        task.add_done_callback(self._tasks.discard)

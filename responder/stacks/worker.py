@@ -7,8 +7,8 @@
 # daemon's death counts as a SIGTERM. No process the worker starts outlives it: it is a child
 # subreaper (orphaned plugins re-parent to it) and ends everything below it at the end of each
 # request. It takes another request only after one that succeeded and left the process as it found
-# it (no cancel, the same working directory and import path: a project folder's program changes
-# both); otherwise it exits. The steps themselves are in steps.py.
+# it (see ProcessState; a project folder's program changes it); otherwise it exits. Whether it is
+# sent another is the daemon's choice (see WorkerPool). The steps themselves are in steps.py.
 
 import json
 import os
@@ -67,24 +67,24 @@ def main() -> int:
 class ProcessState(NamedTuple):
     """What a request must leave as it found it for the worker to take another: the working
     directory, the import path and the environment (what the next program, and the CLI and plugins
-    it starts, would inherit), the umask and signal handlers, and the threads (one left running
-    would go on writing to the output, into the next request's). What a program keeps in its own
-    modules is not seen here: only programs declared stateless run again (see WorkerPool)."""
+    it starts, would inherit), the umask, and the threads (one left running would go on writing to
+    the output, into the next request's). The program runs on a thread of the SDK's server, so it
+    cannot change signal handlers. What it keeps in its modules, patches into shared ones, or
+    changes elsewhere (limits, logging) is not seen here: only programs declared stateless run
+    again (see WorkerPool)."""
 
     cwd: str
     path: list[str]
     environ: dict[str, str]
     umask: int  # the daemon's 0o077 keeps every file of a stack private
-    handlers: tuple[object, ...]  # cancelling relies on SIGTERM's
     threads: frozenset[int | None]
 
     @classmethod
     def now(cls) -> "ProcessState":
         umask = os.umask(0o077)
         os.umask(umask)
-        handlers = tuple(signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT))
         threads = frozenset(t.ident for t in threading.enumerate())
-        return cls(os.getcwd(), list(sys.path), dict(os.environ), umask, handlers, threads)
+        return cls(os.getcwd(), list(sys.path), dict(os.environ), umask, threads)
 
     def restored(self) -> bool:
         """The process is as it was; threads started since, still ending, get `THREADS_SETTLE`
