@@ -17,6 +17,7 @@ from responder.stacks import (
     Secret,
     StackError,
     StackTarget,
+    processes,
 )
 from responder.stacks.pool import Worker, WorkerPool
 from responder.stacks.protocol import GRACE_VARIABLE
@@ -68,14 +69,6 @@ def children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(c) for c in (task / "children").read_text().split()]
     return found
-
-
-def dead(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def the_kept_worker(case: str) -> int:
@@ -149,7 +142,9 @@ async def test_a_kept_worker_killed_while_idle_is_replaced(
     await ops.up(StackTarget("inc-before-kill", "nested", NESTED))
     kept = the_kept_worker(case)
     os.kill(kept, signal.SIGKILL)
-    await until(lambda: dead(kept), "the worker died")  # a zombie: asyncio may not know yet
+    await until(
+        lambda: not processes.running(kept), "the worker died"
+    )  # a zombie: asyncio may not know yet
     up = await ops.up(StackTarget("inc-after-kill", "nested", NESTED), config={"x": "after"})
     assert up.outputs["x"].value == "after"
     assert the_kept_worker(case) != kept

@@ -10,7 +10,6 @@ import uuid
 from collections import deque
 from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from responder.logs import get_logger
@@ -51,13 +50,7 @@ class Worker:
 
     def alive(self) -> bool:
         """Not exited, nor dead and not yet reaped (asyncio learns of an exit a moment later)."""
-        if self.proc.returncode is not None:
-            return False
-        try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        except OSError:
-            return False
-        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        return self.proc.returncode is None and processes.running(self.proc.pid)
 
     async def retire(self, grace: float) -> None:
         """End a worker waiting for a request: the end of its input ends it at once (a SIGTERM
@@ -78,11 +71,11 @@ class WorkerPool:
     A request runs alone in its worker, and a worker runs a next request only after one that ended
     cleanly and left the process as it found it (the worker says so, see worker.py): no process of
     it alive, no thread, no cancel, the same working directory, import path, environment and umask.
-    What a program keeps in its own modules (a cache, a client, a setting read
-    once) cannot be checked: only programs declared `stateless` run again in a worker, and only in
-    one that ran that same program (another program's modules, a `helper` of the same name, must
-    never stand in for its own). Reusing a worker saves the start of a Python process with pulumi
-    imported, about a quarter of a provisioning's CPU time.
+    What a program keeps in its own modules (a cache, a client, a setting read once) cannot be
+    checked: only programs declared `stateless` run again in a worker, and only in one that ran that
+    same program (another program's modules, a `helper` of the same name, must never stand in for
+    its own). Reusing a worker saves the start of a Python process with pulumi imported, about a
+    quarter of a provisioning's CPU time.
     """
 
     def __init__(

@@ -149,6 +149,12 @@ def _live_children() -> dict[int, list[int]]:
     return by_parent
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` runs: it is neither gone nor dead and waiting to be reaped."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
 def _stat(pid: int) -> tuple[str, int] | None:
     """State and parent pid of a process, or None if it is gone."""
     try:

@@ -100,7 +100,9 @@ class WorkerSession:
             message = json.loads(raw)
             kind = message["kind"]
             if kind == "ready":
-                stderr.cancel()  # the next session reads on; this one's lines were all its own
+                # The next session reads on. Lines of this request still unread by now would land
+                # in its tail, shown only if it crashes.
+                stderr.cancel()
                 self.ready = self.error is None and len(self.results) == len(request["steps"])
                 return self.results
             if kind == "event":

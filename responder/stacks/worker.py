@@ -30,7 +30,7 @@ _cancelled = threading.Event()
 # from its SIGTERM handler even while it writes a line (a whole one: handlers run between calls).
 _writing = threading.RLock()
 _serving = threading.Event()  # a request is running (else the worker waits for one)
-THREADS_SETTLE = 0.5  # seconds the threads a request leaves get to end (see _process_state)
+THREADS_SETTLE = 0.5  # seconds the threads a request leaves get to end (see ProcessState)
 
 
 def main() -> int:
