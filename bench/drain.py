@@ -7,10 +7,11 @@
 A store with `--jobs` queued no-op jobs (distinct incidents and stacks) is written, then a daemon
 (INFO logs to a file, the intake benchmark's no-op playbook) is started on it (SQLite: a copy of one
 file; PostgreSQL: a fresh database of a throw-away cluster with production durability, written
-afresh each run), and timed from ready until no job is queued or running. With PostgreSQL, the CPU
-time per job is the daemon's and the cluster's together. The two checkouts take turns, the order rotating
-from run to run; each run reports jobs per second and the daemon's CPU time per job (its
-/proc/<pid>/stat ticks). This is what a flood of pages leaves the runner to do once intake has
+afresh each run). The backlog is held back until the daemon answers, then released (and one signed
+delivery wakes its workers). A run's rate is its jobs over the daemon's own time from the first
+job's start to the last one's end; its CPU time per job is the daemon's (/proc/<pid>/stat ticks),
+with PostgreSQL the daemon's and the cluster's together, from the release until no job is left.
+The two checkouts take turns, the order rotating from run to run. This is what a flood of pages leaves the runner to do once intake has
 stored it, and what competes with intake for the one core while the flood goes on.
 """
 
@@ -26,16 +27,30 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import asyncpg
 
-from bench.common import NOOP_PLAYBOOKS, REPO, cpu_seconds, machine, responder_server
+from bench.common import (
+    NOOP_PLAYBOOKS,
+    REPO,
+    Server,
+    cpu_seconds,
+    deliveries,
+    machine,
+    responder_server,
+)
 from bench.intake import postgres_cluster, postgres_pids
 from responder.events import Event, Incident
 from responder.store import NewDelivery, NewJob, Store
 from tests.postgres_server import PostgresServer, fresh_database
 
-UNFINISHED = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+UNFINISHED = "SELECT COUNT(*) FROM jobs WHERE status IN ('scheduled', 'queued', 'running')"
+HOLD = "UPDATE jobs SET status = 'scheduled', not_before = 1e12 WHERE status = 'queued'"
+RELEASE = "UPDATE jobs SET status = 'queued', not_before = 0 WHERE status = 'scheduled'"
+DRAINED = "SELECT COUNT(*), MIN(started_at), MAX(finished_at) FROM jobs WHERE status = 'succeeded'"
+Row = tuple[Any, ...]
 
 # `backlog` is run by each checkout's own code (so its store has that checkout's schema): these are
 # the imports it needs, and the call, around a copy of its source.
@@ -88,26 +103,40 @@ async def write_backlog(checkout: Path, target: str, count: int) -> None:
 
 
 @contextlib.asynccontextmanager
-async def unfinished_counter(data: Path, url: str) -> AsyncIterator[Callable[[], Awaitable[int]]]:
-    """How many jobs are queued or running, asked on one connection held for the whole run: a
-    connection per poll would fork a PostgreSQL backend each time, counted as the jobs' CPU."""
+async def store_queries(data: Path, url: str) -> AsyncIterator[Callable[[str], Awaitable[Row]]]:
+    """The first row of a statement, on one connection held for the whole run: a connection per
+    poll would fork a PostgreSQL backend each time, counted as the jobs' CPU."""
     if not url:
-        with contextlib.closing(sqlite3.connect(data / "responder.db")) as db:
+        # Autocommit: the hold and the release are seen by the daemon as soon as they are made.
+        db = sqlite3.connect(data / "responder.db", timeout=30, isolation_level=None)
+        with contextlib.closing(db):
 
-            async def count_sqlite() -> int:
-                return int(db.execute(UNFINISHED).fetchone()[0])
+            async def query_sqlite(sql: str) -> Row:
+                return tuple(db.execute(sql).fetchone() or ())
 
-            yield count_sqlite
+            yield query_sqlite
         return
     connection = await asyncpg.connect(url)
     try:
 
-        async def count_postgres() -> int:
-            return int(await connection.fetchval(UNFINISHED))
+        async def query_postgres(sql: str) -> Row:
+            return tuple(await connection.fetchrow(sql) or ())
 
-        yield count_postgres
+        yield query_postgres
     finally:
         await connection.close()
+
+
+async def wake(server: Server) -> None:
+    """One signed delivery: its job wakes the daemon's idle workers, which find the released
+    backlog (SQLite has no way to tell another process of work)."""
+    (delivery,) = deliveries(1, incident_prefix="QWAKE")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(server.url, data=delivery.body, headers=delivery.headers()) as response,
+    ):
+        if response.status != 202:
+            raise RuntimeError(f"the wake-up delivery was answered {response.status}")
 
 
 async def drain(
@@ -137,18 +166,23 @@ async def _timed(
     def cpu() -> float:
         return cpu_seconds(server.pids() + (postgres_pids(cluster) if cluster else []))
 
-    await server.start(work / "server.log")
-    try:
-        async with unfinished_counter(data, url) as unfinished:
-            # From what is left once the daemon answers: its runner starts before it listens.
-            used, started, left = cpu(), time.monotonic(), await unfinished()
-            while await unfinished():  # noqa: ASYNC110 (another process: polled)
+    async with store_queries(data, url) as query:
+        # The backlog waits until the daemon answers: its runner starts before it listens, and
+        # would otherwise drain part of it (a small one entirely) before the clock starts.
+        await query(HOLD)
+        await server.start(work / "server.log")
+        try:
+            used = cpu()
+            await query(RELEASE)
+            await wake(server)
+            while (await query(UNFINISHED))[0]:  # noqa: ASYNC110 (another process: polled)
                 await asyncio.sleep(0.02)
-            wall = time.monotonic() - started
             used = cpu() - used
-    finally:
-        server.stop()
-    return left / wall, used / left * 1e6
+        finally:
+            server.stop()
+        # Timed by the daemon's own clock, from the first job's start to the last one's end.
+        drained, first, last = await query(DRAINED)
+    return drained / (last - first), used / drained * 1e6
 
 
 async def measure(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
