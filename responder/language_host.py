@@ -171,8 +171,14 @@ def main(argv: list[str]) -> NoReturn:
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = {signal.SIGINT, signal.SIGTERM}
+    for sig in signals:
         signal.signal(sig, on_signal)
+    # Python runs the handler in the main thread only, and only the main thread's own signal
+    # interrupts its wait: every thread started here (and theirs, gRPC's included) inherits a mask
+    # that blocks these, so the kernel hands them to the main thread. One that arrives meanwhile
+    # waits, pending, for the unblock below.
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     threading.Thread(target=_wait_for_stdin_end, args=(stop,), daemon=True).start()
     address = engine_address(argv)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=_GRPC_CHANNEL_OPTIONS)
@@ -181,6 +187,7 @@ def main(argv: list[str]) -> NoReturn:
     server.start()
     sys.stdout.write(f"{port}\n")
     sys.stdout.flush()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
     stop.wait()
     server.stop(grace=None)
     sys.stdout.flush()

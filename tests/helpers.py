@@ -61,7 +61,7 @@ def session_processes(tag: str) -> dict[int, str]:
         if (
             program == "pulumi"
             or program.startswith("pulumi-")  # language hosts, provider plugins
-            or "pulumi.dynamic" in args
+            or "responder.stacks.dynamic_provider" in args  # the dynamic-provider plugin
             or "responder.language_host" in args  # ours, started by its launcher
             or "responder.stacks.worker" in args
         ):

@@ -109,6 +109,23 @@ def test_the_host_ends_quietly_when_the_cli_lets_it_go(host: Host, how: str) -> 
     assert proc.stderr.read() == b""  # no KeyboardInterrupt traceback, nothing at all
 
 
+def test_only_the_main_thread_takes_the_cli_signals(host: Host) -> None:
+    """The CLI signals the host's process group; Python handles a signal in the main thread, and
+    only a signal the kernel gives the main thread interrupts its wait. Every other thread must
+    block SIGINT and SIGTERM, so that the kernel gives them to the main thread."""
+    proc, stub = host
+    stub.GetPluginInfo(empty_pb2.Empty(), timeout=10)  # gRPC's threads are up and serving
+    wanted = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+    blocked = {}
+    for task in Path(f"/proc/{proc.pid}/task").iterdir():
+        status = (task / "status").read_text()
+        (mask,) = (line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:"))
+        blocked[int(task.name)] = int(mask, 16) & wanted
+    assert blocked.pop(proc.pid) == 0, "the main thread must take them"
+    assert len(blocked) >= 3, blocked  # the stdin watcher and gRPC's threads
+    assert set(blocked.values()) == {wanted}, blocked
+
+
 # By hand, with the real CLI.
 
 

@@ -129,7 +129,7 @@ async def test_a_persisted_scratch_root_in_stack_config_is_ignored(
 ) -> None:
     """Config the old version persisted stays in force for refresh and up: it must not matter.
 
-    The inline program (in the worker) and the dynamic provider (`python -m pulumi.dynamic`, started
+    The inline program (in the worker) and the dynamic provider (`pulumi.dynamic`, started
     by the CLI) both check the path against their own environment's root: if the variable did not
     reach the provider, its default root would refuse this path and the up would fail.
     """

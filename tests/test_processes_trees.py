@@ -42,7 +42,7 @@ def kinds(processes: dict[int, str]) -> set[str]:
     named = {
         "worker": "responder.stacks.worker",
         "pulumi": "/pulumi ",
-        "pulumi.dynamic": "-m pulumi.dynamic",
+        "pulumi.dynamic": "-m responder.stacks.dynamic_provider",
     }
     return {kind for kind, part in named.items() for cmd in processes.values() if part in cmd}
 
@@ -172,7 +172,11 @@ async def test_recover_ends_a_dead_operations_processes(
         daemon.kill()
         daemon.wait()
     # The CLI may exit by itself, losing the program's server in the worker; the provider does not.
-    orphans = {pid for pid, cmd in case_processes(case).items() if "-m pulumi.dynamic" in cmd}
+    orphans = {
+        pid
+        for pid, cmd in case_processes(case).items()
+        if "-m responder.stacks.dynamic_provider" in cmd
+    }
     assert orphans
 
     ops = PulumiOperations(

@@ -1,7 +1,7 @@
 """Finding and ending every process of one stack operation: worker, CLI, language host, providers.
 
-Pulumi starts provider plugins (such as `python -m pulumi.dynamic`) in process groups of their own,
-so neither the worker's process group nor its direct children cover an operation. Two ways find them:
+Pulumi starts provider plugins (such as the dynamic provider) in process groups of their own, so
+neither the worker's process group nor its direct children cover an operation. Two ways find them:
 - the marker: each worker is started with `RESPONDER_WORKER_ID=<unique id>` in its environment, which
   every process it starts inherits, so a scan of /proc finds them even after the worker died;
 - the tree: the worker is a child subreaper, so orphans re-parent to it and stay below it.
