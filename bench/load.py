@@ -1,4 +1,5 @@
-"""Load generation: closed loop (fixed concurrency, maximum throughput) and open loop (fixed rate)."""
+"""A Python closed-loop load (fixed concurrency), where a benchmark needs steady traffic rather than a
+measure of intake (the log cost, the footprint); intake is measured with wrk and vegeta."""
 
 import asyncio
 import time
@@ -64,25 +65,5 @@ async def closed_loop(
     async with aiohttp.ClientSession(connector=connector) as session:
         started = time.monotonic()
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
-        result.seconds = time.monotonic() - started
-    return result
-
-
-async def open_loop(url: str, pool: list[Delivery], rate: float, seconds: float) -> LoadResult:
-    """Send at a fixed rate whatever the answers; latency counts from the scheduled send time, so a
-    slow server cannot hide its queueing (no coordinated omission)."""
-    result = LoadResult()
-    count = min(len(pool), int(rate * seconds))
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        started = time.monotonic()
-        tasks = []
-        for i in range(count):
-            scheduled = started + i / rate
-            delay = scheduled - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_send(session, url, pool[i], result, scheduled)))
-        await asyncio.gather(*tasks)
         result.seconds = time.monotonic() - started
     return result

@@ -1,5 +1,6 @@
 """The benchmark suite: wrk's intake script counts what it should, and the smoke run works end to end."""
 
+import base64
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from pytest_aiohttp import AiohttpServer
 from bench.common import SECRET
 from bench.run import job_timings, replace_sections
 from bench.stacks import environment
+from bench.vegeta import parse
 from bench.wrk import WrkRun, run_wrk, write_pool
 from responder.sources import pagerduty
 from tests.helpers import REPO
@@ -153,6 +155,11 @@ def test_bench_smoke_run_writes_a_report(tmp_path: Path) -> None:
     rates = re.findall(r"^\| (?:responder|adnanh/webhook [^|]*) \| (\d+) \|", report, re.M)
     assert len(rates) == 4 and all(int(r) > 0 for r in rates), rates
     assert "missing from its store afterwards: **0**" in report
+    assert "The generator is vegeta" in report  # the open loop is the compiled one
+    open_rows = re.findall(
+        r"^\| \(\w\) [^|]+ \| (?:responder|adnanh/webhook) \| ([\d.]+) \|", report, re.M
+    )
+    assert len(open_rows) == 4 and all(float(p50) > 0 for p50 in open_rows), open_rows
     assert "responder 0, adnanh/webhook 0." in report
     # End to end: the job's own step timings, and the CLI processes of a provisioning counted.
     assert re.search(r"^\| step up \| \d+\.\d+ \|", report, re.M), report
@@ -188,3 +195,24 @@ def test_drain_smoke_run_compares_two_checkouts(store: str) -> None:
     assert [name for name, *_ in rows] == ["this checkout", "baseline"], result.stdout
     assert all(int(rate) > 0 and int(cpu) > 0 for _, rate, cpu in rows), rows
     assert re.search(r"run by run: [\d.]+, [\d.]+; median \*\*[\d.]+×\*\*", result.stdout)
+
+
+def test_vegeta_results_are_timed_from_each_scheduled_send() -> None:
+    """A send vegeta made late counts its lateness: at 10 a second, send 2 was due 0.2 s after the
+    first; made at 0.5 s and answered in 10 ms, it took 310 ms. Failures and transport errors are
+    errors; a 2xx names its delivery."""
+
+    def answer(seq: int) -> str:
+        return base64.b64encode(f'{{"delivery_id":"d-{seq}"}}'.encode()).decode()
+
+    rows = [  # timestamp ns, code, latency ns, out, in, error, body, attack, seq, method, url, headers
+        f"1500000000,202,10000000,1,1,,{answer(2)},,2,POST,u,",
+        f"1000000000,202,5000000,1,1,,{answer(0)},,0,POST,u,",
+        f"1100000000,200,7000000,1,1,,{answer(1)},,1,POST,u,",
+        "1300000000,503,1000000,1,1,,,,3,POST,u,",
+        "1400000000,0,30000000000,0,0,timeout,,,4,POST,u,",
+    ]
+    run = parse("\n".join(rows) + "\n", rate=10)
+    assert (run.sent, run.ok, run.errors) == (5, 3, 2)
+    assert [round(ms) for ms in run.latencies_ms] == [5, 7, 310, 1, 30000]
+    assert run.acknowledged == ["d-0", "d-1", "d-2"]
