@@ -85,7 +85,7 @@ def _serve(settings: Settings, redactor: Redactor, supervisor: int | None = None
         return 1
     log.info("daemon.starting", settings=settings.public())
     app = create_app(settings, redactor=redactor)
-    app.on_startup.append(_freeze_startup_objects)  # after every start-up context (aiohttp's order)
+    _freeze_what_was_loaded()
     try:
         web.run_app(
             app,
@@ -104,13 +104,15 @@ def _serve(settings: Settings, redactor: Redactor, supervisor: int | None = None
     return 0
 
 
-async def _freeze_startup_objects(_app: web.Application) -> None:
-    """What start-up built (modules, playbooks, the app and its store) lives as long as the daemon:
-    frozen out of the cyclic garbage collector, it is no longer walked by each full collection
-    (30-42 ms each, no request answered meanwhile; 4 ms once frozen: bench/RESULTS.md). Not in
-    `create_app`: frozen objects' cycles are never collected, and tests build many apps in one
-    process."""
-    gc.collect()  # start-up's own garbage, before what is left is frozen for good
+def _freeze_what_was_loaded() -> None:
+    """What is loaded by now (modules, playbooks, the app) lives as long as the daemon: frozen out
+    of the cyclic garbage collector, it is no longer walked by each full collection (30-42 ms each,
+    no request answered meanwhile; none came in 20 s of load once frozen: bench/RESULTS.md). Before
+    start-up, so that
+    nothing short-lived is frozen (a spare worker's pipes, a recovered job): cycles among frozen
+    objects are never collected. Not in `create_app`, for the same reason: tests build many apps in
+    one process."""
+    gc.collect()  # the loading's own garbage, before what is left is frozen for good
     gc.freeze()
 
 

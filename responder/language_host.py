@@ -164,6 +164,9 @@ def _wait_for_stdin_end(stop: threading.Event) -> None:
     stop.set()
 
 
+SIGNAL_LATENCY = 0.2  # seconds at most between a signal and its handler (see main)
+
+
 def main(argv: list[str]) -> NoReturn:
     """Serve until the CLI signals (SIGINT or SIGTERM) or goes away; exit 0, quietly, either way."""
     stop = threading.Event()
@@ -171,14 +174,8 @@ def main(argv: list[str]) -> NoReturn:
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
-    signals = {signal.SIGINT, signal.SIGTERM}
-    for sig in signals:
+    for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    # Python runs the handler in the main thread only, and only the main thread's own signal
-    # interrupts its wait: every thread started here (and theirs, gRPC's included) inherits a mask
-    # that blocks these, so the kernel hands them to the main thread. One that arrives meanwhile
-    # waits, pending, for the unblock below.
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     threading.Thread(target=_wait_for_stdin_end, args=(stop,), daemon=True).start()
     address = engine_address(argv)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=_GRPC_CHANNEL_OPTIONS)
@@ -187,8 +184,12 @@ def main(argv: list[str]) -> NoReturn:
     server.start()
     sys.stdout.write(f"{port}\n")
     sys.stdout.flush()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-    stop.wait()
+    # Python runs a handler in the main thread, between bytecodes, and only a signal the kernel
+    # gives the main thread interrupts its wait: one given to another thread (gRPC's) would wait
+    # for the CLI's SIGKILL. Waking now and then runs it. (Not a signal mask steering them to the
+    # main thread: the program's threads would pass it on to every process the program starts.)
+    while not stop.wait(SIGNAL_LATENCY):
+        pass
     server.stop(grace=None)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -211,8 +211,13 @@ def test_vegeta_results_are_timed_from_each_scheduled_send() -> None:
         f"1100000000,200,7000000,1,1,,{answer(1)},,1,POST,u,",
         "1300000000,503,1000000,1,1,,,,3,POST,u,",
         "1400000000,0,30000000000,0,0,timeout,,,4,POST,u,",
+        # Answered 2xx without naming a delivery: not JSON, JSON cut short, not an object.
+        *(
+            f"1{seq}00000000,200,1000000,1,1,,{base64.b64encode(body).decode()},,{seq},POST,u,"
+            for seq, body in ((5, b"ok"), (6, b'{"delivery'), (7, b"[1]"))
+        ),
     ]
     run = parse("\n".join(rows) + "\n", rate=10)
-    assert (run.sent, run.ok, run.errors) == (5, 3, 2)
-    assert [round(ms) for ms in run.latencies_ms] == [5, 7, 310, 1, 30000]
+    assert (run.sent, run.ok, run.errors) == (8, 6, 2)
+    assert [round(ms) for ms in run.latencies_ms] == [5, 7, 310, 1, 30000, 1, 1, 1]
     assert run.acknowledged == ["d-0", "d-1", "d-2"]

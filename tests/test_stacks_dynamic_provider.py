@@ -54,6 +54,7 @@ def ended_within(proc: subprocess.Popen[bytes], seconds: float) -> float:
 def test_the_cli_sigint_to_its_process_group_ends_it(
     provider: tuple[subprocess.Popen[bytes], int],
 ) -> None:
+    """The usual way (Pulumi's own provider ended this way too): it must stay quick."""
     proc, port = provider
     assert serves(port)
     os.killpg(proc.pid, signal.SIGINT)  # what the CLI does when it closes a plugin
