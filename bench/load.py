@@ -29,16 +29,16 @@ async def _send(
     url: str,
     delivery: Delivery,
     result: LoadResult,
-    scheduled: float,
 ) -> None:
     result.sent += 1
+    started = time.monotonic()
     try:
         async with session.post(url, data=delivery.body, headers=delivery.headers()) as response:
             await response.read()
             ok = 200 <= response.status < 300
     except aiohttp.ClientError:
         ok = False
-    result.latencies_ms.append((time.monotonic() - scheduled) * 1000)
+    result.latencies_ms.append((time.monotonic() - started) * 1000)
     if ok:
         result.ok += 1
         result.acknowledged.append(delivery.webhook_id)
@@ -59,7 +59,7 @@ async def closed_loop(
             delivery = next(queue, None)
             if delivery is None:
                 return
-            await _send(session, url, delivery, result, time.monotonic())
+            await _send(session, url, delivery, result)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:

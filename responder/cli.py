@@ -107,11 +107,11 @@ def _serve(settings: Settings, redactor: Redactor, supervisor: int | None = None
 def _freeze_what_was_loaded() -> None:
     """What is loaded by now (modules, playbooks, the app) lives as long as the daemon: frozen out
     of the cyclic garbage collector, it is no longer walked by each full collection (30-42 ms each,
-    no request answered meanwhile; none came in 20 s of load once frozen: bench/RESULTS.md). Before
-    start-up, so that
-    nothing short-lived is frozen (a spare worker's pipes, a recovered job): cycles among frozen
-    objects are never collected. Not in `create_app`, for the same reason: tests build many apps in
-    one process."""
+    no request answered meanwhile; none came in 20 s of load once frozen: bench/RESULTS.md).
+
+    Before start-up, so that nothing short-lived is frozen (a spare worker's pipes, a recovered
+    job): cycles among frozen objects are never collected. Not in `create_app`, for the same
+    reason: tests build many apps in one process."""
     gc.collect()  # the loading's own garbage, before what is left is frozen for good
     gc.freeze()
 

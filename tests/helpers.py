@@ -2,10 +2,12 @@
 
 import asyncio
 import contextlib
+import ctypes
 import inspect
 import io
 import json
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -51,6 +53,15 @@ def marked_processes(variable: str, value: str) -> dict[int, list[str]]:
         if pid != os.getpid() and entry in environ.split(b"\0"):
             found[pid] = cmdline.decode(errors="replace").rstrip("\0").split("\0")
     return found
+
+
+def signal_another_thread(pid: int, sig: signal.Signals) -> None:
+    """Send `sig` to one of `pid`'s threads other than its main one (`tgkill`), as the kernel may
+    deliver a signal sent to the whole process."""
+    others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    assert others, f"process {pid} has no thread but its main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.tgkill(pid, others[-1], sig) == 0, os.strerror(ctypes.get_errno())
 
 
 def session_processes(tag: str) -> dict[int, str]:

@@ -1,6 +1,5 @@
 """Our `pulumi-language-python` host: by-hand `pulumi up` in a project folder, and folder programs."""
 
-import ctypes
 import importlib.metadata
 import inspect
 import json
@@ -25,7 +24,7 @@ from responder.language_host import CHECKED_SDK_VERSION, HOST_NAME
 from responder.playbook_loader import PlaybookLoadError, load_playbooks
 from responder.stacks.steps import load_program
 from responder.store import JobStatus
-from tests.helpers import REPO, Client, marked_processes, pd_event
+from tests.helpers import REPO, Client, marked_processes, pd_event, signal_another_thread
 
 BIN = Path(sys.executable).parent
 HOST = BIN / "pulumi-language-python"  # installed by scripts/ensure-pulumi
@@ -123,10 +122,7 @@ def test_a_signal_given_to_another_thread_still_ends_the_host(host: Host) -> Non
         (mask,) = (line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:"))
         threads[int(task.name)] = int(mask, 16) & wanted
     assert set(threads.values()) == {0}, threads
-    others = sorted(tid for tid in threads if tid != proc.pid)
-    assert others, "gRPC's threads"
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.tgkill(proc.pid, others[-1], signal.SIGINT) == 0, os.strerror(ctypes.get_errno())
+    signal_another_thread(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=5) == 0
     assert proc.stderr is not None
     assert proc.stderr.read() == b""

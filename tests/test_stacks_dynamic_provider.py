@@ -1,6 +1,5 @@
 """The dynamic-provider plugin as the CLI starts it: it serves, and the CLI's SIGINT ends it at once."""
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -13,6 +12,8 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 from pulumi.runtime.proto import provider_pb2_grpc
+
+from tests.helpers import signal_another_thread
 
 LAUNCHER = Path(sys.executable).parent / "pulumi-resource-pulumi-python"  # scripts/ensure-pulumi
 
@@ -69,8 +70,5 @@ def test_a_sigint_that_lands_on_another_thread_still_ends_it(
     later."""
     proc, port = provider
     assert serves(port)
-    threads = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
-    assert threads, "gRPC's threads"
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.tgkill(proc.pid, max(threads), signal.SIGINT) == 0, os.strerror(ctypes.get_errno())
+    signal_another_thread(proc.pid, signal.SIGINT)
     assert ended_within(proc, 3) < 3

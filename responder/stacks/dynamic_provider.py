@@ -6,11 +6,11 @@ wakes that wait, and one that comes while the provider is still starting can be 
 import callback, printed as "Exception ignored" and lost. Either way the provider outlives the CLI's
 5 s grace until its SIGKILL, and the operation that closes it waits those 5 s.
 
-Here SIGINT has its default action instead: the provider ends at once. The CLI sends it when it closes the
-provider: after the operation's steps (a graceful cancel, as the worker's SIGTERM asks, also waits
-for them), when nothing is lost. Only a CLI that is itself terminated (interrupted twice, by hand)
-closes it while a step may still run: that step's result is lost either way (the CLI stops serving
-it), and the step now stops where it is instead of finishing unrecorded.
+Here SIGINT has its default action instead: the provider ends at once. The CLI sends it when it
+closes the provider: after the operation's steps (a graceful cancel, as the worker's SIGTERM asks,
+also waits for them), when nothing is lost. Only a CLI that is itself terminated (interrupted
+twice, by hand) closes it while a step may still run: that step's result is lost either way (the
+CLI stops serving it), and the step now stops where it is instead of finishing unrecorded.
 
 Started by `pulumi-resource-pulumi-python`, which scripts/ensure-pulumi writes.
 """
