@@ -99,6 +99,12 @@ class Server:
         pids = [self.proc.pid] + (descendants(self.proc.pid) if children else [])
         return sum(_rss_kb(pid) for pid in pids) / 1024
 
+    def store_rss_mb(self) -> float:
+        """The RSS of the daemon's store process (SQLite's, started beside the daemon)."""
+        assert self.proc is not None
+        found = [pid for pid in descendants(self.proc.pid) if STORE_PROCESS in _cmdline(pid)]
+        return sum(_rss_kb(pid) for pid in found) / 1024
+
     def pids(self) -> list[int]:
         """The server's process and its descendants."""
         assert self.proc is not None
@@ -167,6 +173,16 @@ def _rss_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+STORE_PROCESS = b"responder.store.sqlite.server"
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def descendants(pid: int) -> list[int]:

@@ -264,6 +264,7 @@ async def footprint(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     try:
         await asyncio.sleep(cfg["idle_seconds"])  # let start-up settle before measuring "idle"
         idle, idle_total = server.rss_mb(), server.rss_mb(children=True)
+        idle_store = server.store_rss_mb()
         pool = deliveries(cfg["footprint_deliveries"])
         result = await closed_loop(server.url, pool, 16, 3600)
         await drained(server)
@@ -274,6 +275,7 @@ async def footprint(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
         "ready_seconds": server.ready_seconds,
         "idle_mb": idle,
         "idle_total_mb": idle_total,
+        "idle_store_mb": idle_store,
         "after_mb": after,
         "after_total_mb": after_total,
         "deliveries": result.ok,
@@ -405,7 +407,8 @@ def footprint_section(f: dict[str, Any]) -> str:
         "## Footprint",
         "",
         f"- Start to `/readyz` 200: **{f['ready_seconds']:.2f} s**",
-        f"- RSS idle: daemon **{f['idle_mb']:.0f} MB**; with its warm worker process {f['idle_total_mb']:.0f} MB",
+        f"- RSS idle: daemon **{f['idle_mb']:.0f} MB**, its store process {f['idle_store_mb']:.0f} MB; "
+        f"with those and its warm worker process {f['idle_total_mb']:.0f} MB",
         f"- RSS after {f['deliveries']} deliveries (and their jobs): daemon **{f['after_mb']:.0f} MB** "
         f"(+{f['after_mb'] - f['idle_mb']:.0f} MB); with workers {f['after_total_mb']:.0f} MB; errors {f['errors']}",
         "",

@@ -27,7 +27,7 @@ from responder.secret_files import ensure_secret_file
 from responder.stacks import PulumiEnvironment, PulumiOperations, StackOperations
 from responder.store import Caps, Store
 from responder.store.postgres import PostgresStore
-from responder.store.sqlite import SQLiteStore
+from responder.store.sqlite.process import SQLiteProcessStore
 from responder.web.app import http_app
 from responder.web.daemon import DAEMON, SETTINGS, Credentials, Daemon
 
@@ -99,7 +99,7 @@ def contexts(
 
     async def store(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        opened: SQLiteStore | PostgresStore
+        opened: Store
         if settings.database_url:
             # The password must never reach a log line, whatever error might quote the URL.
             redactor.add(*database_secrets(settings.database_url))
@@ -111,7 +111,8 @@ def contexts(
                 lease=settings.lease_seconds,
             )
         else:
-            opened = SQLiteStore(app[DATA_DIR] / "responder.db", lease=settings.lease_seconds)
+            db = app[DATA_DIR] / "responder.db"
+            opened = SQLiteProcessStore(db, lease=settings.lease_seconds).as_store()
         await opened.open()
         app[STORE] = opened
         yield

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
@@ -23,6 +24,7 @@ from responder.logs import Redactor
 from responder.sources import pagerduty
 from responder.store import Job, JobStatus
 from responder.store.sqlite import SQLiteStore
+from responder.store.sqlite.process import SQLiteProcessStore
 from responder.web.app import server_options
 from responder.web.daemon import DAEMON, Daemon
 
@@ -148,10 +150,11 @@ class Client:
 
     @property
     def store(self) -> SQLiteStore:
-        """The daemon's store, typed as the SQLite store whose extras (path, delivery ids) tests read."""
+        """The daemon's store: the SQLite store in its process, typed as the SQLite store whose
+        extras (path, delivery ids) tests read, which the process store forwards."""
         store = self.daemon.store
-        assert isinstance(store, SQLiteStore)
-        return store
+        assert isinstance(store, SQLiteProcessStore)
+        return cast(SQLiteStore, store)
 
     async def deliver(
         self,

@@ -7,6 +7,7 @@ SQLite's runs everywhere; PostgreSQL's on the session's throw-away cluster, a fr
 """
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -37,6 +38,7 @@ from responder.store.postgres import deliveries as postgres_deliveries
 from responder.store.postgres.driver import Db
 from responder.store.sqlite import SQLiteStore
 from responder.store.sqlite import deliveries as sqlite_deliveries
+from responder.store.sqlite.process import SQLiteProcessStore
 from tests.helpers import bare_event
 from tests.postgres_server import fresh_database
 
@@ -62,17 +64,24 @@ class Harness:
     one_process: bool = True
 
 
-async def sqlite_harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
+async def sqlite_harness(
+    request: pytest.FixtureRequest, tmp_path: Path, *, process: bool = False
+) -> Harness:
+    """The SQLite store in this process, or (`process`) in a store process of its own, as the
+    daemon runs it."""
     path = tmp_path / "responder.db"
     monkeypatch = request.getfixturevalue("monkeypatch")
 
+    def new() -> Store:
+        return SQLiteProcessStore(path).as_store() if process else SQLiteStore(path)
+
     async def open_store() -> Store:
-        store = SQLiteStore(path)
+        store = new()
         await store.open()
         return store
 
     async def another() -> Store:
-        return SQLiteStore(path)
+        return new()
 
     async def reopen() -> Store:
         await made.store.close()
@@ -80,6 +89,7 @@ async def sqlite_harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harn
         return made.store
 
     def on_commit(hook: CommitHook) -> None:
+        assert not process, "the hook would be set in this process, not the store's"
         record = sqlite_deliveries.record_requests
 
         def hooked(
@@ -125,10 +135,23 @@ async def postgres_harness(request: pytest.FixtureRequest, url: str) -> Harness:
     return made
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-process", "postgres"])
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    if request.param == "sqlite":
-        made = await sqlite_harness(request, tmp_path)
+    async with harness_for(request, tmp_path) as made:
+        yield made
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def hooked_harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    """A store whose commits `on_commit` can hook: one in this process."""
+    async with harness_for(request, tmp_path) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def harness_for(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    if request.param.startswith("sqlite"):
+        made = await sqlite_harness(request, tmp_path, process=request.param == "sqlite-process")
         yield made
         await made.store.close()
         return
@@ -621,8 +644,9 @@ async def test_opening_again_and_concurrently_keeps_the_data(harness: Harness) -
 
 
 async def test_concurrent_deliveries_commit_together_each_with_its_own_answer(
-    harness: Harness,
+    hooked_harness: Harness,
 ) -> None:
+    harness = hooked_harness
     store, batches = harness.store, list[int]()
     harness.on_commit(batches.append)
     results = await asyncio.gather(
@@ -642,7 +666,8 @@ class Broken(Exception):
     """A commit that failed as a whole."""
 
 
-async def test_a_failed_commit_fails_its_callers_and_no_others(harness: Harness) -> None:
+async def test_a_failed_commit_fails_its_callers_and_no_others(hooked_harness: Harness) -> None:
+    harness = hooked_harness
     store = harness.store
     loop = asyncio.get_running_loop()
     entered, release = asyncio.Event(), threading.Event()

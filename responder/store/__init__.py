@@ -74,6 +74,9 @@ class LeaseLost(Exception):
         super().__init__(f"job {job_id}: this node no longer holds its lease")
         self.job_id = job_id
 
+    def __reduce__(self) -> tuple[type["LeaseLost"], tuple[int]]:
+        return LeaseLost, (self.job_id,)  # as it was made: it crosses from the store process
+
 
 class Store(Protocol):
     """What the daemon needs from a job store. Every method is one transaction.

@@ -1,7 +1,8 @@
 """The SQLite connection: one file in the data dir, WAL mode, one connection on its own thread.
 
 Every store method runs as one function on that thread, so a transaction is never interleaved with
-another coroutine's statements and the event loop never waits on the disk.
+another coroutine's statements and the event loop never waits on the disk. In the store process
+(`responder.store.sqlite.server`), which does nothing else, the functions run inline instead.
 """
 
 import os
@@ -21,10 +22,13 @@ T = TypeVar("T")
 class Connection:
     """The connection and its thread; the store's parts (intake, queue, stacks, history) build on it."""
 
-    def __init__(self, path: Path, *, node: str | None = None, lease: float = 30.0) -> None:
+    def __init__(
+        self, path: Path, *, node: str | None = None, lease: float = 30.0, inline: bool = False
+    ) -> None:
         self.path = path
         self.node = node or new_node_id()
         self.lease = lease
+        self._inline = inline  # run each call at once, on the event loop's thread
         self._thread = StoreThread("sqlite")
         self._db: sqlite3.Connection | None = None
 
@@ -63,7 +67,7 @@ class Connection:
     async def _call(self, fn: Callable[[], T], *, slow: bool = False) -> T:
         """`fn` on the store's thread; `slow`: it may take long (see `StoreThread.call`)."""
         try:
-            return await self._thread.call(fn, slow=slow)
+            return fn() if self._inline else await self._thread.call(fn, slow=slow)
         except (sqlite3.Error, StoreThreadClosed) as e:
             raise StoreUnavailable(f"job store unavailable: {e}") from e
 

@@ -1,0 +1,189 @@
+"""The daemon's side of the store process: a `Store` whose calls run in
+`responder.store.sqlite.server`, on a core of their own.
+
+One Python process holds one interpreter lock: with the store's thread in the daemon, intake and
+the store's SQL took turns on one core while the machine's second core waited. Apart, they overlap
+(bench/RESULTS.md, "Store process"). The store stays one process per file, and this one is the
+daemon's: started by `open`, ended by `close`, started again by the next call if it dies (its calls
+under way fail with `StoreUnavailable`, as in an outage; what it committed is on disk).
+"""
+
+import asyncio
+import contextlib
+import itertools
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+import structlog
+
+import responder
+from responder.store import Store, StoreUnavailable
+from responder.store.node import new_node_id
+from responder.store.sqlite import server
+from responder.store.wire import Channel
+
+log = structlog.get_logger("responder.store")
+
+# What the store process inherits: enough to start Python, and nothing the daemon was given
+# (webhook secrets, passphrases) since it has no use for them.
+INHERITED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "SQLITE_TMPDIR", "PYTHONHASHSEED")
+CLOSE_TIMEOUT = 10.0  # s: for the store to close before its process is killed
+OPEN_TIMEOUT = 30.0  # s: for a new process to open the store (a migration may run)
+
+
+class SQLiteProcessStore:
+    """The embedded `Store` as the daemon runs it: `SQLiteProcessStore(path)`, then `await
+    store.open()`. Every call of the `Store` protocol (and the SQLite store's extras) is forwarded,
+    by `__getattr__`; a type checker does not count that towards the protocol, hence `as_store`."""
+
+    shared = False  # one process per file: no other node can take its jobs over
+
+    def __init__(self, path: Path, *, node: str | None = None, lease: float = 30.0) -> None:
+        self.path = path
+        self.node = node or new_node_id()  # kept by every process started for it
+        self.lease = lease
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count()
+        self._process: asyncio.subprocess.Process | None = None
+        self._channel: Channel | None = None
+        self._starting = asyncio.Lock()
+        self._closed = False
+        self._returncode: int | None = None  # of the last process that ended
+
+    def as_store(self) -> Store:
+        return cast(Store, self)
+
+    async def open(self) -> None:
+        await self._start()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            if self._channel is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    await self._call(server.CLOSE)
+        finally:
+            self._closed = True
+            await self._end()
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Nothing to hear: no other process writes this file."""
+
+    async def lead(self) -> bool:
+        return True
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await self._call(name, *args, **kwargs)
+
+        call.__name__ = name
+        return call
+
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if self._closed:
+            raise StoreUnavailable("job store unavailable: it is closed")
+        if self._channel is None:
+            await self._start()
+        assert self._channel is not None
+        call_id = next(self._ids)
+        answer = asyncio.get_running_loop().create_future()
+        self._channel.send((call_id, name, args, kwargs))  # a value pickle refuses raises here
+        self._calls[call_id] = answer
+        return await answer
+
+    def _answer(self, message: tuple[int, bool, Any]) -> None:
+        call_id, ok, value = message
+        answer = self._calls.pop(call_id, None)
+        if answer is None or answer.done():  # its caller gave up
+            return
+        if ok:
+            answer.set_result(value)
+        else:
+            answer.set_exception(value)
+
+    async def _start(self) -> None:
+        """Start the store process and open the store in it (again, if it died)."""
+        async with self._starting:
+            if self._channel is not None:
+                return
+            again = self._process is not None
+            if again:  # the one that died: what is left of it
+                await self._end()
+            ours, theirs = socket.socketpair()
+            with theirs:
+                try:
+                    self._process = await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        server.__name__,
+                        str(theirs.fileno()),
+                        pass_fds=(theirs.fileno(),),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.DEVNULL,  # the daemon's log stream; errors: stderr
+                        env=_environment(),
+                        start_new_session=True,  # a Ctrl-C at the terminal is the daemon's to handle
+                    )
+                except OSError as e:
+                    ours.close()
+                    raise StoreUnavailable(f"job store unavailable: its process: {e}") from e
+            _, channel = await asyncio.get_running_loop().create_unix_connection(
+                lambda: Channel(self._answer), sock=ours
+            )
+            channel.closed.add_done_callback(lambda _: self._lost(channel))
+            self._channel = channel
+            try:
+                await asyncio.wait_for(
+                    self._call(server.OPEN, str(self.path), self.node, self.lease), OPEN_TIMEOUT
+                )
+            except BaseException as e:
+                await self._end()  # no process is left without its store open
+                if isinstance(e, TimeoutError):
+                    raise StoreUnavailable(
+                        "job store unavailable: its process did not start"
+                    ) from e
+                raise
+            if again:
+                log.warning("store.process_restarted", previous_returncode=self._returncode)
+
+    def _lost(self, channel: Channel) -> None:
+        """The process ended (or closed its end): every call waiting on it fails."""
+        if channel is not self._channel:
+            return
+        self._channel = None
+        calls, self._calls = self._calls, {}
+        for answer in calls.values():
+            if not answer.done():
+                answer.set_exception(StoreUnavailable("job store unavailable: its process ended"))
+        if calls and not self._closed:
+            log.warning("store.process_lost", calls_failed=len(calls))
+
+    async def _end(self) -> None:
+        """Close the channel and wait for the process to end, killing it if it takes too long."""
+        channel, process, self._process = self._channel, self._process, None
+        if channel is not None:
+            channel.close()
+        if process is None:
+            return
+        try:
+            await asyncio.wait_for(process.wait(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        self._returncode = process.returncode
+
+
+def _environment() -> dict[str, str]:
+    env = {name: os.environ[name] for name in INHERITED if name in os.environ}
+    # The package is found where the daemon found it, installed or not.
+    source = str(Path(responder.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
+    return env

@@ -1,0 +1,213 @@
+"""The SQLite store in a process of its own: what crosses to it, and what happens when either side
+dies. (The store contract suite runs against it too, as `sqlite-process`.)"""
+
+import asyncio
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from responder.playbook import Context, on
+from responder.store import JobStatus, LeaseLost, Store, StoreUnavailable
+from responder.store.sqlite.process import SQLiteProcessStore
+from tests.helpers import Client, LogCapture, bare_event, pd_event
+from tests.test_store_contract import NOW, delivery, job
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def child_of(store: SQLiteProcessStore) -> int:
+    process = store._process
+    assert process is not None and process.returncode is None
+    return process.pid
+
+
+def gone(pid: int, within: float = 10.0) -> bool:
+    """Whether `pid` ended (and was reaped, or is a zombie) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+async def opened(path: Path) -> tuple[SQLiteProcessStore, Store]:
+    process_store = SQLiteProcessStore(path)
+    store = process_store.as_store()
+    await store.open()
+    return process_store, store
+
+
+async def test_the_store_runs_in_another_process_and_ends_with_close(tmp_path: Path) -> None:
+    process_store, store = await opened(tmp_path / "responder.db")
+    pid = child_of(process_store)
+    assert pid != os.getpid()
+    recorded = await store.record_delivery(delivery("PX1"), [job("s1")])
+    assert recorded.created and len(recorded.job_ids) == 1
+    # What it committed is in the file, for any other connection to read.
+    jobs = await store.list_jobs()
+    assert [j.id for j in jobs] == recorded.job_ids
+    await store.close()
+    assert gone(pid)
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.list_jobs()
+
+
+async def test_a_killed_store_process_fails_its_calls_and_the_next_call_starts_another(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    process_store, store = await opened(tmp_path / "responder.db")
+    try:
+        first = await store.record_delivery(delivery("PK1"), [job("s1")])
+        pid = child_of(process_store)
+        os.kill(pid, signal.SIGSTOP)  # a call now waits on it, as on a process about to die
+        waiting = asyncio.ensure_future(store.list_jobs())
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(StoreUnavailable, match="process ended"):
+            await asyncio.wait_for(waiting, 10)
+        # The next call starts a new process on the same file, with the same node: nothing lost.
+        second = await store.record_delivery(delivery("PK2"), [job("s2")])
+        assert child_of(process_store) != pid
+        assert {j.id for j in await store.list_jobs()} == {*first.job_ids, *second.job_ids}
+        assert store.node == process_store.node
+        lines = logs.lines()
+        assert any(line["event"] == "store.process_lost" for line in lines)
+        restarted = [line for line in lines if line["event"] == "store.process_restarted"]
+        assert restarted and restarted[0]["previous_returncode"] == -signal.SIGKILL
+    finally:
+        await store.close()
+
+
+DAEMON = """
+import asyncio, sys
+from pathlib import Path
+from responder.store.sqlite.process import SQLiteProcessStore
+
+async def main():
+    store = SQLiteProcessStore(Path(sys.argv[1]))
+    await store.open()
+    print(store._process.pid, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_the_store_process_ends_when_the_daemon_is_killed(tmp_path: Path) -> None:
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", DAEMON, str(tmp_path / "responder.db")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    try:
+        assert daemon.stdout is not None
+        child = int(daemon.stdout.readline())
+        assert not gone(child, within=0.5)
+    finally:
+        daemon.kill()
+        daemon.wait()
+    assert gone(child)
+
+
+async def test_the_store_process_inherits_no_secret_from_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RESPONDER_WEBHOOK_SECRET", "s3cr3t-webhook")
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "s3cr3t-passphrase")
+    process_store, store = await opened(tmp_path / "responder.db")
+    try:
+        pid = child_of(process_store)
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        for secret in (b"s3cr3t-webhook", b"s3cr3t-passphrase"):
+            assert secret not in environ and secret not in cmdline
+        assert b"PATH=" in environ  # what it needs to start Python, it has
+    finally:
+        await store.close()
+
+
+async def test_a_store_that_cannot_open_fails_open_and_leaves_no_process(tmp_path: Path) -> None:
+    (tmp_path / "responder.db").mkdir()  # a directory where the database file should be
+    process_store = SQLiteProcessStore(tmp_path / "responder.db")
+    with pytest.raises(IsADirectoryError):  # as the store raised it, in its process
+        await process_store.as_store().open()
+    assert process_store._process is None and process_store._channel is None
+
+
+async def test_errors_cross_as_they_were_raised(tmp_path: Path) -> None:
+    process_store, store = await opened(tmp_path / "responder.db")
+    try:
+        await store.record_delivery(delivery("PE1"), [job("s1")])
+        claimed = await store.claim_next(NOW + 10)
+        assert claimed is not None
+        with pytest.raises(LeaseLost) as lost:  # a fenced write under a fence no longer held
+            await store.finish(claimed.id, JobStatus.SUCCEEDED, NOW + 11, fence=claimed.fence + 1)
+        assert lost.value.job_id == claimed.id
+        with pytest.raises(AttributeError):
+            await process_store.no_such_call()
+        with pytest.raises(AttributeError):
+            await process_store._call("_open")  # nothing private is reachable
+    finally:
+        await store.close()
+
+
+def test_lease_lost_pickles_as_it_was_made() -> None:
+    error = pickle.loads(pickle.dumps(LeaseLost(7)))
+    assert isinstance(error, LeaseLost) and error.job_id == 7 and str(error) == str(LeaseLost(7))
+
+
+async def test_events_with_every_kind_of_value_cross_unchanged(tmp_path: Path) -> None:
+    _, store = await opened(tmp_path / "responder.db")
+    try:
+        event = bare_event(big=2**70, text="lone \udcff surrogate", nested={"a": [1, 2.5, None]})
+        recorded = await store.record_delivery(delivery("PV1"), [replace(job("s1"), event=event)])
+        stored = await store.get_job(recorded.job_ids[0])
+        assert stored is not None and stored.event == event
+    finally:
+        await store.close()
+
+
+async def test_a_daemon_whose_store_process_died_answers_503_then_records_again(
+    make_client: Callable[..., Awaitable[Client]],
+) -> None:
+    @on("incident.triggered")
+    async def noted(ctx: Context) -> None:
+        """Does nothing."""
+
+    client = await make_client([noted])
+    first = await client.deliver(pd_event("incident.triggered", "PD1"), "died-1")
+    assert first.status == 202
+    process_store = client.daemon.store
+    assert isinstance(process_store, SQLiteProcessStore)
+    os.kill(child_of(process_store), signal.SIGKILL)
+    # Until the loss is noticed a delivery may be refused (503: its sender retries); none hangs,
+    # none is half-acknowledged, and a new store process takes the next one.
+    statuses = []
+    for _ in range(20):
+        answer = await asyncio.wait_for(
+            client.deliver(pd_event("incident.triggered", "PD2"), "died-2"), 10
+        )
+        statuses.append(answer.status)
+        if answer.status == 202:
+            break
+        await asyncio.sleep(0.1)
+    assert statuses[-1] == 202 and set(statuses[:-1]) <= {503}, statuses
+    jobs = await client.wait_for_jobs()
+    assert sorted(j.event.incident_id for j in jobs) == ["PD1", "PD2"]
+    assert all(j.status == JobStatus.SUCCEEDED for j in jobs)
+    assert await client.store.delivery_ids() == {"died-1", "died-2"}
