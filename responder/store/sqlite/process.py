@@ -31,8 +31,8 @@ log = structlog.get_logger("responder.store")
 # What the store process inherits: enough to start Python, and nothing the daemon was given
 # (webhook secrets, passphrases) since it has no use for them.
 INHERITED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "SQLITE_TMPDIR", "PYTHONHASHSEED")
-CLOSE_TIMEOUT = 10.0  # s: for the store to close before its process is killed
-OPEN_TIMEOUT = 30.0  # s: for a new process to open the store (a migration may run)
+CLOSE_TIMEOUT = 10.0  # s: for the store to close, then for its process to end before it is killed
+RESTART_BACKOFF = 1.0  # s: after a start that failed, calls fail at once for this long
 
 
 class SQLiteProcessStore:
@@ -50,7 +50,8 @@ class SQLiteProcessStore:
         self._ids = itertools.count()
         self._process: asyncio.subprocess.Process | None = None
         self._channel: Channel | None = None
-        self._starting = asyncio.Lock()
+        self._starting: asyncio.Task[None] | None = None  # shared by the calls that wait for it
+        self._failed_at = -RESTART_BACKOFF  # loop time of the last start that failed
         self._closed = False
         self._returncode: int | None = None  # of the last process that ended
 
@@ -58,17 +59,20 @@ class SQLiteProcessStore:
         return cast(Store, self)
 
     async def open(self) -> None:
-        await self._start()
+        await self._started()
 
     async def close(self) -> None:
         if self._closed:
             return
         try:
             if self._channel is not None:
-                with contextlib.suppress(StoreUnavailable):
-                    await self._call(server.CLOSE)
+                with contextlib.suppress(StoreUnavailable, TimeoutError):
+                    async with asyncio.timeout(CLOSE_TIMEOUT):  # a long prune, a hung disk
+                        await self._call(server.CLOSE)
         finally:
             self._closed = True
+            if self._starting is not None:  # a start under way ends its process itself, closed
+                await asyncio.wait([self._starting])
             await self._end()
 
     async def listen(self, wake: Callable[[], None]) -> None:
@@ -91,7 +95,7 @@ class SQLiteProcessStore:
         if self._closed:
             raise StoreUnavailable("job store unavailable: it is closed")
         if self._channel is None:
-            await self._start()
+            await self._started()
         assert self._channel is not None
         call_id = next(self._ids)
         answer = asyncio.get_running_loop().create_future()
@@ -109,49 +113,57 @@ class SQLiteProcessStore:
         else:
             answer.set_exception(value)
 
+    async def _started(self) -> None:
+        """Wait for the store process to be up, starting it (again, if it died). One start is
+        shared by every call that needs it, and a caller that gives up does not stop it."""
+        loop = asyncio.get_running_loop()
+        if self._starting is None or self._starting.done():
+            if loop.time() - self._failed_at < RESTART_BACKOFF:
+                raise StoreUnavailable("job store unavailable: its process failed to start")
+            self._starting = loop.create_task(self._start())
+            # Read by whoever waits; retrieved here too, for a start all its callers gave up on.
+            self._starting.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await asyncio.shield(self._starting)
+
     async def _start(self) -> None:
-        """Start the store process and open the store in it (again, if it died)."""
-        async with self._starting:
-            if self._channel is not None:
-                return
-            again = self._process is not None
-            if again:  # the one that died: what is left of it
-                await self._end()
-            ours, theirs = socket.socketpair()
-            with theirs:
-                try:
-                    self._process = await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        "-m",
-                        server.__name__,
-                        str(theirs.fileno()),
-                        pass_fds=(theirs.fileno(),),
-                        stdin=asyncio.subprocess.DEVNULL,
-                        stdout=asyncio.subprocess.DEVNULL,  # the daemon's log stream; errors: stderr
-                        env=_environment(),
-                        start_new_session=True,  # a Ctrl-C at the terminal is the daemon's to handle
-                    )
-                except OSError as e:
-                    ours.close()
-                    raise StoreUnavailable(f"job store unavailable: its process: {e}") from e
-            _, channel = await asyncio.get_running_loop().create_unix_connection(
-                lambda: Channel(self._answer), sock=ours
-            )
-            channel.closed.add_done_callback(lambda _: self._lost(channel))
-            self._channel = channel
+        again = self._process is not None
+        if again:  # the one that died: what is left of it
+            await self._end()
+        try:
+            await self._spawn()
+            assert self._channel is not None
+            await self._call(server.OPEN, str(self.path), self.node, self.lease)
+        except BaseException:
+            self._failed_at = asyncio.get_running_loop().time()
+            await self._end()  # no process is left without its store open
+            raise
+        if again:
+            log.warning("store.process_restarted", previous_returncode=self._returncode)
+
+    async def _spawn(self) -> None:
+        ours, theirs = socket.socketpair()
+        with theirs:
             try:
-                await asyncio.wait_for(
-                    self._call(server.OPEN, str(self.path), self.node, self.lease), OPEN_TIMEOUT
+                self._process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    server.__name__,
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                    pass_fds=(theirs.fileno(),),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,  # the daemon's log stream; errors: stderr
+                    env=_environment(),
+                    start_new_session=True,  # a Ctrl-C at the terminal is the daemon's to handle
                 )
-            except BaseException as e:
-                await self._end()  # no process is left without its store open
-                if isinstance(e, TimeoutError):
-                    raise StoreUnavailable(
-                        "job store unavailable: its process did not start"
-                    ) from e
-                raise
-            if again:
-                log.warning("store.process_restarted", previous_returncode=self._returncode)
+            except OSError as e:
+                ours.close()
+                raise StoreUnavailable(f"job store unavailable: its process: {e}") from e
+        _, channel = await asyncio.get_running_loop().create_unix_connection(
+            lambda: Channel(self._answer), sock=ours
+        )
+        channel.closed.add_done_callback(lambda _: self._lost(channel))
+        self._channel = channel
 
     def _lost(self, channel: Channel) -> None:
         """The process ended (or closed its end): every call waiting on it fails."""

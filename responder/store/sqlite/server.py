@@ -1,22 +1,32 @@
 """The store process: the SQLite store run apart from the daemon, so that its SQL and the daemon's
 requests use two cores instead of sharing one interpreter lock (bench/RESULTS.md, "Store process").
 
-Started by `SQLiteProcessStore` as `python -m responder.store.sqlite.server FD`, it answers calls
-received on the socket `FD` and ends when the daemon closes it or dies. It does nothing else, so
-its SQL runs inline on its event loop: the calls that arrive together run as tasks of one turn, and
-their deliveries share one group commit.
+Started by `SQLiteProcessStore` as `python -m responder.store.sqlite.server FD PARENT`, it answers
+calls received on the socket `FD` and ends when the daemon closes it; it is killed when the daemon
+dies. It ignores SIGINT and SIGTERM: a signal to the daemon's whole group (a service manager's
+stop) must not cut the store off while the daemon drains. It does nothing else, so its SQL runs
+inline on its event loop: the calls that arrive together run as tasks of one turn, and their
+deliveries share one group commit.
 """
 
 import asyncio
+import os
+import signal
 import socket
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
+from responder.stacks import processes
+from responder.store import LeaseLost, RecordRejected, StoreUnavailable
 from responder.store.sqlite import SQLiteStore
 from responder.store.wire import Channel
+
+# What the store raises on purpose; anything else gets the child's traceback as a note.
+EXPECTED = (StoreUnavailable, RecordRejected, LeaseLost)
 
 OPEN = "open"  # (path, node, lease): the store opened; answers nothing
 CLOSE = "close"  # the store closed; the process then ends
@@ -43,6 +53,8 @@ class Server:
         try:
             result = await self._run(name, args, kwargs)
         except Exception as e:  # handed to the caller, whatever it is
+            if not isinstance(e, EXPECTED):  # where it came from, for the daemon's log
+                e.add_note(f"in the store process:\n{traceback.format_exc()}")
             self._send((call_id, False, e))
         else:
             self._send((call_id, True, result))
@@ -54,8 +66,9 @@ class Server:
             await self.store.open()
             return None
         if self.store is None:
-            raise RuntimeError("the store process got a call before its store was opened")
+            raise StoreUnavailable("job store unavailable: not open in its process")
         if name == CLOSE:
+            await self._others()  # the calls sent before it are answered first
             await self.store.close()
             self.store = None
             if not self.closed.done():
@@ -73,10 +86,14 @@ class Server:
             call_id, _, _ = answer
             self.channel.send((call_id, False, RuntimeError(f"store answer not sendable: {e!r}")))
 
+    async def _others(self) -> None:
+        """Wait for every call under way but the current one."""
+        while others := self._tasks - {asyncio.current_task()}:
+            await asyncio.wait(others)
+
     async def finish(self) -> None:
         """After the daemon is gone: let calls under way end, then close the store."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._others()
         if self.store is not None:
             await self.store.close()
 
@@ -92,7 +109,12 @@ async def serve(sock: socket.socket) -> None:
 
 
 def main(argv: list[str]) -> None:
-    (fd,) = argv
+    fd, parent = argv
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    processes.signal_on_parent_death(signal.SIGKILL)
+    if os.getppid() != int(parent):
+        return  # the daemon died before the line above: nobody to answer
     uvloop.run(serve(socket.socket(fileno=int(fd))))
 
 
