@@ -239,3 +239,24 @@ async def test_a_daemon_answers_503_while_its_database_is_down(
         assert server.password not in logs.text
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_claim_finds_the_due_scheduled_jobs_by_index(postgres_url: str) -> None:
+    """Each claim first moves the due scheduled jobs into the queue: by the `jobs_due` index, not a
+    walk of every scheduled job (which made intake with delayed playbooks 3× slower)."""
+    store = PostgresStore(postgres_url)
+    await store.open()
+    await store.close()
+    db = await asyncpg.connect(postgres_url)
+    try:
+        source = await db.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'claim_job'")
+        start = source.index("UPDATE")
+        promote = source[start : source.index(";", start)]
+        assert "status = 'scheduled'" in promote
+        await db.execute("SET enable_seqscan = off")  # so that an unusable index shows as such
+        plan = await db.fetchval(
+            "EXPLAIN (FORMAT JSON) " + promote.replace("claimed_at", "$1::double precision"), 1.0
+        )
+    finally:
+        await db.close()
+    assert "jobs_due" in plan, plan
