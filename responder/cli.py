@@ -15,6 +15,7 @@ from responder.config import ConfigError, Settings
 from responder.logs import Redactor, configure_logging, get_logger
 from responder.playbook import Playbook
 from responder.playbook_loader import PlaybookLoadError, load_playbooks
+from responder.store import StoreUnavailable
 
 log = get_logger("responder.cli")
 
@@ -80,6 +81,9 @@ def _serve(settings: Settings, redactor: Redactor, supervisor: int | None = None
         except ConfigError as e:
             print(f"responder: {e}", file=sys.stderr)
             return 2
+        except Exception:
+            log.exception("supervisor.crashed")
+            return 1
     if supervisor is not None and not supervision.follow_supervisor(supervisor):
         print("responder: the supervisor is gone; not starting", file=sys.stderr)
         return 1
@@ -101,6 +105,15 @@ def _serve(settings: Settings, redactor: Redactor, supervisor: int | None = None
     except ConfigError as e:  # found while starting, e.g. an unusable secret file
         print(f"responder: {e}", file=sys.stderr)
         return 2
+    except StoreUnavailable as e:  # e.g. no database listening: nothing could be accepted
+        log.error("daemon.start_failed", error=str(e))
+        return 1
+    except Exception:
+        # One JSON line, as every other: an uncaught exception's traceback is written piece by
+        # piece, and the processes sharing this output (a supervisor, its other children) would
+        # write their lines into the middle of its lines.
+        log.exception("daemon.crashed")
+        return 1
     return 0
 
 

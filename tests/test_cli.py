@@ -2,13 +2,18 @@
 
 import gc
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from responder import supervisor
 from responder.cli import main
+from tests.alertmanager_server import free_port
 from tests.helpers import FIXTURES, REPO
 
 GOOD = '''
@@ -132,3 +137,60 @@ def test_serve_freezes_what_it_loaded_out_of_the_collector(
         assert started and started[0] > 10_000
     finally:
         gc.unfreeze()  # this test process builds many apps: their cycles must stay collectable
+
+
+def test_serve_that_cannot_open_its_store_says_so_in_one_log_line(tmp_path: Path) -> None:
+    """No database listening: exit 1 with one JSON line naming the cause (its password masked),
+    not a raw traceback, whose pieces a supervisor's or another child's lines would split."""
+    password = "hunter2-correct-horse-battery"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RESPONDER_")},
+        "RESPONDER_DATA_DIR": str(tmp_path / "data"),
+        "RESPONDER_PORT": "0",
+        "RESPONDER_PROCESSES": "1",
+        "RESPONDER_DATABASE_URL": f"postgresql://nobody:{password}@127.0.0.1:{free_port()}/none",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "responder", "serve"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr == ""
+    lines = [json.loads(line) for line in done.stdout.splitlines()]  # every line is JSON
+    failed = [line for line in lines if line["event"] == "daemon.start_failed"]
+    assert len(failed) == 1 and failed[0]["level"] == "error"
+    assert "Connection refused" in str(failed[0]["error"])
+    assert password not in done.stdout
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_serve_logs_an_unexpected_crash_as_one_line_with_its_traceback(
+    processes: int,
+    playbooks_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The daemon's crash, or with several processes the supervisor's."""
+
+    def crash(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("the event loop broke")
+
+    monkeypatch.setattr(web, "run_app", crash)
+    monkeypatch.setattr(supervisor, "supervise", crash)
+    if processes > 1:
+        monkeypatch.setenv("RESPONDER_PROCESSES", str(processes))
+        monkeypatch.setenv("RESPONDER_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    try:
+        assert main(["serve"]) == 1
+    finally:
+        gc.unfreeze()
+    out = capsys.readouterr().out
+    event = "daemon.crashed" if processes == 1 else "supervisor.crashed"
+    crashed = [json.loads(line) for line in out.splitlines() if f'"{event}"' in line]
+    assert len(crashed) == 1
+    assert "RuntimeError: the event loop broke" in str(crashed[0]["exception"])
+    assert "in _serve" in str(crashed[0]["exception"])

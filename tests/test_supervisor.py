@@ -250,7 +250,12 @@ async def test_children_that_keep_failing_to_start_make_it_give_up(tmp_path: Pat
         assert await asyncio.to_thread(supervising.proc.wait, STARTUP) == 1
     finally:
         supervising.stop()
-    assert supervising.lines("supervisor.giving_up")
+    log = supervising.log_path.read_text()
+    # Every line JSON, the children's failures too: a raw traceback, written piece by piece,
+    # once took in the supervisor's line and hid it.
+    assert all(line.startswith("{") for line in log.splitlines()), log[-4000:]
+    assert supervising.lines("supervisor.giving_up"), log[-4000:]
+    assert len(supervising.lines("daemon.start_failed")) >= MAX_QUICK_EXITS
     assert not supervising.lines("supervisor.service_up")
     delays = [
         float(str(line["delay_seconds"])) for line in supervising.lines("supervisor.restarting")
