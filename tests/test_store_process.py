@@ -98,6 +98,34 @@ async def test_a_killed_store_process_fails_its_calls_and_the_next_call_starts_a
         await store.close()
 
 
+async def test_a_crashing_store_process_says_where_in_one_log_line(
+    tmp_path: Path, logs: LogCapture
+) -> None:
+    """A crash in the store process's C code (here: SIGSEGV) is dumped by faulthandler to its
+    stderr, which reaches the daemon's log as one JSON event, not raw lines among the daemon's."""
+    process_store, store = await opened(tmp_path / "responder.db")
+    try:
+        pid = child_of(process_store)
+        os.kill(pid, signal.SIGSEGV)
+        assert await asyncio.to_thread(gone, pid)
+        for _ in range(100):  # the output arrives after the process ends
+            if logs.events("store.process_output"):
+                break
+            await asyncio.sleep(0.05)
+        [crash] = logs.events("store.process_output")
+        assert crash["pid"] == pid and crash["level"] == "warning"
+        output = str(crash["output"])
+        assert output.startswith("Fatal Python error: Segmentation fault"), output
+        assert "server.py" in output and "main" in output  # where it was: the event loop
+        # The next call starts another process, and no raw text reached the daemon's stream.
+        await store.record_delivery(delivery("PS1"), [job("s1")])
+        restarted = logs.events("store.process_restarted")
+        assert restarted and restarted[0]["previous_returncode"] == -signal.SIGSEGV
+    finally:
+        await store.close()
+    assert len(logs.events("store.process_output")) == 1  # a clean close writes nothing
+
+
 DAEMON = """
 import asyncio, sys, uvloop
 from pathlib import Path

@@ -32,6 +32,8 @@ log = structlog.get_logger("responder.store")
 # (webhook secrets, passphrases) since it has no use for them.
 INHERITED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "SQLITE_TMPDIR", "PYTHONHASHSEED")
 CLOSE_TIMEOUT = 10.0  # s: for the store to close, then for its process to end before it is killed
+OUTPUT_PAUSE = 0.1  # s: lines the store process writes together (a traceback) are one log event
+OUTPUT_LIMIT = 8000  # characters of its output in one log event
 RESTART_BACKOFF = 1.0  # s: after a start that failed, calls fail at once for this long
 
 
@@ -54,6 +56,7 @@ class SQLiteProcessStore:
         self._failed_at = -RESTART_BACKOFF  # loop time of the last start that failed
         self._closed = False
         self._returncode: int | None = None  # of the last process that ended
+        self._output: asyncio.Task[None] | None = None  # forwards the process's stderr to the log
 
     def as_store(self) -> Store:
         return cast(Store, self)
@@ -152,13 +155,18 @@ class SQLiteProcessStore:
                     str(os.getpid()),
                     pass_fds=(theirs.fileno(),),
                     stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,  # the daemon's log stream; errors: stderr
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,  # into the daemon's log: see `_forward_output`
                     env=_environment(),
                     start_new_session=True,  # a Ctrl-C at the terminal is the daemon's to handle
                 )
             except OSError as e:
                 ours.close()
                 raise StoreUnavailable(f"job store unavailable: its process: {e}") from e
+        assert self._process.stderr is not None
+        self._output = asyncio.create_task(
+            _forward_output(self._process.stderr, self._process.pid), name="store-output"
+        )
         _, channel = await asyncio.get_running_loop().create_unix_connection(
             lambda: Channel(self._answer), sock=ours
         )
@@ -180,6 +188,7 @@ class SQLiteProcessStore:
     async def _end(self) -> None:
         """Close the channel and wait for the process to end, killing it if it takes too long."""
         channel, process, self._process = self._channel, self._process, None
+        output, self._output = self._output, None
         if channel is not None:
             channel.close()
         if process is None:
@@ -191,6 +200,37 @@ class SQLiteProcessStore:
                 process.kill()
             await process.wait()
         self._returncode = process.returncode
+        if output is not None:  # its last words, up to the end of its stderr
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(output, CLOSE_TIMEOUT)
+
+
+async def _forward_output(stream: asyncio.StreamReader, pid: int) -> None:
+    """Log what the store process writes to its stderr (a crash's traceback, a warning): each
+    burst of lines as one event, redacted like every other line. Raw, written piece by piece, it
+    would break into the middle of the daemon's JSON lines."""
+    lines: list[str] = []
+    size = 0
+    while True:
+        line: bytes | None
+        try:
+            async with asyncio.timeout(OUTPUT_PAUSE if lines else None):
+                line = await stream.readline()
+        except TimeoutError:  # the burst is over
+            line = None
+        except ValueError:  # a line beyond the stream's limit, dropped by it
+            line = b"[a line too long to log]"
+        if line:
+            lines.append(text := line.decode(errors="replace").rstrip("\n"))
+            size += len(text)
+            if size < OUTPUT_LIMIT:
+                continue
+        if lines:
+            output = "\n".join(lines)[:OUTPUT_LIMIT]
+            log.warning("store.process_output", pid=pid, output=output)
+            lines, size = [], 0
+        if line == b"":
+            return
 
 
 def _environment() -> dict[str, str]:

@@ -10,6 +10,7 @@ deliveries share one group commit.
 """
 
 import asyncio
+import faulthandler
 import os
 import signal
 import socket
@@ -110,6 +111,7 @@ async def serve(sock: socket.socket) -> None:
 
 def main(argv: list[str]) -> None:
     fd, parent = argv
+    faulthandler.enable()  # a crash in SQLite's C code still says where: into the daemon's log
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     processes.signal_on_parent_death(signal.SIGKILL)
