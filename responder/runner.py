@@ -26,6 +26,8 @@ T = TypeVar("T")
 log = get_logger("responder.runner")
 
 # Responder's own playbooks act on stacks other playbooks made, so they run those stacks' programs.
+# Seconds a stopping worker waits for its claim under way, then for the store to take the job back.
+RELEASE_WAIT = 5.0
 SYSTEM_NAMES = frozenset(p.name for p in SYSTEM_PLAYBOOKS)
 
 
@@ -145,6 +147,7 @@ class Runner:
         """Stop claiming; give running jobs `grace` seconds, then interrupt them.
 
         Queued jobs stay queued, and interrupted ones stay `running`: the next start recovers both.
+        A job claimed meanwhile is handed back unstarted (`_claim`).
         A job still waiting for the store to record its result is interrupted the same way.
         """
         self._stopping = True
@@ -248,9 +251,10 @@ class Runner:
         # before its claim, let a worker wake to claim one job and clear the wake-up another still
         # needed for the next: that job waited for the 5 s idle poll.)
         mark = self._idle.mark()
-        job = await self.health.call(caller, lambda: self.store.claim_next(self.clock()))
+        job = await self._claim(caller)
         if job is None:
-            await self._wait_for_work(caller, mark)
+            if not self._stopping:
+                await self._wait_for_work(caller, mark)
             return
         self._idle.announce()  # more may be due: the next idle worker looks too
         task = asyncio.create_task(self._run(job))
@@ -267,6 +271,41 @@ class Runner:
         finally:
             self._running.pop(job.id, None)
             self._idle.announce()  # the stack is free: its next job may now run
+
+    async def _claim(self, caller: str) -> Job | None:
+        """The next job for this worker, or None. A job claimed as the runner stops is handed back
+        to the queue: run now, it would outlast the stop's grace; left running, the next start would
+        repair its stack as an interrupted job's. So is one whose claim the stop cancelled, since
+        that write may still commit: it is waited for, briefly."""
+        claim = asyncio.ensure_future(
+            self.health.call(caller, lambda: self.store.claim_next(self.clock()))
+        )
+        try:
+            job = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            await asyncio.wait([claim], timeout=RELEASE_WAIT)
+            claim.cancel()  # the store is not answering: the next start recovers what it took
+            if claim.done() and not claim.cancelled() and claim.exception() is None:
+                await self._release(claim.result())
+            raise
+        if job is not None and self._stopping:
+            await self._release(job)
+            return None
+        return job
+
+    async def _release(self, job: Job | None) -> None:
+        if job is None:
+            return
+        release = asyncio.ensure_future(self.store.release(job.id, job.fence))
+        await asyncio.wait([release], timeout=RELEASE_WAIT)
+        if not release.done():
+            release.cancel()
+            log.warning("job.release_failed", job_id=job.id, error="the store did not answer")
+        elif release.cancelled() or release.exception() is not None:
+            error = "cancelled" if release.cancelled() else str(release.exception())
+            log.warning("job.release_failed", job_id=job.id, error=error)
+        else:
+            log.info("job.released", job_id=job.id, reason="the runner is stopping")
 
     async def _wait_for_work(self, caller: str, mark: int) -> None:
         due = await self.health.call(caller, self.store.next_due)

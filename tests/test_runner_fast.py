@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from responder import runner as runner_module
 from responder.events import Event, Incident
 from responder.logs import Redactor
 from responder.playbook import Context, Playbook, PlaybookFunc
@@ -287,6 +288,99 @@ async def test_a_worker_woken_for_a_job_that_fails_to_claim_passes_the_word_on(
     # Far less than the failed worker's pause and the idle poll:
     await until(lambda: bool(started), "another worker took the job", timeout=2)
     assert started == [job_id]
+
+
+def gate_claims(rig: Rig) -> tuple[list[Job | None], asyncio.Event]:
+    """Claims that commit, then wait for the returned event before they answer: a store slow to
+    answer. The list gets what each claim took, once taken."""
+    taken: list[Job | None] = []
+    gate = asyncio.Event()
+    claim_next = rig.store.claim_next
+
+    async def slow(now: float) -> Job | None:
+        job = await claim_next(now)
+        taken.append(job)
+        await gate.wait()
+        return job
+
+    rig.store.claim_next = slow  # type: ignore[method-assign]
+    return taken, gate
+
+
+async def test_a_claim_the_stop_cancelled_is_handed_back_unstarted(make_rig: MakeRig) -> None:
+    """The stop cancels a worker whose claim has committed but not answered: the job goes back to
+    the queue as it was, instead of staying `running` for the next start to repair."""
+    started: list[int | None] = []
+
+    async def note(ctx: Context) -> None:
+        started.append(ctx.job_id)
+
+    rig = await make_rig([book(note)])
+    job_id = await rig.enqueue(book(note))
+    taken, gate = gate_claims(rig)
+    await rig.runner.start()
+    await until(lambda: any(taken), "the worker claimed the job", timeout=5)
+    stopping = asyncio.create_task(rig.runner.stop(grace=1))
+    await asyncio.sleep(0.2)
+    assert not stopping.done()  # it waits for the claim's answer
+    gate.set()
+    await asyncio.wait_for(stopping, 5)
+    job = await rig.job(job_id)
+    assert job.status == JobStatus.QUEUED and job.attempts == 0 and job.started_at is None
+    assert started == []
+
+
+async def test_a_job_claimed_while_the_runner_drains_is_handed_back_not_run(
+    make_rig: MakeRig,
+) -> None:
+    """One worker's job is draining when another's claim answers: that job is not started (it
+    would outlast the grace), but queued again."""
+    started: list[int | None] = []
+    release = asyncio.Event()
+
+    async def slow(ctx: Context) -> None:
+        started.append(ctx.job_id)
+        await release.wait()
+
+    rig = await make_rig([book(slow)], workers=2)
+    first = await rig.enqueue(book(slow), "s1")
+    taken, gate = gate_claims(rig)
+    gate.set()
+    await rig.runner.start()
+    await until(lambda: started == [first], "the first job runs", timeout=5)
+    gate.clear()
+    second = await rig.enqueue(book(slow), "s2")
+    rig.runner.notify()
+    await until(lambda: any(j is not None and j.id == second for j in taken), "claimed", timeout=5)
+    stopping = asyncio.create_task(rig.runner.stop(grace=10))
+    await asyncio.sleep(0.1)
+    gate.set()  # the claim answers while the first job drains
+    await asyncio.sleep(0.2)
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert started == [first]
+    assert (await rig.job(first)).status == JobStatus.SUCCEEDED
+    job = await rig.job(second)
+    assert job.status == JobStatus.QUEUED and job.attempts == 0
+
+
+async def test_a_claim_that_never_answers_does_not_hold_the_stop(
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guard on the wait for the claim's answer: it is bounded."""
+    monkeypatch.setattr(runner_module, "RELEASE_WAIT", 0.2)
+
+    async def note(ctx: Context) -> None:
+        pass
+
+    rig = await make_rig([book(note)])
+    job_id = await rig.enqueue(book(note))
+    taken, _ = gate_claims(rig)  # never opened
+    await rig.runner.start()
+    await until(lambda: any(taken), "the worker claimed the job", timeout=5)
+    await asyncio.wait_for(rig.runner.stop(grace=1), 2)
+    # Left as the claim made it: the next start recovers it, as after a crash.
+    assert (await rig.job(job_id)).status == JobStatus.RUNNING
 
 
 async def test_cancelling_a_waiting_retry_lets_the_next_job_on_its_stack_run_at_once(

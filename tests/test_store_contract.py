@@ -303,6 +303,39 @@ async def test_a_retry_waits_in_its_place_until_due(store: Store) -> None:
     assert behind is not None and behind.id == later
 
 
+async def test_a_released_claim_is_back_in_its_place_as_if_never_claimed(store: Store) -> None:
+    """A job claimed as its worker stopped goes back to the queue: first on its stack again, its
+    attempt not counted, no start time, no lease; the claim's fence stays spent."""
+    first, _behind = await enqueue(store, job("a"), job("a"))
+    claimed = await store.claim_next(NOW)
+    assert claimed is not None and claimed.id == first
+    await store.release(first, claimed.fence)
+    released = await store.get_job(first)
+    assert released is not None and released.status == JobStatus.QUEUED
+    assert released.attempts == 0 and released.started_at is None
+    assert released.lease_expires_at is None
+    with pytest.raises(LeaseLost):  # that claim holds it no more: its writes fail
+        await store.finish(first, JobStatus.SUCCEEDED, NOW, fence=claimed.fence)
+    with pytest.raises(LeaseLost):  # nor can it be released twice
+        await store.release(first, claimed.fence)
+    again = await store.claim_next(NOW + 1)
+    assert again is not None and again.id == first  # not the job behind it
+    assert again.attempts == 1 and again.started_at == NOW + 1 and again.fence > claimed.fence
+
+
+async def test_a_released_retry_keeps_its_earlier_attempts(store: Store) -> None:
+    [first] = await enqueue(store, job("a"))
+    claimed = await store.claim_next(NOW)
+    assert claimed is not None
+    await store.retry_later(first, NOW + 5, "transient", fence=claimed.fence)
+    retried = await store.claim_next(NOW + 5)
+    assert retried is not None and retried.attempts == 2
+    await store.release(first, retried.fence)
+    released = await store.get_job(first)
+    assert released is not None and released.status == JobStatus.QUEUED
+    assert released.attempts == 1 and released.error == "transient"
+
+
 async def test_a_retry_is_not_due_before_its_turn_on_its_stack(store: Store) -> None:
     """A retry behind its stack's running job, or behind an earlier job of its stack, runs when
     that one is done, not at its own time: `next_due` names it only once it is next (else idle

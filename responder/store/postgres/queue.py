@@ -65,6 +65,12 @@ RETRY = (
     "UPDATE jobs SET status = 'queued', not_before = $1, error = $2, lease_expires_at = NULL"
     f" WHERE id = $3 AND {held('$4')}"
 )
+# As SQLite's (`responder.store.sqlite.queue.RELEASE`).
+RELEASE = (
+    "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_expires_at = NULL,"
+    " started_at = CASE WHEN attempts > 1 THEN started_at END"
+    " WHERE id = $1 AND status = 'running' AND fence = $2"
+)
 AWAIT_APPROVAL = (
     "UPDATE jobs SET status = 'awaiting_approval', plan = $1, approved_plan = NULL,"
     f" finished_at = NULL, not_before = $2, lease_expires_at = NULL WHERE id = $3 AND {held('$4')}"
@@ -133,6 +139,11 @@ class JobQueue(Connection):
         _check_held(changed, job_id, fence)
         if changed:
             self._announce()
+
+    async def release(self, job_id: int, fence: int) -> None:
+        status = await self._run(lambda db: db.execute(RELEASE, job_id, fence))
+        _check_held(rows.affected(status), job_id, fence)
+        self._announce()  # runnable again, by any node
 
     async def await_approval(
         self, job_id: int, plan: JsonObject, now: float, *, fence: int | None = None

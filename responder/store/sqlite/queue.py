@@ -53,6 +53,13 @@ SELECT MIN(not_before) FROM (
 # A write given a fence (the next two parameters, both the fence) is for a job running under it; an
 # unfenced write (None) is as before leases: the reaper's, and single-node recovery's.
 HELD = "(? IS NULL OR (status = 'running' AND fence = ?))"
+# A claim handed back unstarted: the claim's own changes undone, but for its fence, which stays
+# spent so that a write made under it still fails.
+RELEASE = (
+    "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_expires_at = NULL,"
+    " started_at = CASE WHEN attempts > 1 THEN started_at END"
+    " WHERE id = ? AND status = 'running' AND fence = ?"
+)
 STEP = "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
 
 
@@ -126,6 +133,10 @@ class JobQueue(Connection):
                 (not_before, error, job_id, fence, fence),
             )
         )
+        _check_held(cursor, job_id, fence)
+
+    async def release(self, job_id: int, fence: int) -> None:
+        cursor = await self._run(lambda db: db.execute(RELEASE, (job_id, fence)))
         _check_held(cursor, job_id, fence)
 
     async def await_approval(
