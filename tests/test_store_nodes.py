@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from responder.store import JobStatus, LeaseLost, StoreUnavailable
-from responder.store.postgres import PostgresStore, migrations
+from responder.store.postgres import PostgresStore, connection, migrations
 from responder.store.postgres.driver import Db
 from responder.store.sqlite import SQLiteStore
 from tests.helpers import LogCapture, until
@@ -152,6 +152,26 @@ async def test_a_node_is_woken_when_another_makes_a_job_runnable(
     cancelled = await other.request_cancel(second, NOW + 8)  # a waiting job holding its stack
     assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
     assert await wakes.next() == 5
+
+
+async def test_work_made_runnable_close_together_is_announced_once(
+    nodes: Callable[[], Awaitable[PostgresStore]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each NOTIFY is a commit of its own: the jobs a node frees one after another within the
+    window share one. (The window is widened here, so that a slow machine still fits the burst.)"""
+    monkeypatch.setattr(connection, "ANNOUNCE_WINDOW", 1.0)
+    listener, other = await nodes(), await nodes()
+    wakes = Wakes()
+    await listener.listen(wakes)
+    await enqueue(other, *(job(f"s{i}") for i in range(10)))
+    assert await wakes.next() == 1
+    for _ in range(10):  # each finish frees a stack: an announcement each
+        claimed = await other.claim_next(NOW)
+        assert claimed is not None
+        await other.finish(claimed.id, JobStatus.SUCCEEDED, NOW, fence=claimed.fence)
+    assert await wakes.next() == 2
+    await asyncio.sleep(1.5)  # nothing else was waiting to be sent
+    assert wakes.count == 2
 
 
 async def test_a_lost_listening_connection_is_reconnected_and_logged(
