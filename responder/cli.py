@@ -88,9 +88,16 @@ def _serve(settings: Settings, redactor: Redactor, supervisor: int | None = None
         print("responder: the supervisor is gone; not starting", file=sys.stderr)
         return 1
     log.info("daemon.starting", settings=settings.public())
-    app = create_app(settings, redactor=redactor)
-    _freeze_what_was_loaded()
+    started = False
+
+    async def mark_started(_app: web.Application) -> None:
+        nonlocal started
+        started = True  # the last start-up step: every context before it is up
+
     try:
+        app = create_app(settings, redactor=redactor)
+        app.on_startup.append(mark_started)
+        _freeze_what_was_loaded()
         web.run_app(
             app,
             loop=uvloop.new_event_loop(),  # measured: intake throughput, see bench/RESULTS.md
@@ -102,11 +109,14 @@ def _serve(settings: Settings, redactor: Redactor, supervisor: int | None = None
             reuse_port=supervisor is not None or None,
             **server_options(settings),
         )
-    except ConfigError as e:  # found while starting, e.g. an unusable secret file
+    except (ConfigError, PlaybookLoadError) as e:  # found while starting: a secret file, a name
         print(f"responder: {e}", file=sys.stderr)
         return 2
-    except StoreUnavailable as e:  # e.g. no database listening: nothing could be accepted
-        log.error("daemon.start_failed", error=str(e))
+    except StoreUnavailable as e:
+        if started:  # while stopping: a crash like any other
+            log.exception("daemon.crashed")
+        else:  # e.g. no database listening: nothing could be accepted
+            log.error("daemon.start_failed", error=str(e))
         return 1
     except Exception:
         # One JSON line, as every other: an uncaught exception's traceback is written piece by

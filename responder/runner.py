@@ -283,10 +283,17 @@ class Runner:
         try:
             job = await asyncio.shield(claim)
         except asyncio.CancelledError:
-            await asyncio.wait([claim], timeout=RELEASE_WAIT)
-            claim.cancel()  # the store is not answering: the next start recovers what it took
-            if claim.done() and not claim.cancelled() and claim.exception() is None:
-                await self._release(claim.result())
+            try:
+                await asyncio.wait([claim], timeout=RELEASE_WAIT)
+            finally:
+                claim.cancel()  # no answer: the next start recovers whatever it took
+            if claim.done() and not claim.cancelled():
+                if (error := claim.exception()) is not None:
+                    log.warning(
+                        "job.claim_failed", error=str(error), reason="the runner is stopping"
+                    )
+                else:
+                    await self._release(claim.result())
             raise
         if job is not None and self._stopping:
             await self._release(job)
@@ -297,7 +304,13 @@ class Runner:
         if job is None:
             return
         release = asyncio.ensure_future(self.store.release(job.id, job.fence))
-        await asyncio.wait([release], timeout=RELEASE_WAIT)
+        waited = asyncio.ensure_future(asyncio.wait([release], timeout=RELEASE_WAIT))
+        cancelled = False
+        while not waited.done():
+            try:
+                await asyncio.shield(waited)
+            except asyncio.CancelledError:  # the stop's: the release is still seen through
+                cancelled = True
         if not release.done():
             release.cancel()
             log.warning("job.release_failed", job_id=job.id, error="the store did not answer")
@@ -306,6 +319,8 @@ class Runner:
             log.warning("job.release_failed", job_id=job.id, error=error)
         else:
             log.info("job.released", job_id=job.id, reason="the runner is stopping")
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def _wait_for_work(self, caller: str, mark: int) -> None:
         due = await self.health.call(caller, self.store.next_due)

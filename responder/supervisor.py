@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 from responder import metrics
-from responder.config import PREFIX, ConfigError, Settings
+from responder.config import PREFIX, ConfigError, Settings, database_secrets
 from responder.daemon import credentials_for, prepare_data_dir
 from responder.logs import Redactor, get_logger
 from responder.stacks import PulumiEnvironment, processes
@@ -60,7 +60,9 @@ def prepare(settings: Settings, redactor: Redactor) -> None:
         data_dir = settings.data_dir.resolve()
         prepare_data_dir(data_dir)
         redactor.add(*credentials_for(settings, data_dir).all())
-        PulumiEnvironment.create(data_dir)
+        # As a child does: a line the supervisor logs (a crash's traceback) masks them too.
+        redactor.add(*database_secrets(settings.database_url))
+        redactor.add(*database_secrets(PulumiEnvironment.create(data_dir).backend_url))
     except FileNotFoundError as e:  # no pulumi CLI: no child could run an operation
         raise ConfigError(str(e)) from None
     finally:

@@ -1,5 +1,6 @@
 """The `responder` command's offline subcommands: check and playbooks (replay runs the CLI: marked)."""
 
+import asyncio
 import gc
 import json
 import os
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from responder import supervisor
 from responder.cli import main
+from responder.store import StoreUnavailable
 from tests.alertmanager_server import free_port
 from tests.helpers import FIXTURES, REPO
 
@@ -194,3 +196,57 @@ def test_serve_logs_an_unexpected_crash_as_one_line_with_its_traceback(
     assert len(crashed) == 1
     assert "RuntimeError: the event loop broke" in str(crashed[0]["exception"])
     assert "in _serve" in str(crashed[0]["exception"])
+
+
+def test_serve_refuses_a_playbook_named_as_a_system_one_in_one_line(
+    playbooks_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (playbooks_dir / "mine.py").write_text(
+        'from responder.playbook import Context, manual\n\n\n@manual\nasync def reap_stack(ctx: Context) -> None:\n    """Mine."""\n'
+    )
+    try:
+        assert main(["serve"]) == 2
+    finally:
+        gc.unfreeze()
+    captured = capsys.readouterr()
+    assert captured.err == "responder: playbook names reserved for responder itself: reap_stack\n"
+    assert "Traceback" not in captured.out
+
+
+def test_serve_calls_a_store_lost_after_start_up_a_crash_not_a_failed_start(
+    playbooks_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def started_then_lost(app: web.Application, **_kwargs: object) -> None:
+        async def last_start_up_step() -> None:  # start-up's last step: everything is up
+            await app.on_startup[-1](app)
+
+        asyncio.run(last_start_up_step())
+        raise StoreUnavailable("job store unavailable: the database went away")
+
+    monkeypatch.setattr(web, "run_app", started_then_lost)
+    try:
+        assert main(["serve"]) == 1
+    finally:
+        gc.unfreeze()
+    events = [json.loads(line)["event"] for line in capsys.readouterr().out.splitlines()]
+    assert "daemon.crashed" in events and "daemon.start_failed" not in events
+
+
+def test_a_supervisor_crash_masks_the_database_password(
+    playbooks_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    password = "s3cret-supervisor-db-pw"
+    url = f"postgresql://nobody:{password}@127.0.0.1:1/none"
+
+    async def crash(self: supervisor.Supervisor) -> int:
+        raise RuntimeError(f"lost {url}")
+
+    monkeypatch.setattr(supervisor.Supervisor, "run", crash)
+    monkeypatch.setenv("RESPONDER_PROCESSES", "2")
+    monkeypatch.setenv("RESPONDER_PORT", "0")
+    monkeypatch.setenv("RESPONDER_DATABASE_URL", url)
+    assert main(["serve"]) == 1
+    out = capsys.readouterr().out
+    [crashed] = [json.loads(line) for line in out.splitlines() if '"supervisor.crashed"' in line]
+    assert "RuntimeError: lost postgresql://nobody:" in str(crashed["exception"])
+    assert password not in out

@@ -364,6 +364,50 @@ async def test_a_job_claimed_while_the_runner_drains_is_handed_back_not_run(
     assert job.status == JobStatus.QUEUED and job.attempts == 0
 
 
+async def test_a_release_under_way_is_seen_through_when_the_stop_cancels_its_worker(
+    make_rig: MakeRig,
+) -> None:
+    """The last draining job ends while another worker hands its claim back: the stop then cancels
+    that worker, but the release still completes (bounded) before the stop returns."""
+    started: list[int | None] = []
+    drained = asyncio.Event()
+
+    async def slow(ctx: Context) -> None:
+        started.append(ctx.job_id)
+        await drained.wait()
+
+    rig = await make_rig([book(slow)], workers=2)
+    first = await rig.enqueue(book(slow), "s1")
+    taken, gate = gate_claims(rig)
+    gate.set()
+    releasing, answer = asyncio.Event(), asyncio.Event()
+    release = rig.store.release
+
+    async def slow_release(job_id: int, fence: int) -> None:
+        releasing.set()
+        await answer.wait()
+        await release(job_id, fence)
+
+    rig.store.release = slow_release  # type: ignore[method-assign]
+    await rig.runner.start()
+    await until(lambda: started == [first], "the first job runs", timeout=5)
+    gate.clear()
+    second = await rig.enqueue(book(slow), "s2")
+    rig.runner.notify()
+    await until(lambda: any(j is not None and j.id == second for j in taken), "claimed", timeout=5)
+    stopping = asyncio.create_task(rig.runner.stop(grace=10))
+    await asyncio.sleep(0.1)
+    gate.set()
+    await asyncio.wait_for(releasing.wait(), 5)
+    drained.set()  # the drain ends: the stop cancels the releasing worker
+    await asyncio.sleep(0.3)
+    assert not stopping.done()
+    answer.set()
+    await asyncio.wait_for(stopping, 10)
+    job = await rig.job(second)
+    assert job.status == JobStatus.QUEUED and job.attempts == 0
+
+
 async def test_a_claim_that_never_answers_does_not_hold_the_stop(
     make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

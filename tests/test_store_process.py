@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from responder.playbook import Context, on
 from responder.store import JobStatus, LeaseLost, Store, StoreUnavailable
@@ -113,14 +114,16 @@ async def test_a_crashing_store_process_says_where_in_one_log_line(
                 break
             await asyncio.sleep(0.05)
         [crash] = logs.events("store.process_output")
-        assert crash["pid"] == pid and crash["level"] == "warning"
+        assert crash["pid"] == pid and crash["level"] == "error"
         output = str(crash["output"])
         assert output.startswith("Fatal Python error: Segmentation fault"), output
         assert "server.py" in output and "main" in output  # where it was: the event loop
-        # The next call starts another process, and no raw text reached the daemon's stream.
-        await store.record_delivery(delivery("PS1"), [job("s1")])
+        # The next call starts another process, whose lines carry none of that caller's fields.
+        with structlog.contextvars.bound_contextvars(job_id=99):
+            await store.record_delivery(delivery("PS1"), [job("s1")])
         restarted = logs.events("store.process_restarted")
         assert restarted and restarted[0]["previous_returncode"] == -signal.SIGSEGV
+        assert "job_id" not in restarted[0]
     finally:
         await store.close()
     assert len(logs.events("store.process_output")) == 1  # a clean close writes nothing

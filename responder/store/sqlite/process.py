@@ -10,6 +10,7 @@ under way fail with `StoreUnavailable`, as in an outage; what it committed is on
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import os
 import socket
@@ -33,7 +34,9 @@ log = structlog.get_logger("responder.store")
 INHERITED = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "SQLITE_TMPDIR", "PYTHONHASHSEED")
 CLOSE_TIMEOUT = 10.0  # s: for the store to close, then for its process to end before it is killed
 OUTPUT_PAUSE = 0.1  # s: lines the store process writes together (a traceback) are one log event
-OUTPUT_LIMIT = 8000  # characters of its output in one log event
+# Characters of its output in one log event (its start and its end): the line stays within one
+# atomic pipe write (4 KiB), which the processes sharing the daemon's output cannot split.
+OUTPUT_LIMIT = 1500
 RESTART_BACKOFF = 1.0  # s: after a start that failed, calls fail at once for this long
 
 
@@ -123,7 +126,8 @@ class SQLiteProcessStore:
         if self._starting is None or self._starting.done():
             if loop.time() - self._failed_at < RESTART_BACKOFF:
                 raise StoreUnavailable("job store unavailable: its process failed to start")
-            self._starting = loop.create_task(self._start())
+            # A context of its own: not the job fields of whichever call needed the store first.
+            self._starting = loop.create_task(self._start(), context=contextvars.Context())
             # Read by whoever waits; retrieved here too, for a start all its callers gave up on.
             self._starting.add_done_callback(lambda t: t.cancelled() or t.exception())
         await asyncio.shield(self._starting)
@@ -226,8 +230,11 @@ async def _forward_output(stream: asyncio.StreamReader, pid: int) -> None:
             if size < OUTPUT_LIMIT:
                 continue
         if lines:
-            output = "\n".join(lines)[:OUTPUT_LIMIT]
-            log.warning("store.process_output", pid=pid, output=output)
+            output = "\n".join(lines)
+            if len(output) > OUTPUT_LIMIT:  # a traceback's end names the error, its start the crash
+                half = OUTPUT_LIMIT // 2
+                output = f"{output[:half]}\n[... {len(output) - 2 * half} characters ...]\n{output[-half:]}"
+            log.error("store.process_output", pid=pid, output=output)
             lines, size = [], 0
         if line == b"":
             return

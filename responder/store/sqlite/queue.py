@@ -53,8 +53,8 @@ SELECT MIN(not_before) FROM (
 # A write given a fence (the next two parameters, both the fence) is for a job running under it; an
 # unfenced write (None) is as before leases: the reaper's, and single-node recovery's.
 HELD = "(? IS NULL OR (status = 'running' AND fence = ?))"
-# A claim handed back unstarted: the claim's own changes undone, but for its fence, which stays
-# spent so that a write made under it still fails.
+# A claim handed back unstarted: queued again, its attempt uncounted, its lease dropped (and the
+# start time of a first attempt); its fence stays spent, so that a write made under it still fails.
 RELEASE = (
     "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_expires_at = NULL,"
     " started_at = CASE WHEN attempts > 1 THEN started_at END"
