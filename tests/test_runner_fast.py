@@ -330,45 +330,20 @@ async def test_a_claim_the_stop_cancelled_is_handed_back_unstarted(make_rig: Mak
     assert started == []
 
 
-async def test_a_job_claimed_while_the_runner_drains_is_handed_back_not_run(
-    make_rig: MakeRig,
-) -> None:
-    """One worker's job is draining when another's claim answers: that job is not started (it
-    would outlast the grace), but queued again."""
-    started: list[int | None] = []
-    release = asyncio.Event()
+@dataclass
+class Stopping:
+    """A stop under way while the first job drains and a second job's claim waits to answer."""
 
-    async def slow(ctx: Context) -> None:
-        started.append(ctx.job_id)
-        await release.wait()
-
-    rig = await make_rig([book(slow)], workers=2)
-    first = await rig.enqueue(book(slow), "s1")
-    taken, gate = gate_claims(rig)
-    gate.set()
-    await rig.runner.start()
-    await until(lambda: started == [first], "the first job runs", timeout=5)
-    gate.clear()
-    second = await rig.enqueue(book(slow), "s2")
-    rig.runner.notify()
-    await until(lambda: any(j is not None and j.id == second for j in taken), "claimed", timeout=5)
-    stopping = asyncio.create_task(rig.runner.stop(grace=10))
-    await asyncio.sleep(0.1)
-    gate.set()  # the claim answers while the first job drains
-    await asyncio.sleep(0.2)
-    release.set()
-    await asyncio.wait_for(stopping, 10)
-    assert started == [first]
-    assert (await rig.job(first)).status == JobStatus.SUCCEEDED
-    job = await rig.job(second)
-    assert job.status == JobStatus.QUEUED and job.attempts == 0
+    rig: Rig
+    first: int
+    second: int
+    started: list[int | None]
+    drained: asyncio.Event  # set: the first job ends
+    gate: asyncio.Event  # set: the claim answers
+    stop: asyncio.Task[None]
 
 
-async def test_a_release_under_way_is_seen_through_when_the_stop_cancels_its_worker(
-    make_rig: MakeRig,
-) -> None:
-    """The last draining job ends while another worker hands its claim back: the stop then cancels
-    that worker, but the release still completes (bounded) before the stop returns."""
+async def stop_while_a_claim_waits(make_rig: MakeRig) -> Stopping:
     started: list[int | None] = []
     drained = asyncio.Event()
 
@@ -380,31 +355,57 @@ async def test_a_release_under_way_is_seen_through_when_the_stop_cancels_its_wor
     first = await rig.enqueue(book(slow), "s1")
     taken, gate = gate_claims(rig)
     gate.set()
-    releasing, answer = asyncio.Event(), asyncio.Event()
-    release = rig.store.release
-
-    async def slow_release(job_id: int, fence: int) -> None:
-        releasing.set()
-        await answer.wait()
-        await release(job_id, fence)
-
-    rig.store.release = slow_release  # type: ignore[method-assign]
     await rig.runner.start()
     await until(lambda: started == [first], "the first job runs", timeout=5)
     gate.clear()
     second = await rig.enqueue(book(slow), "s2")
     rig.runner.notify()
     await until(lambda: any(j is not None and j.id == second for j in taken), "claimed", timeout=5)
-    stopping = asyncio.create_task(rig.runner.stop(grace=10))
+    stop = asyncio.create_task(rig.runner.stop(grace=10))
     await asyncio.sleep(0.1)
-    gate.set()
+    return Stopping(rig, first, second, started, drained, gate, stop)
+
+
+async def test_a_job_claimed_while_the_runner_drains_is_handed_back_not_run(
+    make_rig: MakeRig,
+) -> None:
+    """One worker's job is draining when another's claim answers: that job is not started (it
+    would outlast the grace), but queued again."""
+    stopping = await stop_while_a_claim_waits(make_rig)
+    stopping.gate.set()  # the claim answers while the first job drains
+    await asyncio.sleep(0.2)
+    stopping.drained.set()
+    await asyncio.wait_for(stopping.stop, 10)
+    assert stopping.started == [stopping.first]
+    assert (await stopping.rig.job(stopping.first)).status == JobStatus.SUCCEEDED
+    job = await stopping.rig.job(stopping.second)
+    assert job.status == JobStatus.QUEUED and job.attempts == 0
+
+
+async def test_a_release_under_way_is_seen_through_when_the_stop_cancels_its_worker(
+    make_rig: MakeRig,
+) -> None:
+    """The last draining job ends while another worker hands its claim back: the stop then cancels
+    that worker, but the release still completes (bounded) before the stop returns."""
+    stopping = await stop_while_a_claim_waits(make_rig)
+    store = stopping.rig.store
+    releasing, answer = asyncio.Event(), asyncio.Event()
+    release = store.release
+
+    async def slow_release(job_id: int, fence: int) -> None:
+        releasing.set()
+        await answer.wait()
+        await release(job_id, fence)
+
+    store.release = slow_release  # type: ignore[method-assign]
+    stopping.gate.set()
     await asyncio.wait_for(releasing.wait(), 5)
-    drained.set()  # the drain ends: the stop cancels the releasing worker
+    stopping.drained.set()  # the drain ends: the stop cancels the releasing worker
     await asyncio.sleep(0.3)
-    assert not stopping.done()
+    assert not stopping.stop.done()
     answer.set()
-    await asyncio.wait_for(stopping, 10)
-    job = await rig.job(second)
+    await asyncio.wait_for(stopping.stop, 10)
+    job = await stopping.rig.job(stopping.second)
     assert job.status == JobStatus.QUEUED and job.attempts == 0
 
 
