@@ -25,9 +25,9 @@ T = TypeVar("T")
 
 log = get_logger("responder.runner")
 
-# Responder's own playbooks act on stacks other playbooks made, so they run those stacks' programs.
 # Seconds a stopping worker waits for its claim under way, then for the store to take the job back.
 RELEASE_WAIT = 5.0
+# Responder's own playbooks act on stacks other playbooks made, so they run those stacks' programs.
 SYSTEM_NAMES = frozenset(p.name for p in SYSTEM_PLAYBOOKS)
 
 
@@ -292,17 +292,16 @@ class Runner:
                     log.warning(
                         "job.claim_failed", error=str(error), reason="the runner is stopping"
                     )
-                else:
-                    await self._release(claim.result())
+                elif (taken := claim.result()) is not None:
+                    await self._release(taken)
             raise
         if job is not None and self._stopping:
             await self._release(job)
             return None
         return job
 
-    async def _release(self, job: Job | None) -> None:
-        if job is None:
-            return
+    async def _release(self, job: Job) -> None:
+        """Hand the job back to the queue, within RELEASE_WAIT even through the stop's cancel."""
         release = asyncio.ensure_future(self.store.release(job.id, job.fence))
         waited = asyncio.ensure_future(asyncio.wait([release], timeout=RELEASE_WAIT))
         cancelled = False
