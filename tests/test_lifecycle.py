@@ -74,10 +74,20 @@ async def trigger(client: Client, incident: str, **data: str) -> None:
 
 
 async def settle(client: Client, clock: FakeClock | None = None, advance: float = 0) -> list:  # type: ignore[type-arg]
+    """The jobs once none is queued or running, nor (on the test's clock) scheduled and due."""
     if clock is not None:
         clock.advance(advance)
-    client.daemon.runner.notify()
-    return await client.wait_for_jobs(settled=(JobStatus.SCHEDULED, JobStatus.AWAITING_APPROVAL))
+    while True:
+        client.daemon.runner.notify()
+        jobs = await client.wait_for_jobs(
+            settled=(JobStatus.SCHEDULED, JobStatus.AWAITING_APPROVAL)
+        )
+        # A due job stays `scheduled` until a worker's claim moves it to the queue.
+        if clock is None or not any(
+            j.status == JobStatus.SCHEDULED and j.not_before <= clock() for j in jobs
+        ):
+            return jobs
+        await asyncio.sleep(0.05)
 
 
 async def test_reopen_inside_the_grace_period_keeps_the_stack(
@@ -110,7 +120,7 @@ async def test_restart_during_the_grace_period_loses_nothing(
 
     clock.advance(121)
     again = await make_client(playbooks(grace=120), clock=clock)
-    jobs = await settle(again)
+    jobs = await settle(again, clock)
     assert [j.status for j in jobs] == [JobStatus.SUCCEEDED, JobStatus.SUCCEEDED]
     assert backend_stacks(again) == set()
     incident = await (await again.http.get("/incidents/QGRACE")).json()
