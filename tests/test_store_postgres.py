@@ -12,6 +12,7 @@ from responder.config import ConfigError, Settings
 from responder.playbook import Context, on, playbook
 from responder.store import JobStatus, RecordRejected, StoreUnavailable
 from responder.store.postgres import PostgresStore, migrations
+from responder.store.postgres.queue import CLAIM as CLAIM_SQL
 from tests.alertmanager_server import free_port
 from tests.helpers import Client, LogCapture, fixture_bytes, pd_event
 from tests.postgres_server import PostgresServer
@@ -260,3 +261,30 @@ async def test_a_claim_finds_the_due_scheduled_jobs_by_index(postgres_url: str) 
     finally:
         await db.close()
     assert "jobs_due" in plan, plan
+
+
+async def test_a_claim_reads_the_queue_up_to_the_job_it_takes(postgres_url: str) -> None:
+    """A session that planned its claims while the queue was empty (a node started before a burst)
+    still claims from a backlog of 1,000 in a few index reads. Migration 0006's claim asked of each
+    candidate whether an earlier job was queued on its stack, and that plan answered it by reading
+    every queued job before it: a claim read the whole backlog, and draining n jobs cost n²."""
+    store = PostgresStore(postgres_url)
+    await store.open()
+    db = await asyncpg.connect(postgres_url)
+    try:
+        for _ in range(10):  # past plpgsql's first custom plans: the session's plan is now kept
+            assert await db.fetch(CLAIM_SQL, NOW, "node-a", NOW + 30) == []
+        for start in range(0, 1000, 250):
+            await store.record_deliveries(
+                [(delivery(f"QBACKLOG{i}"), [job(f"s{i}")]) for i in range(start, start + 250)]
+            )
+        async with db.transaction():
+            claimed = await db.fetch(CLAIM_SQL, NOW, "node-a", NOW + 30)
+            read = await db.fetchval(
+                "SELECT idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname = 'jobs'"
+            )
+    finally:
+        await db.close()
+        await store.close()
+    assert [r["stack"] for r in claimed] == ["s0"]
+    assert read < 50, f"one claim read {read} jobs"
