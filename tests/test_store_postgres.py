@@ -10,7 +10,7 @@ import pytest
 
 from responder.config import ConfigError, Settings
 from responder.playbook import Context, on, playbook
-from responder.store import JobStatus, RecordRejected, StoreUnavailable
+from responder.store import JobStatus, NewNote, RecordRejected, StoreUnavailable
 from responder.store.postgres import PostgresStore, migrations
 from responder.store.postgres.queue import CLAIM as CLAIM_SQL
 from tests.alertmanager_server import free_port
@@ -288,3 +288,42 @@ async def test_a_claim_reads_the_queue_up_to_the_job_it_takes(postgres_url: str)
         await store.close()
     assert [r["stack"] for r in claimed] == ["s0"]
     assert read < 50, f"one claim read {read} jobs"
+
+
+async def test_a_result_without_notes_commits_without_waiting_for_the_wal_flush() -> None:
+    """A job's result is committed lazily (lost with the server's last moments, the job is run
+    again, as after a crash), unless it queues notes: those are sent once committed, so their result
+    waits. Shown with commits that wait made to wait for good: for a synchronous standby that is
+    not there. A result without notes is stored all the same; one with notes waits."""
+    server = PostgresServer()
+    await asyncio.to_thread(server.start)
+    store = PostgresStore(server.url(), command_timeout=5)
+    admin = await asyncpg.connect(server.url())
+    try:
+        # The tests' clusters commit lazily throughout (for speed): this one waits, as production.
+        await admin.execute("ALTER DATABASE postgres SET synchronous_commit = on")
+        await store.open()
+        await store.record_deliveries([(delivery(f"QRESULT{i}"), [job(f"r{i}")]) for i in (1, 2)])
+        lazy, waiting = await store.claim_next(NOW), await store.claim_next(NOW)
+        assert lazy is not None and waiting is not None
+        await admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        await admin.execute("SELECT pg_reload_conf()")
+        await asyncio.sleep(0.5)  # the server's processes reload their configuration
+
+        await asyncio.wait_for(
+            store.finish(lazy.id, JobStatus.SUCCEEDED, NOW, fence=lazy.fence), timeout=3
+        )
+        found = await admin.fetchval("SELECT status FROM jobs WHERE id = $1", lazy.id)
+        assert found == JobStatus.SUCCEEDED
+        note = NewNote("slack", "", "{}", "key-1")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(
+                store.finish(
+                    waiting.id, JobStatus.SUCCEEDED, NOW, fence=waiting.fence, notes=[note]
+                ),
+                timeout=1,
+            )
+    finally:
+        await admin.close()
+        await store.close()
+        await asyncio.to_thread(server.stop)
