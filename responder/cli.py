@@ -12,6 +12,7 @@ import uvloop
 from aiohttp import web
 
 from responder.config import ConfigError, Settings
+from responder.daemon import create_app, refuse_reserved_names
 from responder.logs import Redactor, configure_logging, get_logger
 from responder.playbook import Playbook
 from responder.playbook_loader import PlaybookLoadError, load_playbooks
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         stream = sys.stdout if args.command == "serve" else sys.stderr
         configure_logging(redactor, level=settings.log_level, stream=stream)
         playbooks = load_playbooks(settings.playbooks_dir)
+        refuse_reserved_names(playbooks)  # what `serve` would refuse, `check` refuses too
     except (ConfigError, PlaybookLoadError) as e:
         print(f"responder: {e}", file=sys.stderr)
         return 2
@@ -66,13 +68,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"responder: cannot read {args.file}: {e}", file=sys.stderr)
             return 2
         return asyncio.run(_replay(body, settings, playbooks, redactor))
-    return _serve(settings, redactor, args.supervised_by)
+    return _serve(settings, redactor, playbooks, args.supervised_by)
 
 
-def _serve(settings: Settings, redactor: Redactor, supervisor: int | None = None) -> int:
+def _serve(
+    settings: Settings,
+    redactor: Redactor,
+    playbooks: list[Playbook],
+    supervisor: int | None = None,
+) -> int:
     """The daemon; or, for several processes, their supervisor; or, under one, one of them."""
     from responder import supervisor as supervision
-    from responder.daemon import create_app
     from responder.web.app import server_options
 
     if supervisor is None and settings.process_count > 1:
@@ -95,7 +101,8 @@ def _serve(settings: Settings, redactor: Redactor, supervisor: int | None = None
         started = True  # the last start-up step: every context before it is up
 
     try:
-        app = create_app(settings, redactor=redactor)
+        # The playbooks loaded above: importing them again would run their modules' code twice.
+        app = create_app(settings, redactor=redactor, playbooks=playbooks)
         app.on_startup.append(mark_started)
         _freeze_what_was_loaded()
         web.run_app(

@@ -56,14 +56,20 @@ def create_app(
 
     `operations` replaces the Pulumi CLI behind the stacks (tests); the app starts and closes it."""
     loaded = playbooks if playbooks is not None else load_playbooks(settings.playbooks_dir)
-    reserved = {p.name for p in SYSTEM_PLAYBOOKS} & {p.name for p in loaded}
+    refuse_reserved_names(loaded)
+    app = http_app(settings)
+    app.cleanup_ctx.extend(contexts(loaded, redactor or Redactor(), clock, operations))
+    return app
+
+
+def refuse_reserved_names(playbooks: list[Playbook]) -> None:
+    """Responder's own playbooks (reaping, the orphan sweep) are found by name: none of the
+    operator's may take one of their names."""
+    reserved = {p.name for p in SYSTEM_PLAYBOOKS} & {p.name for p in playbooks}
     if reserved:
         raise PlaybookLoadError(
             f"playbook names reserved for responder itself: {', '.join(sorted(reserved))}"
         )
-    app = http_app(settings)
-    app.cleanup_ctx.extend(contexts(loaded, redactor or Redactor(), clock, operations))
-    return app
 
 
 def contexts(

@@ -141,6 +141,25 @@ def test_serve_freezes_what_it_loaded_out_of_the_collector(
         gc.unfreeze()  # this test process builds many apps: their cycles must stay collectable
 
 
+def test_serve_imports_each_playbook_once(
+    playbooks_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A playbook module's own code (a client made, a file read) runs once per process: `serve`
+    hands the app the playbooks it loaded, rather than the app importing them again."""
+    imports = playbooks_dir.parent / "imports.txt"
+    (playbooks_dir / "mine.py").write_text(
+        f"with open({str(imports)!r}, 'a') as out:\n    out.write('imported\\n')\n{GOOD}"
+    )
+    served: list[web.Application] = []
+    monkeypatch.setattr(web, "run_app", lambda app, **_: served.append(app))
+    try:
+        assert main(["serve"]) == 0
+    finally:
+        gc.unfreeze()
+    assert len(served) == 1
+    assert imports.read_text() == "imported\n"
+
+
 def test_serve_that_cannot_open_its_store_says_so_in_one_log_line(tmp_path: Path) -> None:
     """No database listening: exit 1 with one JSON line naming the cause (its password masked),
     not a raw traceback, whose pieces a supervisor's or another child's lines would split."""
@@ -211,6 +230,19 @@ def test_serve_refuses_a_playbook_named_as_a_system_one_in_one_line(
     captured = capsys.readouterr()
     assert captured.err == "responder: playbook names reserved for responder itself: reap_stack\n"
     assert "Traceback" not in captured.out
+
+
+def test_check_refuses_a_playbook_named_as_a_system_one(
+    playbooks_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `serve` would refuse, `check` refuses: a clean check is a promise that serve starts."""
+    (playbooks_dir / "mine.py").write_text(
+        'from responder.playbook import Context, manual\n\n\n@manual\nasync def reap_stack(ctx: Context) -> None:\n    """Mine."""\n'
+    )
+    assert main(["check"]) == 2
+    assert capsys.readouterr().err == (
+        "responder: playbook names reserved for responder itself: reap_stack\n"
+    )
 
 
 def test_serve_calls_a_store_lost_after_start_up_a_crash_not_a_failed_start(
