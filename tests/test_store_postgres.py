@@ -13,6 +13,7 @@ from responder.playbook import Context, on, playbook
 from responder.store import JobStatus, NewNote, RecordRejected, StoreUnavailable
 from responder.store.postgres import PostgresStore, migrations
 from responder.store.postgres.queue import CLAIM as CLAIM_SQL
+from responder.store.postgres.queue import NEXT_DUE as NEXT_DUE_SQL
 from tests.alertmanager_server import free_port
 from tests.helpers import Client, LogCapture, fixture_bytes, pd_event
 from tests.postgres_server import PostgresServer
@@ -288,6 +289,34 @@ async def test_a_claim_reads_the_queue_up_to_the_job_it_takes(postgres_url: str)
         await store.close()
     assert [r["stack"] for r in claimed] == ["s0"]
     assert read < 50, f"one claim read {read} jobs"
+
+
+async def test_next_due_reads_the_queue_once_however_many_retries_wait(postgres_url: str) -> None:
+    """An idle worker's `next_due`, planned while the queue was empty, with 20 retries waiting behind
+    1,000 queued jobs: it reads the queue once. Migration 0006's query read every queued job before
+    each retry (20,000 reads here)."""
+    store = PostgresStore(postgres_url)
+    await store.open()
+    db = await asyncpg.connect(postgres_url)
+    try:
+        for _ in range(10):  # past the first custom plans: the session's plan is now kept
+            assert await db.fetchval(NEXT_DUE_SQL) is None
+        for start in range(0, 1000, 250):
+            await store.record_deliveries(
+                [(delivery(f"QWAIT{i}"), [job(f"w{i}")]) for i in range(start, start + 250)]
+            )
+        await db.execute("UPDATE jobs SET not_before = $1 + id WHERE id > 980", NOW)
+        first_retry = await db.fetchval("SELECT min(not_before) FROM jobs WHERE not_before > 0")
+        async with db.transaction():
+            due = await db.fetchval(NEXT_DUE_SQL)
+            read = await db.fetchval(
+                "SELECT idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname = 'jobs'"
+            )
+    finally:
+        await db.close()
+        await store.close()
+    assert due == first_retry
+    assert read < 1100, f"next_due read {read} jobs"
 
 
 async def test_a_result_without_notes_commits_without_waiting_for_the_wal_flush() -> None:

@@ -9,34 +9,19 @@ from responder.store.postgres.connection import Connection
 from responder.store.postgres.driver import Db
 from responder.store.postgres.notes import insert_notes
 
-# A queued job `j` that is next on its stack: nothing runs there, and no earlier job waits there.
-# Each NOT EXISTS is one probe of the (status, project, stack, id) index.
-FIRST_IN_LINE = """NOT EXISTS (SELECT 1 FROM jobs AS r
-                  WHERE r.status = 'running' AND r.project = j.project AND r.stack = j.stack)
-  AND NOT EXISTS (SELECT 1 FROM jobs AS q
-                  WHERE q.status = 'queued' AND q.project = j.project AND q.stack = j.stack
-                    AND q.id < j.id)"""
-
 # The first queued job of the oldest stack whose first queued job is due and that runs nothing:
 # strict arrival order per stack, after due scheduled jobs join the queue. SKIP LOCKED lets
 # concurrent claimers (other workers, other nodes) pass over a job another is taking instead of
 # queueing behind it; the partial unique index on running jobs is the last word if two ever picked
-# the same stack. One statement: the function (migration 0004) holds the SQL, and why its plan is
-# pinned.
+# the same stack. One statement: the function (migrations 0004 and 0007) holds the SQL, and why it
+# walks the queue in a pinned plan.
 CLAIM = "SELECT * FROM claim_job($1, $2, $3)"
 
 # When the earliest waiting job becomes runnable: a scheduled job (it then joins the queue), or a
 # retry next on its stack. A retry behind a running job is due only when that job ends, which its
-# node announces: counting it would have every idle worker of every node poll until then. Queued
-# jobs with a time are retries, few: only they are probed.
-NEXT_DUE = f"""
-SELECT MIN(not_before) FROM (
-    SELECT not_before FROM jobs WHERE status = 'scheduled' AND not_before > 0
-    UNION ALL
-    SELECT j.not_before FROM jobs AS j
-    WHERE j.status = 'queued' AND j.not_before > 0 AND {FIRST_IN_LINE}
-) AS waiting
-"""
+# node announces: counting it would have every idle worker of every node poll until then. The
+# function (migration 0008) holds the SQL, and why it walks the queue.
+NEXT_DUE = "SELECT next_due_at()"
 
 STEP = (
     "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
