@@ -12,6 +12,7 @@ from responder.config import ConfigError, Settings
 from responder.playbook import Context, on, playbook
 from responder.store import JobStatus, NewNote, RecordRejected, StoreUnavailable
 from responder.store.postgres import PostgresStore, migrations
+from responder.store.postgres.deliveries import SUPERSEDE
 from responder.store.postgres.queue import CLAIM as CLAIM_SQL
 from responder.store.postgres.queue import NEXT_DUE as NEXT_DUE_SQL
 from tests.alertmanager_server import free_port
@@ -317,6 +318,38 @@ async def test_next_due_reads_the_queue_once_however_many_retries_wait(postgres_
         await store.close()
     assert due == first_retry
     assert read < 1100, f"next_due read {read} jobs"
+
+
+async def test_a_coalescing_job_finds_the_runs_it_supersedes_by_their_stack(
+    postgres_url: str,
+) -> None:
+    """Recording a coalescing job supersedes the older queued runs on its stack: found among that
+    stack's own jobs, not by reading every queued job before it (which a plan kept from an empty
+    queue did, so each delivery cost more as a backlog grew)."""
+    store = PostgresStore(postgres_url)
+    await store.open()
+    db = await asyncpg.connect(postgres_url)
+    try:
+        for _ in range(10):  # past the first custom plans: the session's plan is now kept
+            assert await db.fetch(SUPERSEDE, 1, NOW, "pb", "proj", "s0") == []
+        for start in range(0, 1000, 250):
+            await store.record_deliveries(
+                [
+                    (delivery(f"QCOAL{i}"), [job(f"s{i}", coalesce=True)])
+                    for i in range(start, start + 250)
+                ]
+            )
+        newest = await db.fetchval("SELECT max(id) FROM jobs")
+        async with db.transaction():
+            superseded = await db.fetch(SUPERSEDE, newest + 1, NOW, "pb", "proj", "s0")
+            read = await db.fetchval(
+                "SELECT idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname = 'jobs'"
+            )
+    finally:
+        await db.close()
+        await store.close()
+    assert [r["playbook"] for r in superseded] == ["pb"]
+    assert read < 10, f"superseding read {read} jobs"
 
 
 async def test_a_result_without_notes_commits_without_waiting_for_the_wal_flush() -> None:

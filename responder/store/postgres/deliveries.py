@@ -203,6 +203,15 @@ async def record(
     return RecordedDelivery(created=True, job_ids=ids, status=status, ended=tuple(ended))
 
 
+# The older queued runs of a coalescing job's playbook on its stack, superseded by job $1 (by the
+# partial index `jobs_coalescible`, migration 0009).
+SUPERSEDE = (
+    "UPDATE jobs SET status = 'coalesced', coalesced_into = $1, finished_at = $2"
+    " WHERE status = 'queued' AND coalesce AND attempts = 0 AND project = $4 AND stack = $5"
+    " AND playbook = $3 AND id < $1 RETURNING playbook"
+)
+
+
 def _array_literal(values: tuple[str, ...]) -> str:
     """A PostgreSQL array literal of strings (quoted, backslashes and quotes escaped)."""
     quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
@@ -212,16 +221,7 @@ def _array_literal(values: tuple[str, ...]) -> str:
 async def _coalesce(db: Db, job_id: int, job: NewJob, now: float) -> list[str]:
     """Older queued runs of this playbook on this stack are superseded by this newer one; their
     playbooks."""
-    superseded = await db.fetch(
-        "UPDATE jobs SET status = 'coalesced', coalesced_into = $1, finished_at = $2"
-        " WHERE status = 'queued' AND coalesce AND playbook = $3 AND project = $4 AND stack = $5"
-        " AND id < $1 AND attempts = 0 RETURNING playbook",
-        job_id,
-        now,
-        job.playbook,
-        job.project,
-        job.stack,
-    )
+    superseded = await db.fetch(SUPERSEDE, job_id, now, job.playbook, job.project, job.stack)
     return [row["playbook"] for row in superseded]
 
 
