@@ -204,7 +204,7 @@ async def record(
 
 
 # The older queued runs of a coalescing job's playbook on its stack, superseded by job $1 (by the
-# partial index `jobs_coalescible`, migration 0009).
+# partial index `jobs_coalescible`, migration 0008).
 SUPERSEDE = (
     "UPDATE jobs SET status = 'coalesced', coalesced_into = $1, finished_at = $2"
     " WHERE status = 'queued' AND coalesce AND attempts = 0 AND project = $4 AND stack = $5"

@@ -9,19 +9,37 @@ from responder.store.postgres.connection import Connection
 from responder.store.postgres.driver import Db
 from responder.store.postgres.notes import insert_notes
 
+# A queued job `j` that is next on its stack: nothing runs there (a probe of the unique index of
+# running jobs), and no earlier job waits there (a probe of the partial index `jobs_waiting_by_stack`,
+# in a form that no other index can answer; migration 0007 says why).
+FIRST_IN_LINE = """NOT EXISTS (SELECT 1 FROM jobs AS r
+                  WHERE r.status = 'running' AND r.project = j.project AND r.stack = j.stack
+                  OFFSET 0)
+  AND NOT EXISTS (SELECT 1 FROM jobs AS q
+                  WHERE (q.status = 'queued') IS TRUE AND q.project = j.project AND q.stack = j.stack
+                    AND q.id + 0 < j.id
+                  OFFSET 0)"""
+
 # The first queued job of the oldest stack whose first queued job is due and that runs nothing:
 # strict arrival order per stack, after due scheduled jobs join the queue. SKIP LOCKED lets
 # concurrent claimers (other workers, other nodes) pass over a job another is taking instead of
 # queueing behind it; the partial unique index on running jobs is the last word if two ever picked
-# the same stack. One statement: the function (migrations 0004 and 0007) holds the SQL, and why it
-# walks the queue in a pinned plan.
+# the same stack. One statement: the function (migrations 0004 and 0007) holds the SQL, and why its
+# plan is pinned.
 CLAIM = "SELECT * FROM claim_job($1, $2, $3)"
 
 # When the earliest waiting job becomes runnable: a scheduled job (it then joins the queue), or a
 # retry next on its stack. A retry behind a running job is due only when that job ends, which its
-# node announces: counting it would have every idle worker of every node poll until then. The
-# function (migration 0008) holds the SQL, and why it walks the queue.
-NEXT_DUE = "SELECT next_due_at()"
+# node announces: counting it would have every idle worker of every node poll until then. Queued
+# jobs with a time are retries, few: only they are probed.
+NEXT_DUE = f"""
+SELECT MIN(not_before) FROM (
+    SELECT not_before FROM jobs WHERE status = 'scheduled' AND not_before > 0
+    UNION ALL
+    SELECT j.not_before FROM jobs AS j
+    WHERE j.status = 'queued' AND j.not_before > 0 AND {FIRST_IN_LINE}
+) AS waiting
+"""
 
 STEP = (
     "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
@@ -42,22 +60,27 @@ def held(fence: str) -> str:
     return f"({fence}::integer IS NULL OR (status = 'running' AND fence = {fence}))"
 
 
-# A job's result, and whether its commit waits for the WAL flush ($7: lazy, it does not). A result
-# lost with the server's last moments is as a crash's: the job is still running under a lease its
-# node no longer renews, so it is taken over, its stack repaired, and run again (as SQLite's store
-# commits job bookkeeping without fsync). Nothing that depends on it can be durable before it: the
-# WAL is flushed in order, so the next claim on its stack, which waits for its own flush, flushes this
-# commit first. Not waiting drains a backlog of no-op jobs ≈ 1.14× faster (bench/RESULTS.md, "Lazy
-# results"). A result with notes waits, as the server is configured to: their write-back must not be
-# sent for a result that may vanish.
+# A job's result, and whether its commit may skip waiting for the WAL flush ($7). It skips when the
+# job has an attempt left and queues no notes. Such a result lost with the server's last moments is
+# as a crash's: the job is still running under a lease its node no longer renews, so it is taken
+# over, its stack repaired, and run again (as SQLite's store commits job bookkeeping without fsync);
+# meanwhile the API may have shown it finished. A last attempt's result would be recorded as failed
+# by that recovery, and notes' write-back must not be sent for a result that may vanish: those wait,
+# as the server is configured to. Nothing that depends on a result can be durable before it: the WAL
+# is flushed in order, so the next claim on its stack, which waits for its own flush, flushes this
+# commit first. Not waiting drains a backlog of no-op jobs ≈ 1.14× faster (bench/RESULTS.md). Lazy is
+# only ever asked outside a transaction (`finish` runs the notes' in one), so it ends with this
+# statement's own commit.
 FINISH = f"""
 WITH finished AS (
     UPDATE jobs SET status = $1, finished_at = $2, error = $3, outputs = $4, lease_expires_at = NULL
-    WHERE id = $5 AND {held("$6")} RETURNING id
+    WHERE id = $5 AND {held("$6")} RETURNING attempts < max_attempts AS retryable
 )
 SELECT (SELECT count(*) FROM finished) AS changed,
     set_config('synchronous_commit',
-               CASE WHEN $7 THEN 'off' ELSE current_setting('synchronous_commit') END, true)
+               CASE WHEN $7 AND (SELECT bool_and(retryable) FROM finished) THEN 'off'
+                    ELSE current_setting('synchronous_commit') END,
+               true)
 """
 RETRY = (
     "UPDATE jobs SET status = 'queued', not_before = $1, error = $2, lease_expires_at = NULL"
