@@ -1,10 +1,12 @@
 """The PostgreSQL store beyond the contract: migrations, outages, what it cannot hold, its setting."""
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -22,6 +24,7 @@ from tests.postgres_server import PostgresServer
 from tests.test_store_contract import NOW, delivery, job
 
 PASSWORD = "pw-never-shown-4f1d9a"
+T = TypeVar("T")
 
 
 async def schema_rows(url: str) -> list[tuple[int, str, str]]:
@@ -266,29 +269,51 @@ async def test_a_claim_finds_the_due_scheduled_jobs_by_index(postgres_url: str) 
     assert "jobs_due" in plan, plan
 
 
+@contextlib.asynccontextmanager
+async def store_and_session(url: str) -> AsyncIterator[tuple[PostgresStore, asyncpg.Connection]]:
+    """An open store, and a session of its own on which a test plans and runs the store's SQL."""
+    store = PostgresStore(url)
+    await store.open()
+    db = await asyncpg.connect(url)
+    try:
+        yield store, db
+    finally:
+        await db.close()
+        await store.close()
+
+
+async def queue_backlog(store: PostgresStore, prefix: str, **options: Any) -> None:
+    """1,000 queued jobs, each on a stack of its own (s0, s1, ...), recorded 250 at a time."""
+    for start in range(0, 1000, 250):
+        await store.record_deliveries(
+            [
+                (delivery(f"{prefix}{i}"), [job(f"s{i}", **options)])
+                for i in range(start, start + 250)
+            ]
+        )
+
+
+async def jobs_read_by(db: asyncpg.Connection, run: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """What `run` returns on `db`, and how many jobs it read (index fetches, in a transaction of its
+    own)."""
+    async with db.transaction():
+        result = await run()
+        read: int = await db.fetchval(
+            "SELECT idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname = 'jobs'"
+        )
+    return result, read
+
+
 async def test_a_claim_reads_the_queue_up_to_the_job_it_takes(postgres_url: str) -> None:
     """A session that planned its claims while the queue was empty (a node started before a burst)
     still claims from a backlog of 1,000 in a few index reads. Migration 0006's claim asked of each
     candidate whether an earlier job was queued on its stack, and that plan answered it by reading
     every queued job: a claim read the whole backlog, and draining n jobs cost n²."""
-    store = PostgresStore(postgres_url)
-    await store.open()
-    db = await asyncpg.connect(postgres_url)
-    try:
+    async with store_and_session(postgres_url) as (store, db):
         for _ in range(10):  # past plpgsql's first custom plans: the session's plan is now kept
             assert await db.fetch(CLAIM_SQL, NOW, "node-a", NOW + 30) == []
-        for start in range(0, 1000, 250):
-            await store.record_deliveries(
-                [(delivery(f"QBACKLOG{i}"), [job(f"s{i}")]) for i in range(start, start + 250)]
-            )
-        async with db.transaction():
-            claimed = await db.fetch(CLAIM_SQL, NOW, "node-a", NOW + 30)
-            read = await db.fetchval(
-                "SELECT idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname = 'jobs'"
-            )
-    finally:
-        await db.close()
-        await store.close()
+        await queue_backlog(store, "QBACKLOG")
+        claimed, read = await jobs_read_by(db, lambda: db.fetch(CLAIM_SQL, NOW, "node-a", NOW + 30))
     assert [r["stack"] for r in claimed] == ["s0"]
     assert read < 50, f"one claim read {read} jobs"
 
@@ -297,26 +322,13 @@ async def test_next_due_probes_each_waiting_retry_by_its_stack(postgres_url: str
     """An idle worker's `next_due`, planned while the queue was empty, with 20 retries waiting behind
     1,000 queued jobs: each retry's stack is looked up, not the queue before it read (migration
     0006's plan read 20,020 jobs here)."""
-    store = PostgresStore(postgres_url)
-    await store.open()
-    db = await asyncpg.connect(postgres_url)
-    try:
+    async with store_and_session(postgres_url) as (store, db):
         for _ in range(10):  # past the first custom plans: the session's plan is now kept
             assert await db.fetchval(NEXT_DUE_SQL) is None
-        for start in range(0, 1000, 250):
-            await store.record_deliveries(
-                [(delivery(f"QWAIT{i}"), [job(f"w{i}")]) for i in range(start, start + 250)]
-            )
+        await queue_backlog(store, "QWAIT")
         await db.execute("UPDATE jobs SET not_before = $1 + id WHERE id > 980", NOW)
         first_retry = await db.fetchval("SELECT min(not_before) FROM jobs WHERE not_before > 0")
-        async with db.transaction():
-            due = await db.fetchval(NEXT_DUE_SQL)
-            read = await db.fetchval(
-                "SELECT idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname = 'jobs'"
-            )
-    finally:
-        await db.close()
-        await store.close()
+        due, read = await jobs_read_by(db, lambda: db.fetchval(NEXT_DUE_SQL))
     assert due == first_retry
     assert read < 200, f"next_due read {read} jobs"
 
@@ -327,28 +339,14 @@ async def test_a_coalescing_job_finds_the_runs_it_supersedes_by_their_stack(
     """Recording a coalescing job supersedes the older queued runs on its stack: found among that
     stack's own jobs, not by reading every queued job before it (which a plan kept from an empty
     queue did, so each delivery cost more as a backlog grew)."""
-    store = PostgresStore(postgres_url)
-    await store.open()
-    db = await asyncpg.connect(postgres_url)
-    try:
+    async with store_and_session(postgres_url) as (store, db):
         for _ in range(10):  # past the first custom plans: the session's plan is now kept
             assert await db.fetch(SUPERSEDE, 1, NOW, "pb", "proj", "s0") == []
-        for start in range(0, 1000, 250):
-            await store.record_deliveries(
-                [
-                    (delivery(f"QCOAL{i}"), [job(f"s{i}", coalesce=True)])
-                    for i in range(start, start + 250)
-                ]
-            )
+        await queue_backlog(store, "QCOAL", coalesce=True)
         newest = await db.fetchval("SELECT max(id) FROM jobs")
-        async with db.transaction():
-            superseded = await db.fetch(SUPERSEDE, newest + 1, NOW, "pb", "proj", "s0")
-            read = await db.fetchval(
-                "SELECT idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname = 'jobs'"
-            )
-    finally:
-        await db.close()
-        await store.close()
+        superseded, read = await jobs_read_by(
+            db, lambda: db.fetch(SUPERSEDE, newest + 1, NOW, "pb", "proj", "s0")
+        )
     assert [r["playbook"] for r in superseded] == ["pb"]
     assert read < 10, f"superseding read {read} jobs"
 
