@@ -94,6 +94,8 @@ class Runner:
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[int, asyncio.Task[None]] = {}
+        # job id -> the job the store claimed for its worker with that job's result (`_attempt`).
+        self._handoff: dict[int, Job] = {}
         self.leases = LeaseKeeper(
             store,
             self.health,
@@ -256,8 +258,13 @@ class Runner:
             if not self._stopping:
                 await self._wait_for_work(caller, mark)
             return
+        while job is not None:
+            job = await self._run_claimed(job)
+
+    async def _run_claimed(self, job: Job) -> Job | None:
+        """Run a job this worker claimed; the next one, if the store claimed it with the result."""
         self._idle.announce()  # more may be due: the next idle worker looks too
-        task = asyncio.create_task(self._run(job))
+        task = asyncio.create_task(self._run(job, claim_next=True))
         self._running[job.id] = task
         try:
             await asyncio.shield(task)  # a stop() cancels the loop, not the job
@@ -266,11 +273,18 @@ class Runner:
                 await asyncio.wait([task])
             current = asyncio.current_task()
             if current is not None and current.cancelling():
+                if (after := self._handoff.pop(job.id, None)) is not None:
+                    await self._release(after)  # claimed as the stop cancelled this worker
                 raise
             # Only the job was interrupted (its lease is gone, see `_interrupt`): the worker goes on.
         finally:
             self._running.pop(job.id, None)
             self._idle.announce()  # the stack is free: its next job may now run
+        after = self._handoff.pop(job.id, None)
+        if after is not None and self._stopping:
+            await self._release(after)  # as `_claim` does with a claim made while stopping
+            return None
+        return after
 
     async def _claim(self, caller: str) -> Job | None:
         """The next job for this worker, or None. A job claimed as the runner stops is handed back
@@ -343,7 +357,7 @@ class Runner:
         allowed = set(playbook.params) - OPERATOR_PARAMS
         return {**self.params, **{k: v for k, v in job.params.items() if k in allowed}}
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, *, claim_next: bool = False) -> None:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(**_job_context(job))
         started = time.monotonic()
@@ -352,7 +366,7 @@ class Runner:
         )
         self.leases.hold(job)
         try:
-            await self._attempt(job, started)
+            await self._attempt(job, started, claim_next=claim_next)
         except asyncio.CancelledError:
             log.warning("job.interrupted", duration_ms=ms_since(started))
             raise
@@ -367,7 +381,7 @@ class Runner:
             self.leases.release(job.id)
             structlog.contextvars.clear_contextvars()
 
-    async def _attempt(self, job: Job, started: float) -> None:
+    async def _attempt(self, job: Job, started: float, *, claim_next: bool = False) -> None:
         playbook = self.playbooks.get(job.playbook)
         if playbook is None:
             await self._fail(job, f"playbook {job.playbook!r} is not loaded", started)
@@ -433,7 +447,11 @@ class Runner:
         # The playbook's notes are queued with the result (a retried attempt's are dropped: the
         # next attempt writes its own).
         notes = self.notes.plan(job, outcome.status, ctx.notes) if self.notes else []
-        await self._write(
+        # A worker's result also claims its next job (one store call a job, not two), unless the
+        # runner is stopping. Should this call be cancelled after the store committed it (a stop past
+        # its grace, a lost lease), the job it claimed is left running on a lease nobody renews: it
+        # is taken over when that lease expires and recovered as an interrupted job.
+        after = await self._write(
             job,
             lambda: self.store.finish(
                 job.id,
@@ -443,8 +461,11 @@ class Runner:
                 outputs=outputs,
                 fence=job.fence,
                 notes=notes,
+                claim_next=claim_next and not self._stopping,
             ),
         )
+        if after is not None:
+            self._handoff[job.id] = after
         if notes and self.notes:
             self.notes.queued()
         metrics.job_attempt_ended(job.playbook, outcome.status, started, final=True)

@@ -34,6 +34,17 @@ async def test_notes_are_queued_with_the_result_and_read_back_in_order(store: St
     assert queued[0].created_at == NOW and await store.next_note_due() == NOW
 
 
+async def test_notes_and_the_next_claim_share_the_results_transaction(store: Store) -> None:
+    first, behind = await enqueue(store, job("a"), job("a"))
+    claimed = await store.claim_next(NOW)
+    assert claimed is not None and claimed.id == first
+    after = await store.finish(
+        first, JobStatus.SUCCEEDED, NOW, fence=claimed.fence, notes=notes("n"), claim_next=True
+    )
+    assert after is not None and after.id == behind and after.status == JobStatus.RUNNING
+    assert [n.key for n in await store.job_notes(first)] == ["n"]
+
+
 async def test_a_result_refused_under_a_lost_lease_queues_no_notes(store: Store) -> None:
     (job_id,) = await enqueue(store, job())
     claimed = await store.claim_next(NOW)

@@ -428,6 +428,68 @@ async def test_a_claim_that_never_answers_does_not_hold_the_stop(
     assert (await rig.job(job_id)).status == JobStatus.RUNNING
 
 
+async def test_a_worker_with_a_backlog_claims_each_next_job_with_the_last_one_s_result(
+    make_rig: MakeRig,
+) -> None:
+    """One store call a job: after its first claim, a worker's next job comes with its result."""
+    started: list[int | None] = []
+
+    async def note(ctx: Context) -> None:
+        started.append(ctx.job_id)
+
+    rig = await make_rig([book(note)])
+    backlog = [await rig.enqueue(book(note), f"s{i}") for i in range(3)]
+    claims = 0
+    claim_next = rig.store.claim_next
+
+    async def counted(now: float) -> Job | None:
+        nonlocal claims
+        claims += 1
+        return await claim_next(now)
+
+    rig.store.claim_next = counted  # type: ignore[method-assign]
+    await rig.runner.start()
+    jobs = await rig.until_final(*backlog)
+    assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] * 3
+    assert started == backlog  # in arrival order, each once
+    await asyncio.sleep(0.1)
+    assert claims == 2  # the first job's, and one after the last result claimed nothing
+
+
+async def test_a_job_claimed_with_a_result_as_the_runner_stops_is_handed_back_not_run(
+    make_rig: MakeRig,
+) -> None:
+    """A result under way when the stop begins claims the worker's next job: that job is queued
+    again, unstarted, as a claim answering during the stop is."""
+    started: list[int | None] = []
+
+    async def note(ctx: Context) -> None:
+        started.append(ctx.job_id)
+
+    rig = await make_rig([book(note)])
+    first, second = await rig.enqueue(book(note), "s1"), await rig.enqueue(book(note), "s2")
+    finishing, answer = asyncio.Event(), asyncio.Event()
+    finish = rig.store.finish
+
+    async def slow_finish(*args: Any, **kwargs: Any) -> Job | None:
+        if kwargs.get("claim_next"):
+            finishing.set()
+            await answer.wait()
+        return await finish(*args, **kwargs)
+
+    rig.store.finish = slow_finish  # type: ignore[method-assign]
+    await rig.runner.start()
+    await asyncio.wait_for(finishing.wait(), 5)
+    stop = asyncio.create_task(rig.runner.stop(grace=5))
+    await asyncio.sleep(0.1)
+    answer.set()  # the result, and the claim of `second` with it, commit during the stop
+    await asyncio.wait_for(stop, 10)
+    assert started == [first]
+    assert (await rig.job(first)).status == JobStatus.SUCCEEDED
+    job = await rig.job(second)
+    assert job.status == JobStatus.QUEUED and job.attempts == 0 and job.started_at is None
+
+
 async def test_cancelling_a_waiting_retry_lets_the_next_job_on_its_stack_run_at_once(
     make_rig: MakeRig,
 ) -> None:

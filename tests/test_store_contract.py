@@ -323,6 +323,46 @@ async def test_a_released_claim_is_back_in_its_place_as_if_never_claimed(store: 
     assert again.attempts == 1 and again.started_at == NOW + 1 and again.fence > claimed.fence
 
 
+async def test_a_result_can_claim_its_workers_next_job_after_freeing_its_stack(
+    store: Store,
+) -> None:
+    """`finish(claim_next=True)` claims as `claim_next()` would once the result is written: the job
+    behind the finished one on its stack (now free) comes before a later job elsewhere."""
+    first, behind, elsewhere = await enqueue(store, job("a"), job("a"), job("b"))
+    running = await store.claim_next(NOW)
+    assert running is not None and running.id == first
+    after = await store.finish(
+        first, JobStatus.SUCCEEDED, NOW + 1, fence=running.fence, claim_next=True
+    )
+    assert after is not None and after.id == behind
+    assert (after.status, after.attempts, after.node, after.fence) == (
+        JobStatus.RUNNING,
+        1,
+        store.node,
+        running.fence,  # its own first claim: fences count per job
+    )
+    assert (after.started_at, after.lease_expires_at) == (NOW + 1, NOW + 1 + store.lease)
+    assert await store.get_job(behind) == replace(after, steps=())
+    done = await store.get_job(first)
+    assert done is not None and done.status == JobStatus.SUCCEEDED
+    last = await store.finish(behind, JobStatus.FAILED, NOW + 2, fence=after.fence, claim_next=True)
+    assert last is not None and last.id == elsewhere
+    assert await store.finish(elsewhere, JobStatus.SUCCEEDED, NOW + 3, claim_next=True) is None
+
+
+async def test_a_result_claims_nothing_unless_asked_or_if_it_is_refused(store: Store) -> None:
+    first, behind = await enqueue(store, job("a"), job("b"))
+    running = await store.claim_next(NOW)
+    assert running is not None and running.id == first
+    with pytest.raises(LeaseLost):  # a stale fence: no result, and no claim with it
+        await store.finish(
+            first, JobStatus.SUCCEEDED, NOW, fence=running.fence + 1, claim_next=True
+        )
+    assert await store.finish(first, JobStatus.SUCCEEDED, NOW, fence=running.fence) is None
+    waiting = await store.get_job(behind)
+    assert waiting is not None and waiting.status == JobStatus.QUEUED and waiting.attempts == 0
+
+
 async def test_a_released_retry_keeps_its_earlier_attempts(store: Store) -> None:
     [first] = await enqueue(store, job("a"))
     claimed = await store.claim_next(NOW)
@@ -843,7 +883,7 @@ async def test_a_claim_leases_the_job_to_this_node_with_a_new_fence(store: Store
     assert await store.list_jobs(status=JobStatus.RUNNING) == [second]
 
 
-WRITES: dict[str, Callable[[Store, int, int], Awaitable[None]]] = {
+WRITES: dict[str, Callable[[Store, int, int], Awaitable[object]]] = {
     "add_step": lambda s, j, f: s.add_step(j, StepRecord("up", NOW, 1.0, "succeeded"), fence=f),
     "finish": lambda s, j, f: s.finish(j, JobStatus.SUCCEEDED, NOW, outputs={"a": 1}, fence=f),
     "retry_later": lambda s, j, f: s.retry_later(j, NOW + 9, "again", fence=f),

@@ -355,8 +355,9 @@ async def test_a_result_with_an_attempt_left_commits_without_waiting_for_the_wal
     """A job's result is committed lazily when it has an attempt left and queues no notes: lost with
     the server's last moments, the job is run again, as after a crash. A last attempt's result waits
     (that recovery would record it failed), and so does one with notes (their write-back is sent
-    once committed). Shown with commits that wait made to wait for good: for a synchronous standby
-    that is not there."""
+    once committed), and one that claims the worker's next job (forgotten, it could run twice).
+    Shown with commits that wait made to wait for good: for a synchronous standby that is not
+    there."""
     server = PostgresServer()
     await asyncio.to_thread(server.start)
     store = PostgresStore(server.url(), command_timeout=5)
@@ -366,17 +367,27 @@ async def test_a_result_with_an_attempt_left_commits_without_waiting_for_the_wal
         await admin.execute("ALTER DATABASE postgres SET synchronous_commit = on")
         await store.open()
         last_one = dataclasses.replace(job("r3"), max_attempts=1)
-        jobs = [job("r1"), job("r2"), last_one]
+        jobs = [job("r1"), job("r2"), last_one, job("r4"), job("r5")]
         await store.record_deliveries([(delivery(f"QRESULT{j.stack}"), [j]) for j in jobs])
-        lazy, with_notes, last = [await store.claim_next(NOW) for _ in range(3)]
+        lazy, with_notes, last, claimer = [await store.claim_next(NOW) for _ in range(4)]
         assert lazy is not None and with_notes is not None and last is not None
+        assert claimer is not None and claimer.stack == "r4"
         assert last.max_attempts == 1
         await admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
         await admin.execute("SELECT pg_reload_conf()")
         await asyncio.sleep(0.5)  # the server's processes reload their configuration
 
+        with pytest.raises(TimeoutError):  # it claims r5: it waits
+            await asyncio.wait_for(
+                store.finish(
+                    claimer.id, JobStatus.SUCCEEDED, NOW, fence=claimer.fence, claim_next=True
+                ),
+                timeout=1,
+            )
+        # Nothing left to claim: lazy again.
         await asyncio.wait_for(
-            store.finish(lazy.id, JobStatus.SUCCEEDED, NOW, fence=lazy.fence), timeout=3
+            store.finish(lazy.id, JobStatus.SUCCEEDED, NOW, fence=lazy.fence, claim_next=True),
+            timeout=3,
         )
         found = await admin.fetchval("SELECT status FROM jobs WHERE id = $1", lazy.id)
         assert found == JobStatus.SUCCEEDED

@@ -156,9 +156,12 @@ class Store(Protocol):
         outputs: JsonObject | None = None,
         fence: int | None = None,
         notes: Sequence[NewNote] = (),
-    ) -> None:
+        claim_next: bool = False,
+    ) -> Job | None:
         """Record a job's end, and queue its `notes` in the same transaction (none if the write is
-        refused: a job whose result is not written sends nothing)."""
+        refused: a job whose result is not written sends nothing). With `claim_next`, claim this
+        node's next job in that transaction too, as `claim_next()` would, and return it (one store
+        call a job for a worker with a backlog; nothing is claimed if the write changed nothing)."""
 
     async def retry_later(
         self, job_id: int, not_before: float, error: str, *, fence: int | None = None

@@ -60,28 +60,20 @@ def held(fence: str) -> str:
     return f"({fence}::integer IS NULL OR (status = 'running' AND fence = {fence}))"
 
 
-# A job's result, and whether its commit may skip waiting for the WAL flush ($7). It skips when the
-# job has an attempt left and queues no notes. Such a result lost with the server's last moments is
-# as a crash's: the job is still running under a lease its node no longer renews, so it is taken
+# A job's result, and whether its commit may skip waiting for the WAL flush; then, if asked, the
+# claim of this node's next job, in the same transaction (`finish_job`, migration 0009: one round
+# trip and one commit a job, not two). The result skips the flush when the job has an attempt left,
+# queues no notes, and nothing was claimed with it. Such a result lost with the server's last moments
+# is as a crash's: the job is still running under a lease its node no longer renews, so it is taken
 # over, its stack repaired, and run again (as SQLite's store commits job bookkeeping without fsync);
 # meanwhile the API may have shown it finished. A last attempt's result would be recorded as failed
-# by that recovery, and notes' write-back must not be sent for a result that may vanish: those wait,
-# as the server is configured to. Nothing that depends on a result can be durable before it: the WAL
-# is flushed in order, so the next claim on its stack, which waits for its own flush, flushes this
-# commit first. Not waiting drains a backlog of no-op jobs ≈ 1.14× faster (bench/RESULTS.md). Lazy is
-# only ever asked outside a transaction (`finish` runs the notes' in one), so it ends with this
-# statement's own commit.
-FINISH = f"""
-WITH finished AS (
-    UPDATE jobs SET status = $1, finished_at = $2, error = $3, outputs = $4, lease_expires_at = NULL
-    WHERE id = $5 AND {held("$6")} RETURNING attempts < max_attempts AS retryable
-)
-SELECT (SELECT count(*) FROM finished) AS changed,
-    set_config('synchronous_commit',
-               CASE WHEN $7 AND (SELECT bool_and(retryable) FROM finished) THEN 'off'
-                    ELSE current_setting('synchronous_commit') END,
-               true)
-"""
+# by that recovery, notes' write-back must not be sent for a result that may vanish, and a claim must
+# not be forgotten while its job runs: those wait, as the server is configured to. Nothing that
+# depends on a result can be durable before it: the WAL is flushed in order, so the next claim on its
+# stack, which waits for its own flush, flushes this commit first. Not waiting drains a backlog of
+# no-op jobs ≈ 1.14× faster (bench/RESULTS.md). Lazy is only ever asked outside a transaction
+# (`finish` runs the notes' in one), so it ends with this statement's own commit.
+FINISH = "SELECT changed, (claimed).* FROM finish_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 RETRY = (
     "UPDATE jobs SET status = 'queued', not_before = $1, error = $2, lease_expires_at = NULL"
     f" WHERE id = $3 AND {held('$4')}"
@@ -133,24 +125,29 @@ class JobQueue(Connection):
         outputs: JsonObject | None = None,
         fence: int | None = None,
         notes: Sequence[NewNote] = (),
-    ) -> None:
+        claim_next: bool = False,
+    ) -> Job | None:
         encoded = json.dumps(outputs) if outputs is not None else None
-        args = (status.value, now, error, encoded, job_id, fence)
+        claimer = self.node if claim_next else None
+        args = (status.value, now, error, encoded, job_id, fence, not notes, now, claimer)
 
-        async def finish(db: Db) -> int:
-            changed: int = await db.fetchval(FINISH, *args, not notes)
+        async def finish(db: Db) -> tuple[int, Job | None]:
+            row = await db.fetchrow(FINISH, *args, now + self.lease)
+            assert row is not None  # one row, always
+            changed: int = row["changed"]
             _check_held(changed, job_id, fence)  # rolls the notes back with it
             if notes and changed:
                 await insert_notes(db, job_id, notes, now)
-            return changed
+            return changed, rows.job(row) if row["id"] is not None else None
 
         # One statement without notes: no transaction's extra round trips on the common path.
         if notes:
-            changed = await self._write(finish)
+            changed, claimed = await self._write(finish)
         else:
-            changed = await self._run(finish)
+            changed, claimed = await self._run(finish)
         if changed:
             self._announce()  # its stack is free: the next job there may run
+        return claimed
 
     async def retry_later(
         self, job_id: int, not_before: float, error: str, *, fence: int | None = None

@@ -65,14 +65,13 @@ STEP = "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error
 
 class JobQueue(Connection):
     async def claim_next(self, now: float) -> Job | None:
-        def claim(db: sqlite3.Connection) -> Job | None:
-            db.execute(PROMOTE_DUE, (now,))
-            row = db.execute(
-                CLAIM, {"now": now, "node": self.node, "expires": now + self.lease}
-            ).fetchone()
-            return rows.job(row) if row is not None else None
+        return await self._write(lambda db: self._claim(db, now))
 
-        return await self._write(claim)
+    def _claim(self, db: sqlite3.Connection, now: float) -> Job | None:
+        db.execute(PROMOTE_DUE, (now,))
+        row = db.execute(CLAIM, {"now": now, "node": self.node, "expires": now + self.lease})
+        found = row.fetchone()
+        return rows.job(found) if found is not None else None
 
     async def next_due(self) -> float | None:
         def due(db: sqlite3.Connection) -> float | None:
@@ -108,20 +107,24 @@ class JobQueue(Connection):
         outputs: JsonObject | None = None,
         fence: int | None = None,
         notes: Sequence[NewNote] = (),
-    ) -> None:
+        claim_next: bool = False,
+    ) -> Job | None:
         encoded = json.dumps(outputs) if outputs is not None else None
 
-        def finish(db: sqlite3.Connection) -> None:
+        def finish(db: sqlite3.Connection) -> Job | None:
             cursor = db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?, outputs = ?,"
                 f" lease_expires_at = NULL WHERE id = ? AND {HELD}",
                 (status.value, now, error, encoded, job_id, fence, fence),
             )
             _check_held(cursor, job_id, fence)  # rolls the notes back with it
-            if notes and cursor.rowcount:
+            if not cursor.rowcount:
+                return None
+            if notes:
                 insert_notes(db, job_id, notes, now)
+            return self._claim(db, now) if claim_next else None
 
-        await self._write(finish)
+        return await self._write(finish)
 
     async def retry_later(
         self, job_id: int, not_before: float, error: str, *, fence: int | None = None
