@@ -174,6 +174,26 @@ async def test_work_made_runnable_close_together_is_announced_once(
     assert wakes.count == 2
 
 
+async def test_work_made_runnable_just_before_a_node_closes_is_still_announced(
+    nodes: Callable[[], Awaitable[PostgresStore]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopping node hands its claims back, then closes its store within the announcement's
+    window: the others hear of those jobs then, not at their next poll."""
+    # Longer than the test: only the close can send it.
+    monkeypatch.setattr(connection, "ANNOUNCE_WINDOW", 30.0)
+    listener, other = await nodes(), await nodes()
+    wakes = Wakes()
+    await listener.listen(wakes)
+    await enqueue(listener, job("a"))  # the listener's own work: no wake-up
+    claimed = await other.claim_next(NOW)
+    assert claimed is not None
+    await other.release(claimed.id, claimed.fence)
+    await asyncio.sleep(0.3)
+    assert wakes.count == 0  # still in the window
+    await asyncio.wait_for(other.close(), 5)
+    assert await wakes.next() == 1
+
+
 async def test_a_lost_listening_connection_is_reconnected_and_logged(
     nodes: Callable[[], Awaitable[PostgresStore]], postgres_url: str, logs: LogCapture
 ) -> None:

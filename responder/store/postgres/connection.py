@@ -6,6 +6,7 @@
 # concurrent writers is retried first, since running the transaction again is all PostgreSQL asks.
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -38,6 +39,7 @@ CHANNEL = "responder_jobs"
 # for what follows it; other nodes hear of new work that much later (this node's own workers are
 # woken at once, by the runner).
 ANNOUNCE_WINDOW = 0.01  # seconds
+CLOSING_NOTIFY_TIMEOUT = 1.0  # seconds: the announcement still pending when the store closes
 
 
 class Conflict(Exception):
@@ -94,6 +96,12 @@ class Connection:
         if announcer is not None:
             announcer.cancel()
             await asyncio.gather(announcer, return_exceptions=True)
+        if self._unannounced and self._pool is not None:
+            # Work made runnable in the last window (jobs a stopping runner handed back): the other
+            # nodes hear of it now, not at their next poll. Best effort, briefly.
+            self._unannounced = False
+            with contextlib.suppress(StoreUnavailable, TimeoutError):
+                await asyncio.wait_for(self._notify(), CLOSING_NOTIFY_TIMEOUT)
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -130,12 +138,16 @@ class Connection:
             await asyncio.sleep(ANNOUNCE_WINDOW)
             self._unannounced = False
             try:
-                await self._run(
-                    lambda db: db.execute("SELECT pg_notify($1, $2)", CHANNEL, self.node)
-                )
+                await self._notify()
+            except asyncio.CancelledError:
+                self._unannounced = True  # perhaps not sent: `close` sends it
+                raise
             except StoreUnavailable as e:  # best effort: the other nodes poll too
                 log.warning("store.notify_failed", error=str(e))
                 return
+
+    async def _notify(self) -> None:
+        await self._run(lambda db: db.execute("SELECT pg_notify($1, $2)", CHANNEL, self.node))
 
     async def _run(self, fn: Work[T]) -> T:
         """`fn` on a pooled connection, each statement committed on its own (reads, single updates)."""
