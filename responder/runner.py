@@ -316,7 +316,7 @@ class Runner:
 
     async def _release(self, job: Job) -> None:
         """Hand the job back to the queue, within RELEASE_WAIT even through the stop's cancel."""
-        release = asyncio.ensure_future(self.store.release(job.id, job.fence))
+        release = asyncio.ensure_future(self.store.release(job.id, job.fence, self.clock()))
         waited = asyncio.ensure_future(asyncio.wait([release], timeout=RELEASE_WAIT))
         cancelled = False
         while not waited.done():
@@ -330,6 +330,9 @@ class Runner:
         elif release.cancelled() or release.exception() is not None:
             error = "cancelled" if release.cancelled() else str(release.exception())
             log.warning("job.release_failed", job_id=job.id, error=error)
+        elif (status := release.result()) == JobStatus.CANCELLED:  # asked while it was claimed
+            log.info("job.cancelled", job_id=job.id, reason="cancelled before it started")
+            metrics.jobs_ended([(job.playbook, status.value)])
         else:
             log.info("job.released", job_id=job.id, reason="the runner is stopping")
         if cancelled:

@@ -330,6 +330,36 @@ async def test_a_claim_the_stop_cancelled_is_handed_back_unstarted(make_rig: Mak
     assert started == []
 
 
+async def test_a_claim_handed_back_after_its_cancel_was_asked_ends_cancelled(
+    make_rig: MakeRig,
+) -> None:
+    """Cancelled while its claim had not answered, then handed back by the stop: the job ends
+    cancelled there, unstarted, instead of waiting in the queue for a claim to cancel it."""
+    started: list[int | None] = []
+
+    async def note(ctx: Context) -> None:
+        started.append(ctx.job_id)
+
+    rig = await make_rig([book(note)])
+    job_id = await rig.enqueue(book(note))
+    taken, gate = gate_claims(rig)
+    await rig.runner.start()
+    await until(lambda: any(taken), "the worker claimed the job", timeout=5)
+    asked = await rig.runner.cancel(job_id)
+    assert asked is not None and asked.status == JobStatus.RUNNING and asked.cancel_requested
+    stopping = asyncio.create_task(rig.runner.stop(grace=1))
+    await asyncio.sleep(0.1)
+    gate.set()
+    await asyncio.wait_for(stopping, 5)
+    job = await rig.job(job_id)
+    assert (job.status, job.attempts, job.error) == (
+        JobStatus.CANCELLED,
+        0,
+        "cancelled by request",
+    )
+    assert started == []
+
+
 @dataclass
 class Stopping:
     """A stop under way while the first job drains and a second job's claim waits to answer."""
@@ -392,10 +422,10 @@ async def test_a_release_under_way_is_seen_through_when_the_stop_cancels_its_wor
     releasing, answer = asyncio.Event(), asyncio.Event()
     release = store.release
 
-    async def slow_release(job_id: int, fence: int) -> None:
+    async def slow_release(job_id: int, fence: int, now: float) -> JobStatus:
         releasing.set()
         await answer.wait()
-        await release(job_id, fence)
+        return await release(job_id, fence, now)
 
     store.release = slow_release  # type: ignore[method-assign]
     stopping.gate.set()

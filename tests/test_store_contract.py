@@ -309,7 +309,7 @@ async def test_a_released_claim_is_back_in_its_place_as_if_never_claimed(store: 
     first, _behind = await enqueue(store, job("a"), job("a"))
     claimed = await store.claim_next(NOW)
     assert claimed is not None and claimed.id == first
-    await store.release(first, claimed.fence)
+    assert await store.release(first, claimed.fence, NOW) == JobStatus.QUEUED
     released = await store.get_job(first)
     assert released is not None and released.status == JobStatus.QUEUED
     assert released.attempts == 0 and released.started_at is None
@@ -317,10 +317,31 @@ async def test_a_released_claim_is_back_in_its_place_as_if_never_claimed(store: 
     with pytest.raises(LeaseLost):  # that claim holds it no more: its writes fail
         await store.finish(first, JobStatus.SUCCEEDED, NOW, fence=claimed.fence)
     with pytest.raises(LeaseLost):  # nor can it be released twice
-        await store.release(first, claimed.fence)
+        await store.release(first, claimed.fence, NOW)
     again = await store.claim_next(NOW + 1)
     assert again is not None and again.id == first  # not the job behind it
     assert again.attempts == 1 and again.started_at == NOW + 1 and again.fence > claimed.fence
+
+
+async def test_a_released_claim_whose_cancel_was_asked_ends_cancelled(store: Store) -> None:
+    """A cancel asked while the job was claimed (it looked running) is carried out when the claim
+    is handed back: the job never started, and its stack is free for the job behind it."""
+    first, behind = await enqueue(store, job("a"), job("a"))
+    claimed = await store.claim_next(NOW)
+    assert claimed is not None and claimed.id == first
+    flagged = await store.request_cancel(first, NOW + 1)
+    assert flagged is not None and flagged.status == JobStatus.RUNNING
+    assert await store.release(first, claimed.fence, NOW + 2) == JobStatus.CANCELLED
+    ended = await store.get_job(first)
+    assert ended is not None
+    assert (ended.status, ended.finished_at, ended.error) == (
+        JobStatus.CANCELLED,
+        NOW + 2,
+        "cancelled by request",
+    )
+    assert ended.attempts == 0 and ended.lease_expires_at is None
+    nxt = await store.claim_next(NOW + 3)
+    assert nxt is not None and nxt.id == behind
 
 
 async def test_a_result_can_claim_its_workers_next_job_after_freeing_its_stack(
@@ -370,7 +391,7 @@ async def test_a_released_retry_keeps_its_earlier_attempts(store: Store) -> None
     await store.retry_later(first, NOW + 5, "transient", fence=claimed.fence)
     retried = await store.claim_next(NOW + 5)
     assert retried is not None and retried.attempts == 2
-    await store.release(first, retried.fence)
+    await store.release(first, retried.fence, NOW)
     released = await store.get_job(first)
     assert released is not None and released.status == JobStatus.QUEUED
     assert released.attempts == 1 and released.error == "transient"

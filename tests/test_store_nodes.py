@@ -187,7 +187,7 @@ async def test_work_made_runnable_just_before_a_node_closes_is_still_announced(
     await enqueue(listener, job("a"))  # the listener's own work: no wake-up
     claimed = await other.claim_next(NOW)
     assert claimed is not None
-    await other.release(claimed.id, claimed.fence)
+    await other.release(claimed.id, claimed.fence, NOW)
     await asyncio.sleep(0.3)
     assert wakes.count == 0  # still in the window
     await asyncio.wait_for(other.close(), 5)

@@ -167,10 +167,11 @@ class Store(Protocol):
         self, job_id: int, not_before: float, error: str, *, fence: int | None = None
     ) -> None: ...
 
-    async def release(self, job_id: int, fence: int) -> None:
+    async def release(self, job_id: int, fence: int, now: float) -> JobStatus:
         """Hand back a job claimed under `fence` that never started (its worker stopped first):
-        queued again in its place, with its lease dropped and the attempt not counted. LeaseLost if
-        that claim no longer holds it."""
+        queued again in its place, with its lease dropped and the attempt not counted; or, if its
+        cancel was asked meanwhile, cancelled at `now`. Its new status. LeaseLost if that claim no
+        longer holds it."""
 
     async def get_job(self, job_id: int) -> Job | None: ...
     async def unfinished_job_counts(self) -> dict[JobStatus, int]:

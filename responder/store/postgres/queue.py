@@ -80,9 +80,12 @@ RETRY = (
 )
 # As SQLite's (`responder.store.sqlite.queue.RELEASE`).
 RELEASE = (
-    "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_expires_at = NULL,"
-    " started_at = CASE WHEN attempts > 1 THEN started_at END"
-    " WHERE id = $1 AND status = 'running' AND fence = $2"
+    "UPDATE jobs SET attempts = attempts - 1, lease_expires_at = NULL,"
+    " started_at = CASE WHEN attempts > 1 THEN started_at END,"
+    " status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,"
+    " finished_at = CASE WHEN cancel_requested THEN $3::double precision END,"
+    " error = CASE WHEN cancel_requested THEN 'cancelled by request' ELSE error END"
+    " WHERE id = $1 AND status = 'running' AND fence = $2 RETURNING status"
 )
 AWAIT_APPROVAL = (
     "UPDATE jobs SET status = 'awaiting_approval', plan = $1, approved_plan = NULL,"
@@ -158,10 +161,12 @@ class JobQueue(Connection):
         if changed:
             self._announce()
 
-    async def release(self, job_id: int, fence: int) -> None:
-        status = await self._run(lambda db: db.execute(RELEASE, job_id, fence))
-        _check_held(rows.affected(status), job_id, fence)
-        self._announce()  # runnable again, by any node
+    async def release(self, job_id: int, fence: int, now: float) -> JobStatus:
+        status = await self._run(lambda db: db.fetchval(RELEASE, job_id, fence, now))
+        if status is None:
+            raise LeaseLost(job_id)
+        self._announce()  # runnable again, by any node (or its stack free, if it was cancelled)
+        return JobStatus(status)
 
     async def await_approval(
         self, job_id: int, plan: JsonObject, now: float, *, fence: int | None = None

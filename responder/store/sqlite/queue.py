@@ -55,10 +55,14 @@ SELECT MIN(not_before) FROM (
 HELD = "(? IS NULL OR (status = 'running' AND fence = ?))"
 # A claim handed back unstarted: queued again, its attempt uncounted, its lease dropped (and the
 # start time of a first attempt); its fence stays spent, so that a write made under it still fails.
+# A job whose cancel was asked meanwhile ends cancelled instead, as a waiting job's cancel ends it.
 RELEASE = (
-    "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_expires_at = NULL,"
-    " started_at = CASE WHEN attempts > 1 THEN started_at END"
-    " WHERE id = ? AND status = 'running' AND fence = ?"
+    "UPDATE jobs SET attempts = attempts - 1, lease_expires_at = NULL,"
+    " started_at = CASE WHEN attempts > 1 THEN started_at END,"
+    " status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,"
+    " finished_at = CASE WHEN cancel_requested THEN :now END,"
+    " error = CASE WHEN cancel_requested THEN 'cancelled by request' ELSE error END"
+    " WHERE id = :id AND status = 'running' AND fence = :fence RETURNING status"
 )
 STEP = "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
 
@@ -138,9 +142,14 @@ class JobQueue(Connection):
         )
         _check_held(cursor, job_id, fence)
 
-    async def release(self, job_id: int, fence: int) -> None:
-        cursor = await self._run(lambda db: db.execute(RELEASE, (job_id, fence)))
-        _check_held(cursor, job_id, fence)
+    async def release(self, job_id: int, fence: int, now: float) -> JobStatus:
+        def release(db: sqlite3.Connection) -> JobStatus:
+            row = db.execute(RELEASE, {"id": job_id, "fence": fence, "now": now}).fetchone()
+            if row is None:
+                raise LeaseLost(job_id)
+            return JobStatus(row[0])
+
+        return await self._write(release)
 
     async def await_approval(
         self, job_id: int, plan: JsonObject, now: float, *, fence: int | None = None
