@@ -331,7 +331,7 @@ class Runner:
             error = "cancelled" if release.cancelled() else str(release.exception())
             log.warning("job.release_failed", job_id=job.id, error=error)
         elif (status := release.result()) == JobStatus.CANCELLED:  # asked while it was claimed
-            log.info("job.cancelled", job_id=job.id, reason="cancelled before it started")
+            log.warning("job.cancelled", job_id=job.id, reason="cancelled before it started")
             metrics.jobs_ended([(job.playbook, status.value)])
         else:
             log.info("job.released", job_id=job.id, reason="the runner is stopping")
