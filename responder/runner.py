@@ -1,6 +1,7 @@
 """The job runner: workers claim jobs from the store, run their playbooks, and recover after a crash."""
 
 import asyncio
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ from responder.notes import NotePlanner
 from responder.outcome import judge, log_failed, ms_since
 from responder.playbook import OPERATOR_PARAMS, Context, Playbook
 from responder.stacks import StackOperations, StackTarget
-from responder.store import Caps, Job, JobStatus, LeaseLost, Store
+from responder.store import Caps, Job, JobStatus, LeaseLost, NextClaim, Store
 
 T = TypeVar("T")
 
@@ -291,11 +292,22 @@ class Runner:
         to the queue: run now, it would outlast the stop's grace; left running, the next start would
         repair its stack as an interrupted job's. So is one whose claim the stop cancelled, since
         that write may still commit: it is waited for, briefly."""
+        token = new_claim_token()  # a retry of this claim gets the job it may already have taken
         claim = asyncio.ensure_future(
-            self.health.call(caller, lambda: self.store.claim_next(self.clock()))
+            self.health.call(caller, lambda: self.store.claim_next(self.clock(), token))
         )
+        job = await self._seen_through(claim)
+        if job is not None and self._stopping:
+            await self._release(job)
+            return None
+        return job
+
+    async def _seen_through(self, claim: "asyncio.Future[Job | None]") -> Job | None:
+        """What a store call that may claim a job claimed. Cancelled meanwhile, the call (whose write
+        may still commit) is waited for, briefly, and the job it claimed handed back; then the
+        cancel goes on."""
         try:
-            job = await asyncio.shield(claim)
+            return await asyncio.shield(claim)
         except asyncio.CancelledError:
             try:
                 await asyncio.wait([claim], timeout=RELEASE_WAIT)
@@ -303,16 +315,10 @@ class Runner:
                 claim.cancel()  # no answer: the next start recovers whatever it took
             if claim.done() and not claim.cancelled():
                 if (error := claim.exception()) is not None:
-                    log.warning(
-                        "job.claim_failed", error=str(error), reason="the runner is stopping"
-                    )
+                    log.warning("job.claim_failed", error=str(error), reason="cancelled")
                 elif (taken := claim.result()) is not None:
                     await self._release(taken)
             raise
-        if job is not None and self._stopping:
-            await self._release(job)
-            return None
-        return job
 
     async def _release(self, job: Job) -> None:
         """Hand the job back to the queue, within RELEASE_WAIT even through the stop's cancel."""
@@ -326,15 +332,17 @@ class Runner:
                 cancelled = True
         if not release.done():
             release.cancel()
-            log.warning("job.release_failed", job_id=job.id, error="the store did not answer")
-        elif release.cancelled() or release.exception() is not None:
-            error = "cancelled" if release.cancelled() else str(release.exception())
-            log.warning("job.release_failed", job_id=job.id, error=error)
-        elif (status := release.result()) == JobStatus.CANCELLED:  # asked while it was claimed
-            log.warning("job.cancelled", job_id=job.id, reason="cancelled before it started")
-            metrics.jobs_ended([(job.playbook, status.value)])
-        else:
-            log.info("job.released", job_id=job.id, reason="the runner is stopping")
+        # In its own job's context: the worker may still have another job's bound.
+        with structlog.contextvars.bound_contextvars(**_job_context(job)):
+            if not release.done() or release.cancelled():
+                log.warning("job.release_failed", error="the store did not answer")
+            elif release.exception() is not None:
+                log.warning("job.release_failed", error=str(release.exception()))
+            elif (status := release.result()) == JobStatus.CANCELLED:  # asked while claimed
+                log.warning("job.cancelled", reason="cancelled before it started")
+                metrics.jobs_ended([(job.playbook, status.value)])
+            else:
+                log.info("job.released", reason="the runner is stopping")
         if cancelled:
             raise asyncio.CancelledError
 
@@ -451,21 +459,25 @@ class Runner:
         # next attempt writes its own).
         notes = self.notes.plan(job, outcome.status, ctx.notes) if self.notes else []
         # A worker's result also claims its next job (one store call a job, not two), unless the
-        # runner is stopping. Should this call be cancelled after the store committed it (a stop past
-        # its grace, a lost lease), the job it claimed is left running on a lease nobody renews: it
-        # is taken over when that lease expires and recovered as an interrupted job.
-        after = await self._write(
-            job,
-            lambda: self.store.finish(
-                job.id,
-                outcome.status,
-                now,
-                error=error or None,
-                outputs=outputs,
-                fence=job.fence,
-                notes=notes,
-                claim_next=claim_next and not self._stopping,
-            ),
+        # runner is stopping. Its token makes a retry after a lost answer get that job back, and a
+        # cancel meanwhile (a stop past its grace, a lost lease) hands it back.
+        token = new_claim_token() if claim_next and not self._stopping else None
+        after = await self._seen_through(
+            asyncio.ensure_future(
+                self._write(
+                    job,
+                    lambda: self.store.finish(
+                        job.id,
+                        outcome.status,
+                        now,
+                        error=error or None,
+                        outputs=outputs,
+                        fence=job.fence,
+                        notes=notes,
+                        then_claim=NextClaim(token, self.clock()) if token else None,
+                    ),
+                )
+            )
         )
         if after is not None:
             self._handoff[job.id] = after
@@ -489,6 +501,10 @@ class Runner:
         """Error text bound for the store and the API: an exception may quote a registered secret,
         and the log's redactor only guards the log."""
         return str(self.redactor.redact(text))
+
+
+def new_claim_token() -> str:
+    return secrets.token_hex(8)
 
 
 def _job_context(job: Job) -> dict[str, Any]:

@@ -215,7 +215,7 @@ async def test_a_version_0_store_is_upgraded(tmp_path: Path) -> None:
         assert await store.delivery_ids() == {"a1", "a2"}
         assert [j.delivery_id for j in await store.list_jobs()] == ["a1"]
         assert rows(store, "SELECT body FROM payloads") == [(b"{}",)]
-        assert rows(store, "PRAGMA user_version") == [(3,)]
+        assert rows(store, "PRAGMA user_version") == [(4,)]
         assert rows(store, "PRAGMA foreign_key_check") == []
         assert not (await store.record_delivery(delivery("a1"), [])).created
         assert (await store.record_delivery(delivery("new", incident="Q3"), [job()])).created
@@ -304,16 +304,18 @@ async def test_a_prune_keeps_a_body_a_new_delivery_took_between_its_batches(
     assert rows(store, "PRAGMA foreign_key_check") == []
 
 
-@pytest.mark.parametrize("statement", ["CLAIM", "NEXT_DUE"])
+@pytest.mark.parametrize("statement", ["CLAIM", "CLAIMED_BEFORE", "NEXT_DUE"])
 async def test_the_runner_s_queue_statements_never_scan_the_jobs_table(
     store: SQLiteStore, statement: str
 ) -> None:
-    """Both run on every claim and every idle worker's wait, behind the intake's commits on the
+    """They run on every claim and every idle worker's wait, behind the intake's commits on the
     store's one thread: a full scan there costs every caller (17 ms at 13,000 queued jobs)."""
     from responder.store.sqlite import queue
 
     sql = getattr(queue, statement)
-    params = {"now": NOW, "node": "n", "expires": NOW + 30} if ":now" in sql else ()
+    params: Any = ("n", "token") if statement == "CLAIMED_BEFORE" else ()
+    if ":now" in sql:
+        params = {"now": NOW, "node": "n", "expires": NOW + 30, "token": None}
     plan = await store._run(lambda db: db.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall())
     details = [row[3] for row in plan]
     assert not [d for d in details if d.startswith("SCAN")], details

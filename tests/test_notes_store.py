@@ -4,7 +4,7 @@ transaction, claimed by one sender at a time, settled only under the claim, resu
 import asyncio
 
 from responder.store import JobStatus, LeaseLost, NewNote, NoteStatus, Store
-from tests.test_store_contract import NOW, Harness, enqueue, harness, job, store
+from tests.test_store_contract import NOW, Harness, enqueue, harness, job, next_claim, store
 
 __all__ = ["harness", "store"]  # the contract's fixtures, used here
 
@@ -39,10 +39,25 @@ async def test_notes_and_the_next_claim_share_the_results_transaction(store: Sto
     claimed = await store.claim_next(NOW)
     assert claimed is not None and claimed.id == first
     after = await store.finish(
-        first, JobStatus.SUCCEEDED, NOW, fence=claimed.fence, notes=notes("n"), claim_next=True
+        first,
+        JobStatus.SUCCEEDED,
+        NOW,
+        fence=claimed.fence,
+        notes=notes("n"),
+        then_claim=next_claim(NOW),
     )
     assert after is not None and after.id == behind and after.status == JobStatus.RUNNING
     assert [n.key for n in await store.job_notes(first)] == ["n"]
+
+
+async def test_a_result_sent_again_queues_its_notes_once(store: Store) -> None:
+    """A retry of a result whose answer was lost is taken as written: its notes are not doubled."""
+    (job_id,) = await enqueue(store, job())
+    claimed = await store.claim_next(NOW)
+    assert claimed is not None
+    for _ in range(2):
+        await store.finish(job_id, JobStatus.SUCCEEDED, NOW, fence=claimed.fence, notes=notes("k"))
+    assert [n.key for n in await store.job_notes(job_id)] == ["k"]
 
 
 async def test_a_result_refused_under_a_lost_lease_queues_no_notes(store: Store) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from responder import runner as runner_module
 from responder.events import Event, Incident
@@ -17,10 +18,18 @@ from responder.logs import Redactor
 from responder.playbook import Context, Playbook, PlaybookFunc
 from responder.runner import Runner
 from responder.stacks import CLIError, Secret, StackLockedError, StackNotFoundError, StackTarget
-from responder.store import Caps, Job, JobStatus, NewDelivery, NewJob, StackStatus
+from responder.store import (
+    Caps,
+    Job,
+    JobStatus,
+    NewDelivery,
+    NewJob,
+    StackStatus,
+    StoreUnavailable,
+)
 from responder.store.sqlite import SQLiteStore
 from tests.fakes import FakeOperations
-from tests.helpers import FakeClock, until
+from tests.helpers import FakeClock, LogCapture, until
 
 PROJECT = "fast"
 PROGRAM = "tests.programs.slow:pulumi_program"
@@ -212,10 +221,10 @@ async def test_one_job_wakes_one_idle_worker_and_a_burst_wakes_them_in_turn(
     claims = 0
     claim_next = rig.store.claim_next
 
-    async def counted(now: float) -> Job | None:
+    async def counted(now: float, token: str | None = None) -> Job | None:
         nonlocal claims
         claims += 1
-        return await claim_next(now)
+        return await claim_next(now, token)
 
     rig.store.claim_next = counted  # type: ignore[method-assign]
     await rig.runner.start()
@@ -272,12 +281,12 @@ async def test_a_worker_woken_for_a_job_that_fails_to_claim_passes_the_word_on(
     claims = 0
     claim_next = rig.store.claim_next
 
-    async def fails_once(now: float) -> Job | None:
+    async def fails_once(now: float, token: str | None = None) -> Job | None:
         nonlocal claims
         claims += 1
         if claims == 4:  # the first claim after the announcement below
             raise RuntimeError("a fault of the runner, not of the store")
-        return await claim_next(now)
+        return await claim_next(now, token)
 
     rig.store.claim_next = fails_once  # type: ignore[method-assign]
     await rig.runner.start()
@@ -297,8 +306,8 @@ def gate_claims(rig: Rig) -> tuple[list[Job | None], asyncio.Event]:
     gate = asyncio.Event()
     claim_next = rig.store.claim_next
 
-    async def slow(now: float) -> Job | None:
-        job = await claim_next(now)
+    async def slow(now: float, token: str | None = None) -> Job | None:
+        job = await claim_next(now, token)
         taken.append(job)
         await gate.wait()
         return job
@@ -331,7 +340,7 @@ async def test_a_claim_the_stop_cancelled_is_handed_back_unstarted(make_rig: Mak
 
 
 async def test_a_claim_handed_back_after_its_cancel_was_asked_ends_cancelled(
-    make_rig: MakeRig,
+    make_rig: MakeRig, logs: LogCapture
 ) -> None:
     """Cancelled while its claim had not answered, then handed back by the stop: the job ends
     cancelled there, unstarted, instead of waiting in the queue for a claim to cancel it."""
@@ -343,6 +352,8 @@ async def test_a_claim_handed_back_after_its_cancel_was_asked_ends_cancelled(
     rig = await make_rig([book(note)])
     job_id = await rig.enqueue(book(note))
     taken, gate = gate_claims(rig)
+    counted = {"playbook": "note", "status": "cancelled"}
+    before = REGISTRY.get_sample_value("responder_jobs_finished_total", counted) or 0.0
     await rig.runner.start()
     await until(lambda: any(taken), "the worker claimed the job", timeout=5)
     asked = await rig.runner.cancel(job_id)
@@ -358,6 +369,10 @@ async def test_a_claim_handed_back_after_its_cancel_was_asked_ends_cancelled(
         "cancelled by request",
     )
     assert started == []
+    [cancelled] = logs.events("job.cancelled")
+    assert (cancelled["job_id"], cancelled["playbook"]) == (job_id, "note")
+    after = REGISTRY.get_sample_value("responder_jobs_finished_total", counted)
+    assert after == before + 1
 
 
 @dataclass
@@ -472,10 +487,10 @@ async def test_a_worker_with_a_backlog_claims_each_next_job_with_the_last_one_s_
     claims = 0
     claim_next = rig.store.claim_next
 
-    async def counted(now: float) -> Job | None:
+    async def counted(now: float, token: str | None = None) -> Job | None:
         nonlocal claims
         claims += 1
-        return await claim_next(now)
+        return await claim_next(now, token)
 
     rig.store.claim_next = counted  # type: ignore[method-assign]
     await rig.runner.start()
@@ -502,7 +517,7 @@ async def test_a_job_claimed_with_a_result_as_the_runner_stops_is_handed_back_no
     finish = rig.store.finish
 
     async def slow_finish(*args: Any, **kwargs: Any) -> Job | None:
-        if kwargs.get("claim_next"):
+        if kwargs.get("then_claim"):
             finishing.set()
             await answer.wait()
         return await finish(*args, **kwargs)
@@ -516,6 +531,82 @@ async def test_a_job_claimed_with_a_result_as_the_runner_stops_is_handed_back_no
     await asyncio.wait_for(stop, 10)
     assert started == [first]
     assert (await rig.job(first)).status == JobStatus.SUCCEEDED
+    job = await rig.job(second)
+    assert job.status == JobStatus.QUEUED and job.attempts == 0 and job.started_at is None
+
+
+def answers_lost(rig: Rig, method: str) -> list[Any]:
+    """The store's first call of `method` commits, then its answer is lost (a dropped connection,
+    a store process gone after its commit): the caller sees the store unavailable, and retries.
+    The list gets what that first call returned."""
+    real = getattr(rig.store, method)
+    lost: list[Any] = []
+
+    async def commits_then_fails(*args: Any, **kwargs: Any) -> Any:
+        answer = await real(*args, **kwargs)
+        if not lost:
+            lost.append(answer)
+            raise StoreUnavailable("job store unavailable: the connection dropped")
+        return answer
+
+    setattr(rig.store, method, commits_then_fails)
+    return lost
+
+
+@pytest.mark.parametrize("method", ["claim_next", "finish"])
+async def test_a_claim_whose_answer_was_lost_is_run_once_retried(
+    make_rig: MakeRig, method: str, logs: LogCapture
+) -> None:
+    """The store took the claim (alone, or with the last job's result) but its answer was lost: the
+    retry gets that job back and runs it, rather than claiming another and leaving the first
+    running with nobody to run it. A retried result is no lost lease."""
+    started: list[int | None] = []
+
+    async def note(ctx: Context) -> None:
+        started.append(ctx.job_id)
+
+    rig = await make_rig([book(note)])
+    backlog = [await rig.enqueue(book(note), f"s{i}") for i in range(3)]
+    lost = answers_lost(rig, method)
+    await rig.runner.start()
+    jobs = await rig.until_final(*backlog)
+    assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] * 3
+    assert started == backlog
+    assert lost and lost[0] is not None  # the lost answer carried a job
+    assert not logs.events("job.lease_lost")
+
+
+async def test_a_job_claimed_with_a_result_the_stop_cancelled_is_handed_back(
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop's grace ends while a result (and the claim with it) is committed but unanswered:
+    the answer is waited for, briefly, and the job claimed handed back unstarted."""
+    monkeypatch.setattr(runner_module, "RELEASE_WAIT", 2.0)
+    started: list[int | None] = []
+    answer = asyncio.Event()
+
+    async def note(ctx: Context) -> None:
+        started.append(ctx.job_id)
+
+    rig = await make_rig([book(note)])
+    first, second = await rig.enqueue(book(note), "s1"), await rig.enqueue(book(note), "s2")
+    finish, committed = rig.store.finish, asyncio.Event()
+
+    async def unanswered(*args: Any, **kwargs: Any) -> Job | None:
+        claimed = await finish(*args, **kwargs)
+        committed.set()
+        await answer.wait()
+        return claimed
+
+    rig.store.finish = unanswered  # type: ignore[method-assign]
+    await rig.runner.start()
+    await asyncio.wait_for(committed.wait(), 5)
+    stop = asyncio.create_task(rig.runner.stop(grace=0.2))
+    await asyncio.sleep(0.5)  # past the grace: the job's task is cancelled, its answer awaited
+    assert not stop.done()
+    answer.set()
+    await asyncio.wait_for(stop, 5)
+    assert started == [first]
     job = await rig.job(second)
     assert job.status == JobStatus.QUEUED and job.attempts == 0 and job.started_at is None
 

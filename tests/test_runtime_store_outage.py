@@ -210,17 +210,17 @@ async def test_an_unexpected_error_is_logged_and_the_workers_go_on(
     real_claim, real_finish = store.claim_next, store.finish
     faults = {"claim_next": 1, "finish": 1}
 
-    async def claim_next(now: float) -> Any:
+    async def claim_next(now: float, token: str | None = None) -> Any:
         if faults["claim_next"]:
             faults["claim_next"] -= 1
             raise RuntimeError("a bug in claim")
-        return await real_claim(now)
+        return await real_claim(now, token)
 
-    async def finish(*args: Any, **kwargs: Any) -> None:
+    async def finish(*args: Any, **kwargs: Any) -> Any:
         if faults["finish"]:
             faults["finish"] -= 1
             raise RuntimeError("a bug in finish")
-        await real_finish(*args, **kwargs)
+        return await real_finish(*args, **kwargs)
 
     store.claim_next = claim_next  # type: ignore[method-assign]
     store.finish = finish  # type: ignore[method-assign]

@@ -25,6 +25,7 @@ from responder.store import (
     LeaseLost,
     NewDelivery,
     NewJob,
+    NextClaim,
     RecordedDelivery,
     RecordRejected,
     StackRecord,
@@ -229,6 +230,11 @@ async def enqueue(
     return recorded.job_ids
 
 
+def next_claim(at: float) -> NextClaim:
+    """A claim with a token of its own."""
+    return NextClaim(f"token-{next(_counter)}", at)
+
+
 def stack_record(stack: str, incident: str = "QINC", service: str = "svc") -> StackRecord:
     return StackRecord(
         "proj", stack, "prog", incident, "pb", service, StackStatus.PROVISIONING, NOW, NOW, ""
@@ -347,13 +353,13 @@ async def test_a_released_claim_whose_cancel_was_asked_ends_cancelled(store: Sto
 async def test_a_result_can_claim_its_workers_next_job_after_freeing_its_stack(
     store: Store,
 ) -> None:
-    """`finish(claim_next=True)` claims as `claim_next()` would once the result is written: the job
+    """`finish(then_claim=...)` claims as `claim_next()` would once the result is written: the job
     behind the finished one on its stack (now free) comes before a later job elsewhere."""
     first, behind, elsewhere = await enqueue(store, job("a"), job("a"), job("b"))
     running = await store.claim_next(NOW)
     assert running is not None and running.id == first
     after = await store.finish(
-        first, JobStatus.SUCCEEDED, NOW + 1, fence=running.fence, claim_next=True
+        first, JobStatus.SUCCEEDED, NOW + 1, fence=running.fence, then_claim=next_claim(NOW + 1)
     )
     assert after is not None and after.id == behind
     assert (after.status, after.attempts, after.node, after.fence) == (
@@ -366,9 +372,50 @@ async def test_a_result_can_claim_its_workers_next_job_after_freeing_its_stack(
     assert await store.get_job(behind) == replace(after, steps=())
     done = await store.get_job(first)
     assert done is not None and done.status == JobStatus.SUCCEEDED
-    last = await store.finish(behind, JobStatus.FAILED, NOW + 2, fence=after.fence, claim_next=True)
+    last = await store.finish(
+        behind, JobStatus.FAILED, NOW + 2, fence=after.fence, then_claim=next_claim(NOW + 2)
+    )
     assert last is not None and last.id == elsewhere
-    assert await store.finish(elsewhere, JobStatus.SUCCEEDED, NOW + 3, claim_next=True) is None
+    assert (
+        await store.finish(elsewhere, JobStatus.SUCCEEDED, NOW + 3, then_claim=next_claim(NOW + 3))
+        is None
+    )
+
+
+async def test_a_claim_asked_again_with_its_token_gets_the_same_job_back(store: Store) -> None:
+    """A claim whose answer was lost is retried with its token: the job it took comes back, not a
+    second one (which would be left running with nobody to run it)."""
+    first, second = await enqueue(store, job("a"), job("b"))
+    taken = await store.claim_next(NOW, "token-1")
+    assert taken is not None and taken.id == first
+    again = await store.claim_next(NOW + 1, "token-1")
+    assert again == taken  # as claimed, not claimed twice
+    other = await store.claim_next(NOW + 1, "token-2")
+    assert other is not None and other.id == second
+    await store.finish(first, JobStatus.SUCCEEDED, NOW + 2, fence=taken.fence)
+    assert await store.claim_next(NOW + 3, "token-1") is None  # it no longer runs: nothing left
+
+
+async def test_a_result_and_its_claim_asked_again_are_taken_as_written(store: Store) -> None:
+    """A result whose answer was lost is sent again, same result, same fence, same claim token:
+    taken as written (no LeaseLost), and the job that claim took comes back."""
+    first, behind, elsewhere = await enqueue(store, job("a"), job("a"), job("b"))
+    running = await store.claim_next(NOW)
+    assert running is not None and running.id == first
+    claim = next_claim(NOW + 1)
+
+    async def send() -> Job | None:
+        return await store.finish(
+            first, JobStatus.SUCCEEDED, NOW + 1, fence=running.fence, then_claim=claim
+        )
+
+    after = await send()
+    assert after is not None and after.id == behind
+    assert await send() == after
+    done = await store.get_job(first)
+    assert done is not None and done.status == JobStatus.SUCCEEDED
+    waiting = await store.get_job(elsewhere)
+    assert waiting is not None and waiting.status == JobStatus.QUEUED
 
 
 async def test_a_result_claims_nothing_unless_asked_or_if_it_is_refused(store: Store) -> None:
@@ -377,7 +424,7 @@ async def test_a_result_claims_nothing_unless_asked_or_if_it_is_refused(store: S
     assert running is not None and running.id == first
     with pytest.raises(LeaseLost):  # a stale fence: no result, and no claim with it
         await store.finish(
-            first, JobStatus.SUCCEEDED, NOW, fence=running.fence + 1, claim_next=True
+            first, JobStatus.SUCCEEDED, NOW, fence=running.fence + 1, then_claim=next_claim(NOW)
         )
     assert await store.finish(first, JobStatus.SUCCEEDED, NOW, fence=running.fence) is None
     waiting = await store.get_job(behind)
@@ -927,8 +974,17 @@ async def test_a_write_with_a_stale_fence_raises_lease_lost_and_changes_nothing(
     assert lost.value.job_id == queued
     assert await store.get_job(queued) == before
     await WRITES[write](store, queued, taken.fence)
-    assert await store.get_job(queued) != before
-    if write != "add_step":  # the job no longer runs: no fence holds it any more
+    after = await store.get_job(queued)
+    assert after != before
+    if write == "finish":  # the same result again is a retry's whose answer was lost: taken
+        await WRITES[write](store, queued, taken.fence)
+        assert await store.get_job(queued) == after
+        with pytest.raises(LeaseLost):  # any other, under a fence that holds the job no more
+            await store.finish(queued, JobStatus.FAILED, NOW, fence=taken.fence)
+        with pytest.raises(LeaseLost):
+            await store.finish(queued, JobStatus.SUCCEEDED, NOW + 1, fence=taken.fence)
+        assert await store.get_job(queued) == after
+    elif write != "add_step":  # the job no longer runs: no fence holds it any more
         with pytest.raises(LeaseLost):
             await WRITES[write](store, queued, taken.fence)
 

@@ -434,6 +434,7 @@ async def test_a_version_1_sqlite_store_is_upgraded_and_its_running_job_taken_ov
             ALTER TABLE jobs DROP COLUMN node;
             ALTER TABLE jobs DROP COLUMN lease_expires_at;
             ALTER TABLE jobs DROP COLUMN fence;
+            ALTER TABLE jobs DROP COLUMN claim_token;
             PRAGMA user_version = 1;
             """
         )
@@ -455,4 +456,4 @@ async def test_a_version_1_sqlite_store_is_upgraded_and_its_running_job_taken_ov
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)

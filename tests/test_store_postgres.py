@@ -13,7 +13,7 @@ import pytest
 
 from responder.config import ConfigError, Settings
 from responder.playbook import Context, on, playbook
-from responder.store import JobStatus, NewNote, RecordRejected, StoreUnavailable
+from responder.store import JobStatus, NewNote, NextClaim, RecordRejected, StoreUnavailable
 from responder.store.postgres import PostgresStore, migrations
 from responder.store.postgres.deliveries import SUPERSEDE
 from responder.store.postgres.queue import CLAIM as CLAIM_SQL
@@ -311,9 +311,11 @@ async def test_a_claim_reads_the_queue_up_to_the_job_it_takes(postgres_url: str)
     every queued job: a claim read the whole backlog, and draining n jobs cost n²."""
     async with store_and_session(postgres_url) as (store, db):
         for _ in range(10):  # past plpgsql's first custom plans: the session's plan is now kept
-            assert await db.fetch(CLAIM_SQL, NOW, "node-a", NOW + 30) == []
+            assert await db.fetch(CLAIM_SQL, NOW, "node-a", NOW + 30, None) == []
         await queue_backlog(store, "QBACKLOG")
-        claimed, read = await jobs_read_by(db, lambda: db.fetch(CLAIM_SQL, NOW, "node-a", NOW + 30))
+        claimed, read = await jobs_read_by(
+            db, lambda: db.fetch(CLAIM_SQL, NOW, "node-a", NOW + 30, None)
+        )
     assert [r["stack"] for r in claimed] == ["s0"]
     assert read < 50, f"one claim read {read} jobs"
 
@@ -380,13 +382,19 @@ async def test_a_result_with_an_attempt_left_commits_without_waiting_for_the_wal
         with pytest.raises(TimeoutError):  # it claims r5: it waits
             await asyncio.wait_for(
                 store.finish(
-                    claimer.id, JobStatus.SUCCEEDED, NOW, fence=claimer.fence, claim_next=True
+                    claimer.id,
+                    JobStatus.SUCCEEDED,
+                    NOW,
+                    fence=claimer.fence,
+                    then_claim=NextClaim("t1", NOW),
                 ),
                 timeout=1,
             )
         # Nothing left to claim: lazy again.
         await asyncio.wait_for(
-            store.finish(lazy.id, JobStatus.SUCCEEDED, NOW, fence=lazy.fence, claim_next=True),
+            store.finish(
+                lazy.id, JobStatus.SUCCEEDED, NOW, fence=lazy.fence, then_claim=NextClaim("t2", NOW)
+            ),
             timeout=3,
         )
         found = await admin.fetchval("SELECT status FROM jobs WHERE id = $1", lazy.id)

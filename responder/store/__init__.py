@@ -22,6 +22,7 @@ from responder.store.records import (
     NewDelivery,
     NewJob,
     NewNote,
+    NextClaim,
     NoteRecord,
     NoteStatus,
     RecordedDelivery,
@@ -46,6 +47,7 @@ __all__ = [
     "NewDelivery",
     "NewJob",
     "NewNote",
+    "NextClaim",
     "NoteRecord",
     "NoteStatus",
     "RecordRejected",
@@ -108,9 +110,10 @@ class Store(Protocol):
         """`record_delivery` for several deliveries of one request, all in one transaction (all
         stored or none); a body they share is stored once."""
 
-    async def claim_next(self, now: float) -> Job | None:
+    async def claim_next(self, now: float, token: str | None = None) -> Job | None:
         """Mark the oldest runnable job running: the first queued job of a stack with none running.
-        It is leased to this node until `now + lease`, with a new fence."""
+        It is leased to this node until `now + lease`, with a new fence. With a `token` (see
+        `NextClaim`), the job this node claimed under it, if it still runs, comes back instead."""
 
     async def renew_leases(self, fences: Mapping[int, int], now: float) -> set[int]:
         """Extend to `now + lease` the leases of this node's running jobs (job id -> fence); return
@@ -156,12 +159,14 @@ class Store(Protocol):
         outputs: JsonObject | None = None,
         fence: int | None = None,
         notes: Sequence[NewNote] = (),
-        claim_next: bool = False,
+        then_claim: NextClaim | None = None,
     ) -> Job | None:
         """Record a job's end, and queue its `notes` in the same transaction (none if the write is
-        refused: a job whose result is not written sends nothing). With `claim_next`, claim this
+        refused: a job whose result is not written sends nothing). With `then_claim`, claim this
         node's next job in that transaction too, as `claim_next()` would, and return it (one store
-        call a job for a worker with a backlog; nothing is claimed if the write changed nothing)."""
+        call a job for a worker with a backlog; nothing is claimed if the write is refused).
+        The same result again under the same fence (a retry whose answer was lost) is taken as
+        written, and queues nothing twice."""
 
     async def retry_later(
         self, job_id: int, not_before: float, error: str, *, fence: int | None = None

@@ -174,6 +174,16 @@ class Job:
 
 
 @dataclass(frozen=True)
+class NextClaim:
+    """A store call's request to claim this node's next job too, at `at`. `token` names the claim
+    (unique per claim the runner asks for): asked again with the same token, as a retry whose answer
+    was lost, the store returns the job that token claimed instead of claiming another."""
+
+    token: str
+    at: float
+
+
+@dataclass(frozen=True)
 class StackRecord:
     """A burner stack as the store knows it: owner, lifecycle policy and last known state."""
 

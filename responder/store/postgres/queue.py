@@ -3,7 +3,15 @@
 import json
 from collections.abc import Sequence
 
-from responder.store import Job, JobStatus, JsonObject, LeaseLost, NewNote, StepRecord
+from responder.store import (
+    Job,
+    JobStatus,
+    JsonObject,
+    LeaseLost,
+    NewNote,
+    NextClaim,
+    StepRecord,
+)
 from responder.store.postgres import rows
 from responder.store.postgres.connection import Connection
 from responder.store.postgres.driver import Db
@@ -26,7 +34,7 @@ FIRST_IN_LINE = """NOT EXISTS (SELECT 1 FROM jobs AS r
 # queueing behind it; the partial unique index on running jobs is the last word if two ever picked
 # the same stack. One statement: the function (migrations 0004 and 0007) holds the SQL, and why its
 # plan is pinned.
-CLAIM = "SELECT * FROM claim_job($1, $2, $3)"
+CLAIM = "SELECT * FROM claim_job($1, $2, $3, $4)"
 
 # When the earliest waiting job becomes runnable: a scheduled job (it then joins the queue), or a
 # retry next on its stack. A retry behind a running job is due only when that job ends, which its
@@ -62,7 +70,9 @@ def held(fence: str) -> str:
 
 # A job's result, and whether its commit may skip waiting for the WAL flush; then, if asked, the
 # claim of this node's next job, in the same transaction (`finish_job`, migration 0009: one round
-# trip and one commit a job, not two). The result skips the flush when the job has an attempt left,
+# trip and one commit a job, not two). The same result sent again under the same fence and claim
+# token (its answer was lost) is `repeated`: taken as written, and the job that token claimed comes
+# back. The result skips the flush when the job has an attempt left,
 # queues no notes, and nothing was claimed with it. Such a result lost with the server's last moments
 # is as a crash's: the job is still running under a lease its node no longer renews, so it is taken
 # over, its stack repaired, and run again (as SQLite's store commits job bookkeeping without fsync);
@@ -73,7 +83,10 @@ def held(fence: str) -> str:
 # stack, which waits for its own flush, flushes this commit first. Not waiting drains a backlog of
 # no-op jobs ≈ 1.14× faster (bench/RESULTS.md). Lazy is only ever asked outside a transaction
 # (`finish` runs the notes' in one), so it ends with this statement's own commit.
-FINISH = "SELECT changed, (claimed).* FROM finish_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+FINISH = (
+    "SELECT changed, repeated, (claimed).*"
+    " FROM finish_job($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
 RETRY = (
     "UPDATE jobs SET status = 'queued', not_before = $1, error = $2, lease_expires_at = NULL"
     f" WHERE id = $3 AND {held('$4')}"
@@ -98,8 +111,9 @@ APPROVE = (
 
 
 class JobQueue(Connection):
-    async def claim_next(self, now: float) -> Job | None:
-        row = await self._run(lambda db: db.fetchrow(CLAIM, now, self.node, now + self.lease))
+    async def claim_next(self, now: float, token: str | None = None) -> Job | None:
+        args = (now, self.node, now + self.lease, token)
+        row = await self._run(lambda db: db.fetchrow(CLAIM, *args))
         return rows.job(row) if row is not None else None
 
     async def next_due(self) -> float | None:
@@ -128,27 +142,30 @@ class JobQueue(Connection):
         outputs: JsonObject | None = None,
         fence: int | None = None,
         notes: Sequence[NewNote] = (),
-        claim_next: bool = False,
+        then_claim: NextClaim | None = None,
     ) -> Job | None:
         encoded = json.dumps(outputs) if outputs is not None else None
-        claimer = self.node if claim_next else None
-        args = (status.value, now, error, encoded, job_id, fence, not notes, now, claimer)
+        claim: tuple[float | None, str | None, float | None, str | None] = (None,) * 4
+        if then_claim is not None:
+            at = then_claim.at
+            claim = (at, self.node, at + self.lease, then_claim.token)
+        args = (status.value, now, error, encoded, job_id, fence, not notes, *claim)
 
-        async def finish(db: Db) -> tuple[int, Job | None]:
-            row = await db.fetchrow(FINISH, *args, now + self.lease)
+        async def finish(db: Db) -> tuple[bool, Job | None]:
+            row = await db.fetchrow(FINISH, *args)
             assert row is not None  # one row, always
-            changed: int = row["changed"]
-            _check_held(changed, job_id, fence)  # rolls the notes back with it
-            if notes and changed:
+            written = row["changed"] > 0
+            _check_held(int(written or row["repeated"]), job_id, fence)  # rolls the notes back
+            if notes and written:
                 await insert_notes(db, job_id, notes, now)
-            return changed, rows.job(row) if row["id"] is not None else None
+            return written, rows.job(row) if row["id"] is not None else None
 
         # One statement without notes: no transaction's extra round trips on the common path.
         if notes:
-            changed, claimed = await self._write(finish)
+            written, claimed = await self._write(finish)
         else:
-            changed, claimed = await self._run(finish)
-        if changed:
+            written, claimed = await self._run(finish)
+        if written:
             self._announce()  # its stack is free: the next job there may run
         return claimed
 

@@ -5,7 +5,15 @@ import json
 import sqlite3
 from collections.abc import Sequence
 
-from responder.store import Job, JobStatus, JsonObject, LeaseLost, NewNote, StepRecord
+from responder.store import (
+    Job,
+    JobStatus,
+    JsonObject,
+    LeaseLost,
+    NewNote,
+    NextClaim,
+    StepRecord,
+)
 from responder.store.sqlite import rows
 from responder.store.sqlite.connection import Connection
 from responder.store.sqlite.notes import insert_notes
@@ -22,12 +30,15 @@ FIRST_IN_LINE = """NOT EXISTS (SELECT 1 FROM jobs AS r
 # retry time is first in line but not due: the later jobs of that stack stay behind it.
 CLAIM = f"""
 UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now, node = :node,
-                lease_expires_at = :expires, fence = fence + 1
+                lease_expires_at = :expires, fence = fence + 1, claim_token = :token
 WHERE id = (SELECT j.id FROM jobs AS j
             WHERE j.status = 'queued' AND j.not_before <= :now AND {FIRST_IN_LINE}
             ORDER BY j.id LIMIT 1)
 RETURNING *
 """
+
+# The job this node claimed under a token, if it still runs: a retried claim gets it back.
+CLAIMED_BEFORE = "SELECT * FROM jobs WHERE status = 'running' AND node = ? AND claim_token = ?"
 
 # Due scheduled jobs join the queue in their original place (by id). `not_before > 0` (true of every
 # scheduled job) lets the partial index `jobs_due` answer: without it, each claim walked every
@@ -68,13 +79,17 @@ STEP = "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error
 
 
 class JobQueue(Connection):
-    async def claim_next(self, now: float) -> Job | None:
-        return await self._write(lambda db: self._claim(db, now))
+    async def claim_next(self, now: float, token: str | None = None) -> Job | None:
+        return await self._write(lambda db: self._claim(db, now, token))
 
-    def _claim(self, db: sqlite3.Connection, now: float) -> Job | None:
+    def _claim(self, db: sqlite3.Connection, now: float, token: str | None) -> Job | None:
+        if token is not None:
+            before = db.execute(CLAIMED_BEFORE, (self.node, token)).fetchone()
+            if before is not None:
+                return rows.job(before)
         db.execute(PROMOTE_DUE, (now,))
-        row = db.execute(CLAIM, {"now": now, "node": self.node, "expires": now + self.lease})
-        found = row.fetchone()
+        values = {"now": now, "node": self.node, "expires": now + self.lease, "token": token}
+        found = db.execute(CLAIM, values).fetchone()
         return rows.job(found) if found is not None else None
 
     async def next_due(self) -> float | None:
@@ -111,7 +126,7 @@ class JobQueue(Connection):
         outputs: JsonObject | None = None,
         fence: int | None = None,
         notes: Sequence[NewNote] = (),
-        claim_next: bool = False,
+        then_claim: NextClaim | None = None,
     ) -> Job | None:
         encoded = json.dumps(outputs) if outputs is not None else None
 
@@ -121,12 +136,15 @@ class JobQueue(Connection):
                 f" lease_expires_at = NULL WHERE id = ? AND {HELD}",
                 (status.value, now, error, encoded, job_id, fence, fence),
             )
-            _check_held(cursor, job_id, fence)  # rolls the notes back with it
-            if not cursor.rowcount:
+            written = cursor.rowcount > 0
+            if not written and not _repeated(db, job_id, status, now, fence):
+                _check_held(cursor, job_id, fence)
                 return None
-            if notes:
+            if notes and written:
                 insert_notes(db, job_id, notes, now)
-            return self._claim(db, now) if claim_next else None
+            if then_claim is None:
+                return None
+            return self._claim(db, then_claim.at, then_claim.token)
 
         return await self._write(finish)
 
@@ -214,6 +232,17 @@ class JobQueue(Connection):
             return rows.job_by_id(db, job_id)
 
         return await self._write(cancel)
+
+
+def _repeated(
+    db: sqlite3.Connection, job_id: int, status: JobStatus, now: float, fence: int | None
+) -> bool:
+    """This very result is already written (a retry of a call whose answer was lost)."""
+    found = db.execute(
+        "SELECT 1 FROM jobs WHERE id = ? AND status = ? AND finished_at = ? AND fence = ?",
+        (job_id, status.value, now, fence),
+    ).fetchone()
+    return fence is not None and found is not None
 
 
 def _check_held(cursor: sqlite3.Cursor, job_id: int, fence: int | None) -> None:

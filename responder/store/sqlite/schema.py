@@ -3,7 +3,7 @@
 import hashlib
 import sqlite3
 
-VERSION = 3  # PRAGMA user_version of a store with this schema
+VERSION = 4  # PRAGMA user_version of a store with this schema
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS payloads (
@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     outputs TEXT,
     node TEXT,
     lease_expires_at REAL,
-    fence INTEGER NOT NULL DEFAULT 0
+    fence INTEGER NOT NULL DEFAULT 0,
+    claim_token TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, project, stack, id);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, id);
@@ -153,6 +154,13 @@ _FROM_V1 = (
 
 
 # Version 2 had no notes: the table is new, made with the others; nothing else changes.
+_FROM_V2 = ("PRAGMA user_version = 3",)
+
+# Version 3 had no claim tokens (`NextClaim`): a new column, empty for the jobs already there.
+_FROM_V3 = (
+    "ALTER TABLE jobs ADD COLUMN claim_token TEXT",
+    "PRAGMA user_version = 4",
+)
 
 
 def payload_digest(body: bytes) -> str:
@@ -174,6 +182,8 @@ def ensure_schema(db: sqlite3.Connection) -> None:
         db.create_function("sha256", 1, payload_digest, deterministic=True)
         _upgrade(db, 0, _FROM_V0)
         _upgrade(db, 1, _FROM_V1)
+        _upgrade(db, 2, _FROM_V2)
+        _upgrade(db, 3, _FROM_V3)
     db.executescript(SCHEMA)
     db.execute(f"PRAGMA user_version = {VERSION}")
 
