@@ -21,7 +21,7 @@ from responder.store.postgres.queue import NEXT_DUE as NEXT_DUE_SQL
 from tests.alertmanager_server import free_port
 from tests.helpers import Client, LogCapture, fixture_bytes, pd_event
 from tests.postgres_server import PostgresServer
-from tests.test_store_contract import NOW, delivery, job
+from tests.test_store_contract import NOW, delivery, enqueue, job
 
 PASSWORD = "pw-never-shown-4f1d9a"
 T = TypeVar("T")
@@ -302,6 +302,22 @@ async def jobs_read_by(db: asyncpg.Connection, run: Callable[[], Awaitable[T]]) 
             "SELECT idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname = 'jobs'"
         )
     return result, read
+
+
+async def test_a_node_of_the_version_before_still_claims_during_a_rolling_upgrade(
+    postgres_url: str,
+) -> None:
+    """Migration 0009 gave the claim a token: the call without one, as the version before makes
+    it, is still the same claim, one job per stack in order."""
+    async with store_and_session(postgres_url) as (store, db):
+        first, _, other = await enqueue(store, job("a"), job("a"), job("b"))
+        old_claim = "SELECT * FROM claim_job($1, $2, $3)"  # that version's CLAIM
+        taken = [await db.fetchrow(old_claim, NOW, "old-node", NOW + 30) for _ in range(3)]
+    assert [(r["id"], r["node"]) for r in taken if r is not None] == [
+        (first, "old-node"),
+        (other, "old-node"),
+    ]
+    assert taken[2] is None
 
 
 async def test_a_claim_reads_the_queue_up_to_the_job_it_takes(postgres_url: str) -> None:

@@ -8,7 +8,6 @@
 ALTER TABLE jobs ADD COLUMN claim_token text;
 
 -- As in 0007, with the token: checked first, then stamped on the job claimed.
-DROP FUNCTION claim_job(double precision, text, double precision);
 CREATE FUNCTION claim_job(claimed_at double precision, claimer text, lease_until double precision,
     token text)
 RETURNS SETOF jobs
@@ -53,6 +52,14 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The claim without a token, as nodes of the version before this one call it while a rolling
+-- upgrade runs: the same claim.
+CREATE OR REPLACE FUNCTION claim_job(claimed_at double precision, claimer text,
+    lease_until double precision)
+RETURNS SETOF jobs
+LANGUAGE sql
+AS $$ SELECT * FROM claim_job(claimed_at, claimer, lease_until, NULL) $$;
 
 -- The result, then (with a token) the claim; it claims only if the result was written: a write
 -- refused under a lost fence claims nothing. The claim runs after the write, so it sees the stack
