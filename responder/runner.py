@@ -302,7 +302,9 @@ class Runner:
             return None
         return job
 
-    async def _seen_through(self, claim: "asyncio.Future[Job | None]") -> Job | None:
+    async def _seen_through(
+        self, claim: "asyncio.Future[Job | None]", call: str = "claim"
+    ) -> Job | None:
         """What a store call that may claim a job claimed. Cancelled meanwhile, the call (whose write
         may still commit) is waited for, briefly, and the job it claimed handed back; then the
         cancel goes on."""
@@ -315,7 +317,7 @@ class Runner:
                 claim.cancel()  # no answer: the next start recovers whatever it took
             if claim.done() and not claim.cancelled():
                 if (error := claim.exception()) is not None:
-                    log.warning("job.claim_failed", error=str(error), reason="cancelled")
+                    log.warning(f"job.{call}_failed", error=str(error), reason="cancelled")
                 elif (taken := claim.result()) is not None:
                     await self._release(taken)
             raise
@@ -477,7 +479,8 @@ class Runner:
                         then_claim=NextClaim(token, self.clock()) if token else None,
                     ),
                 )
-            )
+            ),
+            call="result",
         )
         if after is not None:
             self._handoff[job.id] = after

@@ -396,6 +396,20 @@ async def test_a_claim_asked_again_with_its_token_gets_the_same_job_back(store: 
     assert await store.claim_next(NOW + 3, "token-1") is None  # it no longer runs: nothing left
 
 
+async def test_a_claim_asked_again_after_its_job_was_taken_over_gets_another(
+    store: Store,
+) -> None:
+    """A job taken over (its lease expired, perhaps while its claim's answer was lost and retried)
+    is the recovery's: the claim's token no longer brings it back, to be run beside that recovery."""
+    first, second = await enqueue(store, job("a"), job("b"))
+    taken = await store.claim_next(NOW, "token-1")
+    assert taken is not None and taken.id == first
+    [over] = await store.take_over(NOW + store.lease + 1)
+    assert over.id == first
+    again = await store.claim_next(NOW + store.lease + 2, "token-1")
+    assert again is not None and again.id == second
+
+
 async def test_a_result_and_its_claim_asked_again_are_taken_as_written(store: Store) -> None:
     """A result whose answer was lost is sent again, same result, same fence, same claim token:
     taken as written (no LeaseLost), and the job that claim took comes back."""

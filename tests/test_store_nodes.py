@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from responder.store import JobStatus, LeaseLost, StoreUnavailable
-from responder.store.postgres import PostgresStore, connection, migrations
+from responder.store.postgres import PostgresStore, connection, migrations, queue
 from responder.store.postgres.driver import Db
 from responder.store.sqlite import SQLiteStore
 from tests.helpers import LogCapture, until
@@ -191,6 +191,29 @@ async def test_work_made_runnable_just_before_a_node_closes_is_still_announced(
     await asyncio.sleep(0.3)
     assert wakes.count == 0  # still in the window
     await asyncio.wait_for(other.close(), 5)
+    assert await wakes.next() == 1
+
+
+async def test_a_result_sent_again_after_its_answer_was_lost_is_announced(
+    nodes: Callable[[], Awaitable[PostgresStore]], postgres_url: str
+) -> None:
+    """The try that wrote the result never announced it (its answer was lost with its connection):
+    the retry, taken as a repeat, announces the stack it freed."""
+    listener, other = await nodes(), await nodes()
+    wakes = Wakes()
+    await listener.listen(wakes)
+    await enqueue(listener, job("a"))  # the listener's own work: no wake-up
+    claimed = await other.claim_next(NOW)
+    assert claimed is not None
+    db = await asyncpg.connect(postgres_url)
+    try:  # the first try, on a connection of its own: written, never announced
+        args = ("succeeded", NOW, None, None, claimed.id, claimed.fence, False, *[None] * 4)
+        await db.fetchrow(queue.FINISH, *args)
+    finally:
+        await db.close()
+    await asyncio.sleep(0.3)
+    assert wakes.count == 0
+    await other.finish(claimed.id, JobStatus.SUCCEEDED, NOW, fence=claimed.fence)
     assert await wakes.next() == 1
 
 

@@ -256,7 +256,9 @@ async def test_a_claim_finds_the_due_scheduled_jobs_by_index(postgres_url: str) 
     await store.close()
     db = await asyncpg.connect(postgres_url)
     try:
-        source = await db.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'claim_job'")
+        source = await db.fetchval(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'claim_job' AND pronargs = 4"
+        )
         start = source.index("UPDATE")
         promote = source[start : source.index(";", start)]
         assert "status = 'scheduled'" in promote
@@ -318,6 +320,30 @@ async def test_a_node_of_the_version_before_still_claims_during_a_rolling_upgrad
         (other, "old-node"),
     ]
     assert taken[2] is None
+
+
+async def test_a_claim_retried_while_its_first_try_still_runs_gets_that_try_s_job(
+    postgres_url: str,
+) -> None:
+    """The first try of a claim is still under way (its answer timed out while its commit waited)
+    when its retry starts: the retry cannot see that try's job, and must not take a second one.
+    It waits for the first try, fails, and the next try gets the first try's job."""
+    async with store_and_session(postgres_url) as (store, db):
+        first, second = await enqueue(store, job("a"), job("b"))
+        first_try = db.transaction()
+        await first_try.start()
+        taken = await db.fetchrow(CLAIM_SQL, NOW, store.node, NOW + 30, "token-1")
+        assert taken is not None and taken["id"] == first
+        retry = asyncio.create_task(store.claim_next(NOW, "token-1"))
+        await asyncio.sleep(0.3)
+        assert not retry.done()  # waiting for the first try
+        await first_try.commit()
+        with pytest.raises(StoreUnavailable):
+            await retry
+        again = await store.claim_next(NOW, "token-1")
+        assert again is not None and again.id == first
+        waiting = await store.get_job(second)
+        assert waiting is not None and waiting.status == JobStatus.QUEUED
 
 
 async def test_a_claim_reads_the_queue_up_to_the_job_it_takes(postgres_url: str) -> None:

@@ -29,7 +29,7 @@ WITH expired AS (
     WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $3)
     FOR UPDATE SKIP LOCKED
 )
-UPDATE jobs AS j SET node = $1, lease_expires_at = $2, fence = j.fence + 1
+UPDATE jobs AS j SET node = $1, lease_expires_at = $2, fence = j.fence + 1, claim_token = NULL
 FROM expired WHERE j.id = expired.id
 RETURNING j.*
 """

@@ -158,14 +158,14 @@ class JobQueue(Connection):
             _check_held(int(written or row["repeated"]), job_id, fence)  # rolls the notes back
             if notes and written:
                 await insert_notes(db, job_id, notes, now)
-            return written, rows.job(row) if row["id"] is not None else None
+            return written or row["repeated"], rows.job(row) if row["id"] is not None else None
 
         # One statement without notes: no transaction's extra round trips on the common path.
         if notes:
-            written, claimed = await self._write(finish)
+            ended, claimed = await self._write(finish)
         else:
-            written, claimed = await self._run(finish)
-        if written:
+            ended, claimed = await self._run(finish)
+        if ended:  # (a repeat too: the try that wrote it could not announce it)
             self._announce()  # its stack is free: the next job there may run
         return claimed
 

@@ -15,7 +15,7 @@ CANCELS_REQUESTED = "SELECT id FROM jobs WHERE status = 'running' AND node = ? A
 # Only one process opens a file, so a running job of another node was left by an earlier life of
 # this process (a new node at each start): taken over at once, without waiting for its lease.
 TAKE_OVER = """
-UPDATE jobs SET node = ?, lease_expires_at = ?, fence = fence + 1
+UPDATE jobs SET node = ?, lease_expires_at = ?, fence = fence + 1, claim_token = NULL
 WHERE status = 'running'
   AND (lease_expires_at IS NULL OR lease_expires_at < ? OR node IS NULL OR node != ?)
 RETURNING *

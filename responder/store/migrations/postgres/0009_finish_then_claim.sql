@@ -4,8 +4,11 @@
 -- job, leaving the first running with nobody to run it, nor refuse the result it already wrote.
 
 -- The token of the call that claimed a running job: the same call again (same node, same token) gets
--- that job back instead of another.
+-- that job back instead of another. A take-over clears it: the job is the recovery's then. One
+-- running job per token: a retry that overlaps its first try (a timeout while that try's commit
+-- waited) waits for it, then fails on this index and is tried again, and gets that try's job.
 ALTER TABLE jobs ADD COLUMN claim_token text;
+CREATE UNIQUE INDEX jobs_one_running_per_claim ON jobs (node, claim_token) WHERE status = 'running';
 
 -- As in 0007, with the token: checked first, then stamped on the job claimed.
 CREATE FUNCTION claim_job(claimed_at double precision, claimer text, lease_until double precision,
