@@ -237,12 +237,15 @@ class JobQueue(Connection):
 def _repeated(
     db: sqlite3.Connection, job_id: int, status: JobStatus, now: float, fence: int | None
 ) -> bool:
-    """This very result is already written (a retry of a call whose answer was lost)."""
+    """This very result is already written (a retry of a call whose answer was lost). Only a
+    fenced write is a retry's: an unfenced one changes the job whatever its state."""
+    if fence is None:
+        return False
     found = db.execute(
         "SELECT 1 FROM jobs WHERE id = ? AND status = ? AND finished_at = ? AND fence = ?",
         (job_id, status.value, now, fence),
     ).fetchone()
-    return fence is not None and found is not None
+    return found is not None
 
 
 def _check_held(cursor: sqlite3.Cursor, job_id: int, fence: int | None) -> None:
