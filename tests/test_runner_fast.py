@@ -204,6 +204,20 @@ async def test_new_work_wakes_a_worker_that_was_still_looking_when_it_was_announ
     assert sorted(j for j in started if j is not None) == [first, second]
 
 
+class ClaimCount:
+    """Counts the rig's claims from now on (`count`, which a test may set back to 0)."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.count = 0
+        claim_next = rig.store.claim_next
+
+        async def counted(now: float, token: str | None = None) -> Job | None:
+            self.count += 1
+            return await claim_next(now, token)
+
+        rig.store.claim_next = counted  # type: ignore[method-assign]
+
+
 async def test_one_job_wakes_one_idle_worker_and_a_burst_wakes_them_in_turn(
     make_rig: MakeRig,
 ) -> None:
@@ -218,25 +232,17 @@ async def test_one_job_wakes_one_idle_worker_and_a_burst_wakes_them_in_turn(
 
     rig = await make_rig([book(holds)], workers=3)
     rig.ops.gate("up")
-    claims = 0
-    claim_next = rig.store.claim_next
-
-    async def counted(now: float, token: str | None = None) -> Job | None:
-        nonlocal claims
-        claims += 1
-        return await claim_next(now, token)
-
-    rig.store.claim_next = counted  # type: ignore[method-assign]
+    claims = ClaimCount(rig)
     await rig.runner.start()
-    await until(lambda: claims >= 3, "each worker looked once and found nothing", timeout=5)
+    await until(lambda: claims.count >= 3, "each worker looked once and found nothing", timeout=5)
     await asyncio.sleep(0.1)  # and waits
-    claims = 0
+    claims.count = 0
     first = await rig.enqueue(book(holds), "s1")
     rig.runner.notify()
     await until(lambda: bool(started), "the job started", timeout=5)
     await asyncio.sleep(0.2)
     assert started == [first]
-    assert claims == 2  # the worker that took it, and the one it woke, who found nothing
+    assert claims.count == 2  # the worker that took it, and the one it woke, who found nothing
     burst = [await rig.enqueue(book(holds), f"s{i}") for i in (2, 3)]
     rig.runner.notify()
     # Far less than the 5 s idle poll:
@@ -484,21 +490,13 @@ async def test_a_worker_with_a_backlog_claims_each_next_job_with_the_last_one_s_
 
     rig = await make_rig([book(note)])
     backlog = [await rig.enqueue(book(note), f"s{i}") for i in range(3)]
-    claims = 0
-    claim_next = rig.store.claim_next
-
-    async def counted(now: float, token: str | None = None) -> Job | None:
-        nonlocal claims
-        claims += 1
-        return await claim_next(now, token)
-
-    rig.store.claim_next = counted  # type: ignore[method-assign]
+    claims = ClaimCount(rig)
     await rig.runner.start()
     jobs = await rig.until_final(*backlog)
     assert [j.status for j in jobs] == [JobStatus.SUCCEEDED] * 3
     assert started == backlog  # in arrival order, each once
     await asyncio.sleep(0.1)
-    assert claims == 2  # the first job's, and one after the last result claimed nothing
+    assert claims.count == 2  # the first job's, and one after the last result claimed nothing
 
 
 async def test_a_job_claimed_with_a_result_as_the_runner_stops_is_handed_back_not_run(

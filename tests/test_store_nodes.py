@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from responder.store import JobStatus, LeaseLost, StoreUnavailable
+from responder.store import Job, JobStatus, LeaseLost, StoreUnavailable
 from responder.store.postgres import PostgresStore, connection, migrations, queue
 from responder.store.postgres.driver import Db
 from responder.store.sqlite import SQLiteStore
@@ -174,6 +174,20 @@ async def test_work_made_runnable_close_together_is_announced_once(
     assert wakes.count == 2
 
 
+async def claimed_while_another_listens(
+    nodes: Callable[[], Awaitable[PostgresStore]],
+) -> tuple[PostgresStore, Wakes, Job]:
+    """A job of a listening node, claimed by another node (the one returned), with the listener's
+    wake-ups: none yet, since a node is not woken by its own work."""
+    listener, other = await nodes(), await nodes()
+    wakes = Wakes()
+    await listener.listen(wakes)
+    await enqueue(listener, job("a"))
+    claimed = await other.claim_next(NOW)
+    assert claimed is not None
+    return other, wakes, claimed
+
+
 async def test_work_made_runnable_just_before_a_node_closes_is_still_announced(
     nodes: Callable[[], Awaitable[PostgresStore]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -181,12 +195,7 @@ async def test_work_made_runnable_just_before_a_node_closes_is_still_announced(
     window: the others hear of those jobs then, not at their next poll."""
     # Longer than the test: only the close can send it.
     monkeypatch.setattr(connection, "ANNOUNCE_WINDOW", 30.0)
-    listener, other = await nodes(), await nodes()
-    wakes = Wakes()
-    await listener.listen(wakes)
-    await enqueue(listener, job("a"))  # the listener's own work: no wake-up
-    claimed = await other.claim_next(NOW)
-    assert claimed is not None
+    other, wakes, claimed = await claimed_while_another_listens(nodes)
     await other.release(claimed.id, claimed.fence, NOW)
     await asyncio.sleep(0.3)
     assert wakes.count == 0  # still in the window
@@ -199,12 +208,7 @@ async def test_a_result_sent_again_after_its_answer_was_lost_is_announced(
 ) -> None:
     """The try that wrote the result never announced it (its answer was lost with its connection):
     the retry, taken as a repeat, announces the stack it freed."""
-    listener, other = await nodes(), await nodes()
-    wakes = Wakes()
-    await listener.listen(wakes)
-    await enqueue(listener, job("a"))  # the listener's own work: no wake-up
-    claimed = await other.claim_next(NOW)
-    assert claimed is not None
+    other, wakes, claimed = await claimed_while_another_listens(nodes)
     db = await asyncpg.connect(postgres_url)
     try:  # the first try, on a connection of its own: written, never announced
         args = ("succeeded", NOW, None, None, claimed.id, claimed.fence, False, *[None] * 4)
