@@ -464,24 +464,23 @@ class Runner:
         # runner is stopping. Its token makes a retry after a lost answer get that job back, and a
         # cancel meanwhile (a stop past its grace, a lost lease) hands it back.
         token = new_claim_token() if claim_next and not self._stopping else None
-        after = await self._seen_through(
-            asyncio.ensure_future(
-                self._write(
-                    job,
-                    lambda: self.store.finish(
-                        job.id,
-                        outcome.status,
-                        now,
-                        error=error or None,
-                        outputs=outputs,
-                        fence=job.fence,
-                        notes=notes,
-                        then_claim=NextClaim(token, self.clock()) if token else None,
-                    ),
-                )
+        write = self._write(
+            job,
+            lambda: self.store.finish(
+                job.id,
+                outcome.status,
+                now,
+                error=error or None,
+                outputs=outputs,
+                fence=job.fence,
+                notes=notes,
+                then_claim=NextClaim(token, self.clock()) if token else None,
             ),
-            call="result",
         )
+        if token is None:  # nothing to hand back if cancelled
+            after = await write
+        else:
+            after = await self._seen_through(asyncio.ensure_future(write), call="result")
         if after is not None:
             self._handoff[job.id] = after
         if notes and self.notes:
