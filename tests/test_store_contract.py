@@ -692,6 +692,59 @@ async def test_a_trigger_for_an_open_incident_is_a_repeat(store: Store) -> None:
     assert len(reopened.job_ids) == 1
 
 
+async def test_the_deliveries_of_one_commit_are_each_judged_after_those_before_it(
+    store: Store,
+) -> None:
+    """Deliveries recorded together (one request, so one commit) that share one thing each, an
+    incident, a dedupe key, an event or an id: each is judged on what those before it wrote, as
+    if it came alone after them."""
+    sent = [
+        (delivery("QJ1"), [job("j1")]),
+        (delivery("QJ1"), [job("j1")]),  # the same incident, already open: a repeat
+        (delivery("QJ2", dedupe_key="body", dedupe_window=300), [job("j2")]),
+        (delivery("QJ3", dedupe_key="body", dedupe_window=300), [job("j3")]),  # the same body
+        (delivery("QJ4", event_id="E-J"), [job("j4")]),
+        (delivery("QJ5", event_id="E-J"), [job("j5")]),  # the same event, sent again
+        (delivery("QJ6", id="wh-J"), [job("j6")]),
+        (delivery("QJ7", id="wh-J"), [job("j7")]),  # the same delivery id
+        (delivery("QJ1", "incident.resolved"), [job("j1")]),
+        (delivery("QJ1"), [job("j1")]),  # a trigger after the resolve opens it again
+    ]
+    recorded = await store.record_deliveries(sent)
+    assert [r.status for r in recorded] == [
+        DeliveryStatus.ACCEPTED,
+        DeliveryStatus.DEDUPLICATED,
+        DeliveryStatus.ACCEPTED,
+        DeliveryStatus.DUPLICATE,
+        DeliveryStatus.ACCEPTED,
+        DeliveryStatus.DUPLICATE,
+        DeliveryStatus.ACCEPTED,
+        DeliveryStatus.DUPLICATE,
+        DeliveryStatus.ACCEPTED,
+        DeliveryStatus.ACCEPTED,
+    ]
+    assert [r.duplicate_of for r in recorded][3:8:2] == [sent[2][0].id, sent[4][0].id, "wh-J"]
+    assert [len(r.job_ids) for r in recorded] == [1, 0, 1, 0, 1, 0, 1, 0, 1, 1]
+    first = await store.incident("QJ1")
+    assert first is not None and first.status == IncidentStatus.TRIGGERED
+    assert len(first.deliveries) == 4 and len(first.jobs) == 3
+    for repeated in ("QJ3", "QJ5", "QJ7"):
+        assert await store.incident(repeated) is None
+
+
+async def test_coalescing_jobs_recorded_together_supersede_in_order(store: Store) -> None:
+    """Coalescing runs of one playbook on a shared stack, from deliveries of different incidents
+    recorded in one commit: each supersedes those before it, and says so once."""
+    sent = [(delivery(f"QK{i}"), [job("shared", coalesce=True)]) for i in range(3)]
+    recorded = await store.record_deliveries(sent)
+    superseded = ("pb", JobStatus.COALESCED)
+    assert [r.ended for r in recorded] == [(), (superseded,), (superseded,)]
+    ids = [r.job_ids[0] for r in recorded]
+    jobs = {j.id: j for j in await store.list_jobs(limit=20)}
+    assert [jobs[i].status for i in ids] == [JobStatus.COALESCED] * 2 + [JobStatus.QUEUED]
+    assert [jobs[i].coalesced_into for i in ids] == [ids[1], ids[2], None]
+
+
 async def test_concurrent_repeats_create_one_delivery(store: Store) -> None:
     calls = [
         store.record_delivery(delivery(dedupe_key="same-body", dedupe_window=300), [job()])

@@ -15,6 +15,7 @@ from responder.config import ConfigError, Settings
 from responder.playbook import Context, on, playbook
 from responder.store import JobStatus, NewNote, NextClaim, RecordRejected, StoreUnavailable
 from responder.store.postgres import PostgresStore, migrations
+from responder.store.postgres import deliveries as postgres_deliveries
 from responder.store.postgres.deliveries import SUPERSEDE
 from responder.store.postgres.queue import CLAIM as CLAIM_SQL
 from responder.store.postgres.queue import NEXT_DUE as NEXT_DUE_SQL
@@ -455,3 +456,48 @@ async def test_a_result_with_an_attempt_left_commits_without_waiting_for_the_wal
         await admin.close()
         await store.close()
         await asyncio.to_thread(server.stop)
+
+
+class CountingDb:
+    """A connection that counts the exchanges made on it (each call is one round trip)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db, self.calls = db, list[str]()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.db, name)
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return await method(*args, **kwargs)
+
+        return counted
+
+
+async def test_a_commit_s_unrelated_deliveries_are_read_together_then_written_together(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight deliveries of eight incidents recorded in one commit: one round trip takes their locks,
+    one reads them all, one writes them all (not two a delivery). A repeat among them (a ninth,
+    sent again) starts a second pair after the delivery it repeats is written."""
+    exchanges: list[list[str]] = []
+    record = postgres_deliveries.record_requests
+
+    async def counted(db: Any, requests: Any) -> Any:
+        exchanges.append((counting := CountingDb(db)).calls)
+        return await record(counting, requests)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(postgres_deliveries, "record_requests", counted)
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        sent = [(delivery(f"QW{i}"), [job(f"w{i}")]) for i in range(8)]
+        recorded = await store.record_deliveries(sent)
+        assert all(r.created and len(r.job_ids) == 1 for r in recorded)
+        assert exchanges == [["execute", "fetchmany", "fetchmany"]]
+        again = (delivery("QW8", id="wh-W"), [job("w8")])
+        recorded = await store.record_deliveries([again, (delivery("QW9"), [job("w9")]), again])
+    finally:
+        await store.close()
+    assert [r.created for r in recorded] == [True, True, False]
+    assert exchanges[1] == ["execute", "fetchmany", "fetchmany", "fetchmany"]
