@@ -6,7 +6,7 @@ from typing import Any
 
 from responder.logs import get_logger
 from responder.stacks import OperationCancelled, StackError
-from responder.store import Job, JobStatus
+from responder.store import CANCELLED_BY_REQUEST, Job, JobStatus
 
 log = get_logger("responder.runner")
 
@@ -54,7 +54,7 @@ def judge(
         # cancelled, and does not end as anything else.
         step = failure.step if isinstance(failure, StackError) else None
         log.warning("job.cancelled", step=step or None, duration_ms=ms_since(started))
-        return Outcome(JobStatus.CANCELLED, "cancelled by request")
+        return Outcome(JobStatus.CANCELLED, CANCELLED_BY_REQUEST)
     if isinstance(failure, AwaitingApproval):
         log.warning("job.awaiting_approval", plan=failure.plan, duration_ms=ms_since(started))
         return Outcome(JobStatus.AWAITING_APPROVAL, plan=failure.plan)

@@ -609,6 +609,78 @@ async def test_a_job_claimed_with_a_result_the_stop_cancelled_is_handed_back(
     assert job.status == JobStatus.QUEUED and job.attempts == 0 and job.started_at is None
 
 
+async def test_a_worker_cancelled_while_its_job_ends_hands_back_the_job_the_result_claimed(
+    make_rig: MakeRig,
+) -> None:
+    """A worker cancelled while its job is still writing its result (the job itself is shielded
+    and goes on): the job its result claimed is handed back unstarted as the worker ends, not left
+    running with nobody to run it."""
+    started: list[int | None] = []
+
+    async def note(ctx: Context) -> None:
+        started.append(ctx.job_id)
+
+    rig = await make_rig([book(note)])
+    first, second = await rig.enqueue(book(note), "s1"), await rig.enqueue(book(note), "s2")
+    finishing, answer = asyncio.Event(), asyncio.Event()
+    finish = rig.store.finish
+
+    async def gated(*args: Any, **kwargs: Any) -> Job | None:
+        finishing.set()
+        await answer.wait()
+        return await finish(*args, **kwargs)
+
+    rig.store.finish = gated  # type: ignore[method-assign]
+    await rig.runner.start()
+    await asyncio.wait_for(finishing.wait(), 5)
+    (worker,) = rig.runner._loops
+    worker.cancel()
+    await asyncio.sleep(0.05)
+    assert not worker.done()  # it waits for its job, which is not cancelled
+    answer.set()
+    await asyncio.wait_for(asyncio.gather(worker, return_exceptions=True), 5)
+    assert worker.cancelled()
+    assert started == [first]
+    assert (await rig.job(first)).status == JobStatus.SUCCEEDED
+    job = await rig.job(second)
+    assert job.status == JobStatus.QUEUED and job.attempts == 0 and job.started_at is None
+
+
+async def test_a_result_written_while_the_runner_stops_claims_nothing(
+    make_rig: MakeRig, logs: LogCapture
+) -> None:
+    """A job that ends during the stop's grace writes its result alone: no next job is claimed
+    only to be handed back."""
+    release = asyncio.Event()
+    started: list[int | None] = []
+
+    async def held(ctx: Context) -> None:
+        started.append(ctx.job_id)
+        await release.wait()
+
+    rig = await make_rig([book(held)])
+    first, second = await rig.enqueue(book(held), "s1"), await rig.enqueue(book(held), "s2")
+    claims = ClaimCount(rig)
+    finish, asked = rig.store.finish, list[Any]()
+
+    async def seen(*args: Any, **kwargs: Any) -> Job | None:
+        asked.append(kwargs.get("then_claim"))
+        return await finish(*args, **kwargs)
+
+    rig.store.finish = seen  # type: ignore[method-assign]
+    await rig.runner.start()
+    await until(lambda: started == [first], "the first job started", timeout=5)
+    stop = asyncio.create_task(rig.runner.stop(grace=5))
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.wait_for(stop, 10)
+    assert asked == [None] and claims.count == 1  # the first job's claim only
+    assert (await rig.job(first)).status == JobStatus.SUCCEEDED
+    job = await rig.job(second)
+    assert job.status == JobStatus.QUEUED and job.attempts == 0
+    assert not logs.events("job.released")
+
+
 async def test_cancelling_a_waiting_retry_lets_the_next_job_on_its_stack_run_at_once(
     make_rig: MakeRig,
 ) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from responder.store.records import (
+    CANCELLED_BY_REQUEST,
     FINAL_STATUSES,
     RELEASED_STACKS,
     Caps,
@@ -32,6 +33,7 @@ from responder.store.records import (
 )
 
 __all__ = [
+    "CANCELLED_BY_REQUEST",
     "FINAL_STATUSES",
     "RELEASED_STACKS",
     "Caps",

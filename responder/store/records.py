@@ -27,6 +27,10 @@ class JobStatus(StrEnum):
         return self in FINAL_STATUSES
 
 
+# The error a job cancelled by request ends with, however it ended: by its runner, or by the store
+# before it started.
+CANCELLED_BY_REQUEST = "cancelled by request"
+
 FINAL_STATUSES = frozenset(
     {
         JobStatus.SUCCEEDED,

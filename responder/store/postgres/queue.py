@@ -4,6 +4,7 @@ import json
 from collections.abc import Sequence
 
 from responder.store import (
+    CANCELLED_BY_REQUEST,
     Job,
     JobStatus,
     JsonObject,
@@ -97,7 +98,7 @@ RELEASE = (
     " started_at = CASE WHEN attempts > 1 THEN started_at END,"
     " status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,"
     " finished_at = CASE WHEN cancel_requested THEN $3::double precision END,"
-    " error = CASE WHEN cancel_requested THEN 'cancelled by request' ELSE error END"
+    " error = CASE WHEN cancel_requested THEN $4 ELSE error END"
     " WHERE id = $1 AND status = 'running' AND fence = $2 RETURNING status"
 )
 AWAIT_APPROVAL = (
@@ -179,7 +180,9 @@ class JobQueue(Connection):
             self._announce()
 
     async def release(self, job_id: int, fence: int, now: float) -> JobStatus:
-        status = await self._run(lambda db: db.fetchval(RELEASE, job_id, fence, now))
+        status = await self._run(
+            lambda db: db.fetchval(RELEASE, job_id, fence, now, CANCELLED_BY_REQUEST)
+        )
         if status is None:
             raise LeaseLost(job_id)
         self._announce()  # runnable again, by any node (or its stack free, if it was cancelled)
@@ -239,9 +242,9 @@ class JobQueue(Connection):
                 return None
             if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.AWAITING_APPROVAL):
                 await db.execute(
-                    "UPDATE jobs SET status = 'cancelled', finished_at = $1,"
-                    " error = 'cancelled by request' WHERE id = $2",
+                    "UPDATE jobs SET status = 'cancelled', finished_at = $1, error = $2 WHERE id = $3",
                     now,
+                    CANCELLED_BY_REQUEST,
                     job_id,
                 )
             elif status == JobStatus.RUNNING:

@@ -6,6 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from responder.store import (
+    CANCELLED_BY_REQUEST,
     Job,
     JobStatus,
     JsonObject,
@@ -72,7 +73,7 @@ RELEASE = (
     " started_at = CASE WHEN attempts > 1 THEN started_at END,"
     " status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,"
     " finished_at = CASE WHEN cancel_requested THEN :now END,"
-    " error = CASE WHEN cancel_requested THEN 'cancelled by request' ELSE error END"
+    " error = CASE WHEN cancel_requested THEN :reason ELSE error END"
     " WHERE id = :id AND status = 'running' AND fence = :fence RETURNING status"
 )
 STEP = "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
@@ -162,7 +163,9 @@ class JobQueue(Connection):
 
     async def release(self, job_id: int, fence: int, now: float) -> JobStatus:
         def release(db: sqlite3.Connection) -> JobStatus:
-            row = db.execute(RELEASE, {"id": job_id, "fence": fence, "now": now}).fetchone()
+            row = db.execute(
+                RELEASE, {"id": job_id, "fence": fence, "now": now, "reason": CANCELLED_BY_REQUEST}
+            ).fetchone()
             if row is None:
                 raise LeaseLost(job_id)
             return JobStatus(row[0])
@@ -223,9 +226,8 @@ class JobQueue(Connection):
                 return None
             if job.status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.AWAITING_APPROVAL):
                 db.execute(
-                    "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = 'cancelled by request'"
-                    " WHERE id = ?",
-                    (now, job_id),
+                    "UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ? WHERE id = ?",
+                    (now, CANCELLED_BY_REQUEST, job_id),
                 )
             elif job.status == JobStatus.RUNNING:
                 db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
