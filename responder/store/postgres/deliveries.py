@@ -9,6 +9,7 @@
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import asyncpg
 
@@ -96,29 +97,30 @@ async def record_requests(db: Db, requests: Sequence[Request]) -> list[list[Reco
     for request in requests:
         for delivery, jobs in request:
             _check_text(delivery, jobs)
+    items = [
+        _Item(n, delivery, jobs, frozenset(lock_keys([(delivery, jobs)])))
+        for n, request in enumerate(requests)
+        for delivery, jobs in request
+    ]
     # unnest keeps the array's order, so the locks are taken in the sorted order given.
-    keys = sorted({key for request in requests for key in lock_keys(request)})
+    keys = sorted(frozenset().union(*(item.keys for item in items)))
     await db.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys)
     # The deliveries of one request share one body: the first of them to be written stores it.
     digests: list[dict[bytes, str]] = [{} for _ in requests]
-    items = [
-        (n, delivery, jobs) for n, request in enumerate(requests) for delivery, jobs in request
-    ]
     recorded: list[list[RecordedDelivery]] = [[] for _ in requests]
     try:
         for wave in waves(items):
-            reads = await db.fetchmany(READ, [_read_args(delivery) for _, delivery, _ in wave])
+            reads = await db.fetchmany(READ, [_read_args(item.delivery) for item in wave])
             verdicts = [
-                _judge(delivery, jobs, read, digests[n])
-                for (n, delivery, jobs), read in zip(wave, reads, strict=True)
+                _judge(item.delivery, item.jobs, read, digests[item.request])
+                for item, read in zip(wave, reads, strict=True)
             ]
             writes = [verdict for verdict in verdicts if isinstance(verdict, _Write)]
-            written = await db.fetchmany(WRITE, [w.args for w in writes]) if writes else []
-            outcomes = iter(
-                [await _written(db, w, row) for w, row in zip(writes, written, strict=True)]
-            )
-            for (n, _, _), verdict in zip(wave, verdicts, strict=True):
-                recorded[n].append(next(outcomes) if isinstance(verdict, _Write) else verdict)
+            rows = iter(await db.fetchmany(WRITE, [w.args for w in writes]) if writes else [])
+            for item, verdict in zip(wave, verdicts, strict=True):
+                if isinstance(verdict, _Write):
+                    verdict = await _written(db, verdict, next(rows))
+                recorded[item.request].append(verdict)
     except asyncpg.ForeignKeyViolationError as e:
         # The body this delivery shares with an earlier one was pruned meanwhile: run again.
         raise Conflict(str(e)) from e
@@ -129,7 +131,13 @@ async def record_requests(db: Db, requests: Sequence[Request]) -> list[list[Reco
     return recorded
 
 
-_Item = tuple[int, NewDelivery, list[NewJob]]  # a delivery, its jobs, and its request's index
+class _Item(NamedTuple):
+    """A delivery of a commit, with its jobs, its request's index and its `lock_keys`."""
+
+    request: int
+    delivery: NewDelivery
+    jobs: list[NewJob]
+    keys: frozenset[int]
 
 
 def waves(items: Sequence[_Item]) -> list[list[_Item]]:
@@ -142,12 +150,11 @@ def waves(items: Sequence[_Item]) -> list[list[_Item]]:
     found: list[list[_Item]] = []
     taken: set[int] = set()
     for item in items:
-        keys = set(lock_keys([(item[1], item[2])]))
-        if not found or keys & taken:
+        if not found or item.keys & taken:
             found.append([])
             taken = set()
         found[-1].append(item)
-        taken |= keys
+        taken |= item.keys
     return found
 
 
