@@ -499,11 +499,27 @@ async def test_a_worker_with_a_backlog_claims_each_next_job_with_the_last_one_s_
     assert claims.count == 2  # the first job's, and one after the last result claimed nothing
 
 
-async def test_a_job_claimed_with_a_result_as_the_runner_stops_is_handed_back_not_run(
-    make_rig: MakeRig,
-) -> None:
-    """A result under way when the stop begins claims the worker's next job: that job is queued
-    again, unstarted, as a claim answering during the stop is."""
+@dataclass
+class HeldResult:
+    """Two jobs on two stacks, run by one worker: the first one's result, which claims the second,
+    waits for `answer` before it reaches the store."""
+
+    rig: Rig
+    first: int
+    second: int
+    started: list[int | None]
+    answer: asyncio.Event
+
+    async def second_handed_back(self) -> None:
+        """Only the first job ran, and succeeded; the second is queued again, unstarted."""
+        assert self.started == [self.first]
+        assert (await self.rig.job(self.first)).status == JobStatus.SUCCEEDED
+        job = await self.rig.job(self.second)
+        assert job.status == JobStatus.QUEUED and job.attempts == 0 and job.started_at is None
+
+
+async def first_result_held(make_rig: MakeRig) -> HeldResult:
+    """Started; returns once the first job's result (with its claim) waits."""
     started: list[int | None] = []
 
     async def note(ctx: Context) -> None:
@@ -523,14 +539,20 @@ async def test_a_job_claimed_with_a_result_as_the_runner_stops_is_handed_back_no
     rig.store.finish = slow_finish  # type: ignore[method-assign]
     await rig.runner.start()
     await asyncio.wait_for(finishing.wait(), 5)
-    stop = asyncio.create_task(rig.runner.stop(grace=5))
+    return HeldResult(rig, first, second, started, answer)
+
+
+async def test_a_job_claimed_with_a_result_as_the_runner_stops_is_handed_back_not_run(
+    make_rig: MakeRig,
+) -> None:
+    """A result under way when the stop begins claims the worker's next job: that job is queued
+    again, unstarted, as a claim answering during the stop is."""
+    held = await first_result_held(make_rig)
+    stop = asyncio.create_task(held.rig.runner.stop(grace=5))
     await asyncio.sleep(0.1)
-    answer.set()  # the result, and the claim of `second` with it, commit during the stop
+    held.answer.set()  # the result, and the claim of `second` with it, commit during the stop
     await asyncio.wait_for(stop, 10)
-    assert started == [first]
-    assert (await rig.job(first)).status == JobStatus.SUCCEEDED
-    job = await rig.job(second)
-    assert job.status == JobStatus.QUEUED and job.attempts == 0 and job.started_at is None
+    await held.second_handed_back()
 
 
 def answers_lost(rig: Rig, method: str) -> list[Any]:
@@ -615,35 +637,15 @@ async def test_a_worker_cancelled_while_its_job_ends_hands_back_the_job_the_resu
     """A worker cancelled while its job is still writing its result (the job itself is shielded
     and goes on): the job its result claimed is handed back unstarted as the worker ends, not left
     running with nobody to run it."""
-    started: list[int | None] = []
-
-    async def note(ctx: Context) -> None:
-        started.append(ctx.job_id)
-
-    rig = await make_rig([book(note)])
-    first, second = await rig.enqueue(book(note), "s1"), await rig.enqueue(book(note), "s2")
-    finishing, answer = asyncio.Event(), asyncio.Event()
-    finish = rig.store.finish
-
-    async def gated(*args: Any, **kwargs: Any) -> Job | None:
-        finishing.set()
-        await answer.wait()
-        return await finish(*args, **kwargs)
-
-    rig.store.finish = gated  # type: ignore[method-assign]
-    await rig.runner.start()
-    await asyncio.wait_for(finishing.wait(), 5)
-    (worker,) = rig.runner._loops
+    held = await first_result_held(make_rig)
+    (worker,) = held.rig.runner._loops
     worker.cancel()
     await asyncio.sleep(0.05)
     assert not worker.done()  # it waits for its job, which is not cancelled
-    answer.set()
+    held.answer.set()
     await asyncio.wait_for(asyncio.gather(worker, return_exceptions=True), 5)
     assert worker.cancelled()
-    assert started == [first]
-    assert (await rig.job(first)).status == JobStatus.SUCCEEDED
-    job = await rig.job(second)
-    assert job.status == JobStatus.QUEUED and job.attempts == 0 and job.started_at is None
+    await held.second_handed_back()
 
 
 async def test_a_result_written_while_the_runner_stops_claims_nothing(
