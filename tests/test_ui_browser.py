@@ -1,8 +1,10 @@
 """The web page in Debian's Chromium (Playwright), against a live daemon with the real pulumi CLI:
 deliveries appear, a job's steps show as they finish, an approval goes through the button, a
-`<script>` title stays text. Saves the README's screenshots to docs/screenshots/."""
+`<script>` title stays text. With UPDATE_SCREENSHOTS=1, saves the README's screenshots to
+docs/screenshots/ (not on every run: a run of the suite leaves the checkout as it found it)."""
 
 import asyncio
+import os
 import stat
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +19,8 @@ from tests.helpers import API_TOKEN, REPO, Client, ProbeTarget, marked_processes
 
 MakeClient = Callable[..., Awaitable[Client]]
 SCREENSHOTS = REPO / "docs" / "screenshots"
+UPDATE_SCREENSHOTS = os.environ.get("UPDATE_SCREENSHOTS") == "1"
+PNG = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = "/usr/bin/chromium"  # Debian's (scripts/install-test-services); no browser download
 HOSTILE = "<script>window.owned = 1; alert('owned')</script> checkout 5xx"
 WAIT_MS = 180_000  # real pulumi operations on a shared 2-core machine
@@ -93,11 +97,14 @@ async def new_page(browser: Browser) -> tuple[Page, list[str]]:
 
 
 async def screenshot(page: Page, name: str) -> None:
-    """Save a full-page screenshot for the README, readable by all like the rest of the checkout
-    (the daemon's umask would make it 0600)."""
-    path = SCREENSHOTS / name
-    path.write_bytes(await page.screenshot(full_page=True))
-    path.chmod(0o644)
+    """A full-page screenshot, saved for the README if asked (UPDATE_SCREENSHOTS=1), readable by
+    all like the rest of the checkout (the daemon's umask would make it 0600)."""
+    image = await page.screenshot(full_page=True)
+    assert image.startswith(PNG)
+    if UPDATE_SCREENSHOTS:
+        path = SCREENSHOTS / name
+        path.write_bytes(image)
+        path.chmod(0o644)
 
 
 async def shown_job(page: Page) -> tuple[str, int]:
@@ -201,7 +208,7 @@ async def test_a_delivery_its_steps_and_an_approval_through_the_page(
     # One decision sent: the click with the token (the forced one without it sent nothing).
     approved = str(client.http.make_url(f"/jobs/{teardown}/approve"))
     assert [u for u in decisions if "/jobs/" in u] == [approved]
-    for name in ("job.png", "incidents.png", "approval.png"):
+    for name in ("job.png", "incidents.png", "approval.png") if UPDATE_SCREENSHOTS else ():
         assert stat.S_IMODE((SCREENSHOTS / name).stat().st_mode) == 0o644, name
 
 
