@@ -155,6 +155,15 @@ def test_bench_smoke_run_writes_a_report(tmp_path: Path) -> None:
     rates = re.findall(r"^\| (?:responder|adnanh/webhook [^|]*) \| (\d+) \|", report, re.M)
     assert len(rates) == 4 and all(int(r) > 0 for r in rates), rates
     assert "missing from its store afterwards: **0**" in report
+    # Each configuration also counts its deliveries once their jobs have run, which can only be
+    # slower than counting their answers.
+    answered = re.findall(r"^responder / adnanh/webhook.*?; median \*\*([\d.]+)×", report, re.M)
+    run = re.findall(r"once its job has run .*?; median \*\*([\d.]+)×", report, re.M)
+    assert len(answered) == len(run) == 2, (answered, run)
+    assert all(0 < float(r) <= float(a) for r, a in zip(run, answered, strict=True)), (
+        run,
+        answered,
+    )
     assert "The generator is vegeta" in report  # the open loop is the compiled one
     open_rows = re.findall(
         r"^\| \(\w\) [^|]+ \| (?:responder|adnanh/webhook) \| ([\d.]+) \|", report, re.M
