@@ -26,6 +26,8 @@ FIXTURE = REPO / "tests" / "fixtures" / "pd_v3_incident_triggered.json"
 SECRET = "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 # The intake benchmarks' playbook: a no-op job per trigger, so intake is measured, not Pulumi.
 NOOP_PLAYBOOKS = REPO / "bench" / "playbooks"
+# A store's jobs not finished yet (either store's SQL).
+UNFINISHED = "SELECT COUNT(*) FROM jobs WHERE status IN ('scheduled', 'queued', 'running')"
 
 
 def free_port() -> int:

@@ -35,6 +35,7 @@ import asyncpg
 from bench.common import (
     NOOP_PLAYBOOKS,
     REPO,
+    UNFINISHED,
     Server,
     cpu_seconds,
     deliveries,
@@ -46,7 +47,6 @@ from responder.events import Event, Incident
 from responder.store import NewDelivery, NewJob, Store
 from tests.postgres_server import PostgresServer, fresh_database
 
-UNFINISHED = "SELECT COUNT(*) FROM jobs WHERE status IN ('scheduled', 'queued', 'running')"
 HOLD = "UPDATE jobs SET status = 'scheduled', not_before = 1e12 WHERE status = 'queued'"
 RELEASE = "UPDATE jobs SET status = 'queued', not_before = 0 WHERE status = 'scheduled'"
 DRAINED = "SELECT COUNT(*), MIN(started_at), MAX(finished_at) FROM jobs WHERE status = 'succeeded'"

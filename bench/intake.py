@@ -19,6 +19,7 @@ import asyncpg
 from bench.common import (
     NOOP_PLAYBOOKS,
     REPO,
+    UNFINISHED,
     Server,
     cpu_seconds,
     deliveries,
@@ -83,8 +84,6 @@ def unix_socket_url(cluster: PostgresServer, url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, f"{parts.username}@", parts.path, query, ""))
 
 
-# Jobs not finished yet: those of the flood still waiting for a worker, or in one.
-UNFINISHED = "SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"
 # How often the drain after a flood is looked at: its time is measured to this much.
 DRAIN_POLL = 0.05  # seconds
 
