@@ -1019,3 +1019,10 @@ async def test_config_that_is_not_json_is_refused_where_the_playbook_sets_it(
     [sent] = rig.ops.calls
     assert sent.config == {"count": 3, "labels": {"team": "db"}}  # nothing of the refused call
     assert rig.ops.stacks[f"{PROJECT}/s1"].config == {"count": "3", "labels": '{"team": "db"}'}
+
+
+def test_claim_tokens_are_never_repeated_in_a_process() -> None:
+    """A retried claim finds its job by its token: two claims of one node must never share one."""
+    tokens = [runner_module.new_claim_token() for _ in range(10_000)]
+    assert len(set(tokens)) == len(tokens)
+    assert all(len(t) <= 64 and t.isascii() for t in tokens)
