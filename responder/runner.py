@@ -95,6 +95,9 @@ class Runner:
         self._handles: dict[int, JobStack] = {}
         # Jobs of this node cancelled while claimed but not yet given a handle (see `_attempt`).
         self._early_cancels: set[int] = set()
+        # Jobs of this node whose result was recorded before a cancel reached their run (a stop past
+        # its grace): ended, not interrupted (see `_attempt`).
+        self._recorded: set[int] = set()
         self._idle = IdleWorkers()
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
@@ -385,7 +388,8 @@ class Runner:
         try:
             await self._attempt(job, started, claim_next=claim_next)
         except asyncio.CancelledError:
-            log.warning("job.interrupted", duration_ms=ms_since(started))
+            if job.id not in self._recorded:
+                log.warning("job.interrupted", duration_ms=ms_since(started))
             raise
         except LeaseLost:  # another node holds the job now: its result is that node's to write
             log.warning("job.lease_lost", duration_ms=ms_since(started))
@@ -395,6 +399,7 @@ class Runner:
         finally:
             self._handles.pop(job.id, None)
             self._early_cancels.discard(job.id)
+            self._recorded.discard(job.id)
             self.leases.release(job.id)
             structlog.contextvars.clear_contextvars()
 
@@ -484,13 +489,26 @@ class Runner:
         if token is None:  # nothing to hand back if cancelled
             after = await write
         else:
-            after = await self._seen_through(asyncio.ensure_future(write), call="result")
+            result = asyncio.ensure_future(write)
+            try:
+                after = await self._seen_through(result, call="result")
+            except asyncio.CancelledError:
+                if result.done() and not result.cancelled() and result.exception() is None:
+                    # Recorded before the cancel took effect (the job claimed with it was handed
+                    # back): it ended as recorded, and is logged and counted so, not interrupted.
+                    self._recorded.add(job.id)
+                    self._ended(job, outcome.status, started, notes=bool(notes))
+                raise
         if after is not None:
             self._handoff[job.id] = after
+        self._ended(job, outcome.status, started, notes=bool(notes))
+
+    def _ended(self, job: Job, status: JobStatus, started: float, *, notes: bool) -> None:
+        """A job's final result is recorded: its notes may be sent, it is counted and logged."""
         if notes and self.notes:
             self.notes.queued()
-        metrics.job_attempt_ended(job.playbook, outcome.status, started, final=True)
-        if outcome.status == JobStatus.SUCCEEDED:
+        metrics.job_attempt_ended(job.playbook, status, started, final=True)
+        if status == JobStatus.SUCCEEDED:
             log.info("job.succeeded", duration_ms=ms_since(started))
 
     async def _fail(self, job: Job, error: str, started: float, error_kind: str = "") -> None:

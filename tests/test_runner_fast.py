@@ -597,10 +597,11 @@ async def test_a_claim_whose_answer_was_lost_is_run_once_retried(
 
 
 async def test_a_job_claimed_with_a_result_the_stop_cancelled_is_handed_back(
-    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch, logs: LogCapture
 ) -> None:
     """The stop's grace ends while a result (and the claim with it) is committed but unanswered:
-    the answer is waited for, briefly, and the job claimed handed back unstarted."""
+    the answer is waited for, briefly, and the job claimed handed back unstarted. The job whose
+    result it was ended as recorded: logged and counted as succeeded, not as interrupted."""
     monkeypatch.setattr(runner_module, "RELEASE_WAIT", 2.0)
     started: list[int | None] = []
     answer = asyncio.Event()
@@ -619,6 +620,8 @@ async def test_a_job_claimed_with_a_result_the_stop_cancelled_is_handed_back(
         return claimed
 
     rig.store.finish = unanswered  # type: ignore[method-assign]
+    counted = {"playbook": "note", "status": "succeeded"}
+    before = REGISTRY.get_sample_value("responder_jobs_finished_total", counted) or 0.0
     await rig.runner.start()
     await asyncio.wait_for(committed.wait(), 5)
     stop = asyncio.create_task(rig.runner.stop(grace=0.2))
@@ -629,6 +632,11 @@ async def test_a_job_claimed_with_a_result_the_stop_cancelled_is_handed_back(
     assert started == [first]
     job = await rig.job(second)
     assert job.status == JobStatus.QUEUED and job.attempts == 0 and job.started_at is None
+    assert (await rig.job(first)).status == JobStatus.SUCCEEDED
+    assert [e["job_id"] for e in logs.events("job.succeeded")] == [first]
+    assert not logs.events("job.interrupted")
+    after = REGISTRY.get_sample_value("responder_jobs_finished_total", counted)
+    assert after == before + 1
 
 
 async def test_a_worker_cancelled_while_its_job_ends_hands_back_the_job_the_result_claimed(
