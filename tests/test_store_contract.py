@@ -8,6 +8,7 @@ SQLite's runs everywhere; PostgreSQL's on the session's throw-away cluster, a fr
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -34,6 +35,7 @@ from responder.store import (
     Store,
     StoreUnavailable,
 )
+from responder.store.limits import MAX_KEY_BYTES
 from responder.store.postgres import PostgresStore
 from responder.store.postgres import deliveries as postgres_deliveries
 from responder.store.postgres.driver import Db
@@ -920,6 +922,39 @@ async def test_a_delivery_the_store_cannot_hold_fails_alone(store: Store) -> Non
     assert all(not isinstance(o, BaseException) and o.created for o in outcomes)
     assert await store.incident("QB") is None
     assert len(await store.list_jobs(limit=100)) == 10
+
+
+KEY_NAMES = {
+    "id": "delivery id",
+    "event_id": "event id",
+    "incident_id": "incident id",
+    "dedupe_key": "dedupe key",
+}
+
+
+@pytest.mark.parametrize("key", KEY_NAMES)
+async def test_a_delivery_whose_key_is_too_long_to_index_fails_alone(
+    store: Store, key: str
+) -> None:
+    """Each key a delivery is looked up by is refused past MAX_KEY_BYTES (counted in UTF-8 bytes,
+    so the same on both stores: PostgreSQL cannot index much more), and only its own request fails.
+    One of exactly that size is stored."""
+
+    def keyed(incident: str, value: str) -> NewDelivery:
+        changes: dict[str, object] = {key: value}
+        return dataclasses.replace(delivery(incident), **changes)  # type: ignore[arg-type]
+
+    fits, too_long = "é" * (MAX_KEY_BYTES // 2), "é" * (MAX_KEY_BYTES // 2) + "x"
+    calls = [store.record_delivery(delivery(f"QK{i}"), [job(f"QK{i}")]) for i in range(4)]
+    calls.insert(2, store.record_delivery(keyed("QLONG", too_long), [job("long")]))
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+    rejected = outcomes.pop(2)
+    assert isinstance(rejected, RecordRejected), rejected
+    assert f"the {KEY_NAMES[key]} is longer than {MAX_KEY_BYTES} bytes" in str(rejected)
+    assert all(not isinstance(o, BaseException) and o.created for o in outcomes)
+    stored = await store.record_delivery(keyed("QFITS", fits), [job("fits")])
+    assert stored.created and len(stored.job_ids) == 1
+    assert len(await store.list_jobs(limit=100)) == 5
 
 
 async def test_a_request_is_stored_whole_or_not_at_all(store: Store) -> None:

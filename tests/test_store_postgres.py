@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from responder.config import ConfigError, Settings
 from responder.playbook import Context, on, playbook
-from responder.store import JobStatus, NewNote, NextClaim, RecordRejected, StoreUnavailable
+from responder.store import JobStatus, NewNote, NextClaim, RecordRejected, StoreUnavailable, limits
 from responder.store.postgres import PostgresStore, migrations
 from responder.store.postgres import deliveries as postgres_deliveries
 from responder.store.postgres.deliveries import SUPERSEDE
@@ -501,3 +502,25 @@ async def test_a_commit_s_unrelated_deliveries_are_read_together_then_written_to
         await store.close()
     assert [r.created for r in recorded] == [True, True, False]
     assert exchanges[1] == ["execute", "fetchmany", "fetchmany", "fetchmany"]
+
+
+async def test_a_key_the_server_cannot_index_fails_its_request_alone(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the store's own limit on keys (lifted here), PostgreSQL refuses an index entry over
+    2,704 bytes, which aborts the group commit: the request that holds it is refused, and the
+    others of its commit are stored, not all answered with the store unavailable."""
+    monkeypatch.setattr(limits, "MAX_KEY_BYTES", 1_000_000)
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        huge = delivery("QHUGE", id=secrets.token_urlsafe(6000))  # incompressible: not shrunk
+        calls = [store.record_delivery(delivery(f"QI{i}"), [job(f"i{i}")]) for i in range(4)]
+        calls.insert(2, store.record_delivery(huge, [job("huge")]))
+        outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        rejected = outcomes.pop(2)
+        assert isinstance(rejected, RecordRejected), rejected
+        assert "ProgramLimitExceededError" in str(rejected)
+        assert all(not isinstance(o, BaseException) and o.created for o in outcomes), outcomes
+    finally:
+        await store.close()

@@ -11,6 +11,7 @@ import pytest
 
 from responder.playbook import Context, Playbook, on, playbook
 from responder.store import JobStatus
+from responder.store.limits import MAX_KEY_BYTES
 from tests.helpers import (
     API_TOKEN,
     SECRET_A,
@@ -137,6 +138,29 @@ async def test_malformed_bodies_are_400_with_a_json_error(
     answer = await response.json()
     assert message in answer["error"] and answer["status"] == 400
     assert await client.store.delivery_ids() == set()
+
+
+TOO_LONG = "x" * (MAX_KEY_BYTES + 1)
+
+
+@pytest.mark.parametrize(
+    ("sent", "name"),
+    [
+        ({"event_id": TOO_LONG}, "event id"),
+        ({"incident_id": TOO_LONG, "event_id": "evt-short"}, "incident id"),
+    ],
+)
+async def test_an_id_too_long_to_store_is_400_and_stores_nothing(
+    client: Client, sent: dict[str, str], name: str
+) -> None:
+    """A signed delivery within the body limit whose event or incident id is too long to index:
+    refused with a clear error naming it, not a 503 (which the sender would retry forever)."""
+    response = await client.deliver(pd_event("incident.triggered", **sent), "long-1")
+    assert response.status == 400
+    answer = await response.json()
+    assert answer["error"].endswith(f"the {name} is longer than {MAX_KEY_BYTES} bytes")
+    assert await client.store.delivery_ids() == set()
+    assert (await client.deliver(pd_event("incident.triggered"), "short-1")).status == 202
 
 
 async def test_oversized_body_is_413(make_client: MakeClient) -> None:

@@ -24,14 +24,20 @@ from responder.store import (
     RecordedDelivery,
     RecordRejected,
 )
+from responder.store.limits import refuse_unstorable
 from responder.store.postgres.connection import Conflict
 from responder.store.postgres.driver import Db
 from responder.store.rows import json_text
 
 Request = Sequence[tuple[NewDelivery, list[NewJob]]]
 
-# A value the server refuses (bad encoding, out of range) fails its request alone.
-REJECTIONS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+# A value the server refuses (bad encoding, out of range, an index entry too large) fails its
+# request alone, not its whole group commit with the store reported unavailable.
+REJECTIONS = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
 
 # What a delivery is judged on, read after its locks are held: the earlier delivery it repeats
 # (the most specific reason first), and its incident's status.
@@ -96,7 +102,7 @@ async def record_requests(db: Db, requests: Sequence[Request]) -> list[list[Reco
     read and written a wave at a time (see `waves`)."""
     for request in requests:
         for delivery, jobs in request:
-            _check_text(delivery, jobs)
+            refuse_unstorable(delivery, jobs, nul=True)  # PostgreSQL's text holds no NUL
     items = [
         _Item(n, delivery, jobs, frozenset(lock_keys([(delivery, jobs)])))
         for n, request in enumerate(requests)
@@ -284,26 +290,3 @@ async def _coalesce(db: Db, job_id: int, job: NewJob, now: float) -> list[str]:
     playbooks."""
     superseded = await db.fetch(SUPERSEDE, job_id, now, job.playbook, job.project, job.stack)
     return [row["playbook"] for row in superseded]
-
-
-def _check_text(delivery: NewDelivery, jobs: list[NewJob]) -> None:
-    """Refuse text PostgreSQL cannot store, naming the field: lone surrogates (e.g. from a header
-    decoded with surrogateescape) and NUL characters, which no PostgreSQL text may hold."""
-    fields = [
-        ("delivery id", delivery.id),
-        ("source", delivery.source),
-        ("event id", delivery.event_id),
-        ("event type", delivery.event_type),
-        ("incident id", delivery.incident_id),
-        ("dedupe key", delivery.dedupe_key),
-    ]
-    for job in jobs:
-        fields += [("playbook", job.playbook), ("project", job.project), ("stack", job.stack)]
-        fields += [("cancel_on event type", t) for t in job.cancel_on]
-    for name, value in fields:
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise RecordRejected(f"the {name} is not valid Unicode text") from None
-        if "\0" in value:
-            raise RecordRejected(f"the {name} contains a NUL character")

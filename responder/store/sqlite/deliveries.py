@@ -18,6 +18,7 @@ from responder.store import (
     RecordedDelivery,
     RecordRejected,
 )
+from responder.store.limits import refuse_unstorable
 from responder.store.rows import json_text
 from responder.store.sqlite.schema import payload_digest
 
@@ -72,7 +73,7 @@ def record(
 ) -> RecordedDelivery:
     """Store one delivery and its jobs, unless it repeats an earlier delivery; `digests` caches
     the body digests of the request."""
-    _check_text(delivery, jobs)
+    refuse_unstorable(delivery, jobs, nul=False)  # SQLite's text may hold a NUL
     earlier, incident_status = db.execute(
         READ,
         (
@@ -126,26 +127,6 @@ def record(
         (p, JobStatus.COALESCED) for p in coalesced
     ]
     return RecordedDelivery(created=True, job_ids=ids, status=status, ended=tuple(ended))
-
-
-def _check_text(delivery: NewDelivery, jobs: list[NewJob]) -> None:
-    """Refuse text SQLite cannot store (lone surrogates, e.g. from a header decoded with
-    surrogateescape), naming the field; every source validates first, this is the last line."""
-    fields = [
-        ("delivery id", delivery.id),
-        ("source", delivery.source),
-        ("event id", delivery.event_id),
-        ("event type", delivery.event_type),
-        ("incident id", delivery.incident_id),
-        ("dedupe key", delivery.dedupe_key),
-    ]
-    for job in jobs:
-        fields += [("playbook", job.playbook), ("project", job.project), ("stack", job.stack)]
-    for name, value in fields:
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise RecordRejected(f"the {name} is not valid Unicode text") from None
 
 
 def _note_incident(
