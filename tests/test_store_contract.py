@@ -35,6 +35,7 @@ from responder.store import (
     Store,
     StoreUnavailable,
 )
+from responder.store.group_commit import Outcome
 from responder.store.limits import MAX_KEY_BYTES
 from responder.store.postgres import PostgresStore
 from responder.store.postgres import deliveries as postgres_deliveries
@@ -52,7 +53,7 @@ NOW = 1_800_000_000.0
 # Called at the start of each delivery commit with its number of requests, on whatever thread the
 # store commits from (it may block); raising fails that commit.
 CommitHook = Callable[[int], None]
-Outcomes = list[list[RecordedDelivery] | RecordRejected]
+Outcomes = list[Outcome]
 
 
 @dataclass

@@ -524,3 +524,37 @@ async def test_a_key_the_server_cannot_index_fails_its_request_alone(
         assert all(not isinstance(o, BaseException) and o.created for o in outcomes), outcomes
     finally:
         await store.close()
+
+
+async def test_a_store_lost_while_a_refused_commit_is_retried_keeps_what_was_committed(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit with a refused request is retried one request at a time. If the store fails
+    partway, the requests already committed are answered as stored (not with a 503 for a stored
+    delivery), and those left fail at once with the store's error, without each being tried."""
+    record, tried = postgres_deliveries.record_requests, list[str]()
+    good = [delivery(f"QR{i}") for i in range(3)]
+
+    async def failing_at_the_second(db: Any, requests: Any) -> Any:
+        if len(requests) == 1:
+            [[(sent, _)]] = requests
+            tried.append(sent.incident_id)
+            if sent is good[1]:
+                raise StoreUnavailable("job store unavailable: the connection dropped")
+        return await record(db, requests)
+
+    monkeypatch.setattr(postgres_deliveries, "record_requests", failing_at_the_second)
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        bad = delivery("QRBAD", id="bad-\udcff")  # a lone surrogate: refused
+        calls = [store.record_delivery(d, [job(d.incident_id)]) for d in (good[0], bad, *good[1:])]
+        outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        first, refused, lost, left = outcomes
+        assert not isinstance(first, BaseException) and first.created
+        assert isinstance(refused, RecordRejected)
+        assert isinstance(lost, StoreUnavailable) and isinstance(left, StoreUnavailable)
+        assert tried == ["QR0", "QRBAD", "QR1"]  # the last one was not tried
+        assert await store.incident("QR0") is not None and await store.incident("QR2") is None
+    finally:
+        await store.close()

@@ -8,8 +8,9 @@ from typing import Any
 from responder.store import NewDelivery, NewJob, RecordedDelivery, RecordRejected, StoreUnavailable
 
 Request = Sequence[tuple[NewDelivery, list[NewJob]]]
-# What a batch's commit gives each request: its outcome, or the refusal of that request alone.
-Outcome = list[RecordedDelivery] | RecordRejected
+# What a batch's commit gives each request: its outcome, the refusal of that request alone, or the
+# store's failure, when it failed after other requests of the batch were committed.
+Outcome = list[RecordedDelivery] | RecordRejected | StoreUnavailable
 _Pending = tuple[Request, "asyncio.Future[list[RecordedDelivery]]"]
 
 
@@ -59,7 +60,7 @@ class GroupCommit:
                 for (_, future), outcome in zip(self._committing, outcomes, strict=True):
                     if future.done():
                         continue  # its caller went away
-                    if isinstance(outcome, RecordRejected):
+                    if isinstance(outcome, (RecordRejected, StoreUnavailable)):
                         future.set_exception(outcome)
                     else:
                         future.set_result(outcome)

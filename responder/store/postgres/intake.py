@@ -6,7 +6,13 @@ share the next one (one lock statement, one commit), and each caller gets its ow
 
 from collections.abc import Sequence
 
-from responder.store import NewDelivery, NewJob, RecordedDelivery, RecordRejected
+from responder.store import (
+    NewDelivery,
+    NewJob,
+    RecordedDelivery,
+    RecordRejected,
+    StoreUnavailable,
+)
 from responder.store.group_commit import GroupCommit, Outcome, Request
 from responder.store.postgres import deliveries as delivery_sql
 from responder.store.postgres.connection import Connection
@@ -34,13 +40,16 @@ class Intake(GroupCommit, Connection):
             if len(requests) == 1:
                 return [e]
         # A value the server refused aborts the whole transaction: each request again on its own,
-        # so that only the refused one fails.
+        # so that only the refused one fails. If the store goes away meanwhile, those left fail
+        # with it at once, and those committed keep their answer (not a 503 for a stored delivery).
         outcomes: list[Outcome] = []
-        for request in requests:
+        for n, request in enumerate(requests):
             try:
                 outcomes += await self._commit([request])
             except RecordRejected as e:
                 outcomes.append(e)
+            except StoreUnavailable as e:
+                return outcomes + [e] * (len(requests) - n)
         return outcomes
 
     async def _commit(self, requests: list[Request]) -> list[list[RecordedDelivery]]:

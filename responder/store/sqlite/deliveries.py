@@ -18,11 +18,10 @@ from responder.store import (
     RecordedDelivery,
     RecordRejected,
 )
+from responder.store.group_commit import Outcome
 from responder.store.limits import refuse_unstorable
 from responder.store.rows import json_text
 from responder.store.sqlite.schema import payload_digest
-
-Request = Sequence[tuple[NewDelivery, list[NewJob]]]
 
 # What a delivery is judged on, in one statement: the earlier delivery it repeats (same id; same
 # source and event id, as a PagerDuty event replayed under a new X-Webhook-Id; same dedupe key
@@ -35,17 +34,17 @@ SELECT COALESCE(
 ), (SELECT status FROM incidents WHERE id = ?6)
 """
 
+Request = Sequence[tuple[NewDelivery, list[NewJob]]]
+
 # A value of one request that the store cannot encode fails that request alone. Anything else
 # (the disk, a lock, a bug) fails the whole commit and reaches every waiting caller.
 REJECTIONS = (ValueError, TypeError, OverflowError, sqlite3.IntegrityError, sqlite3.DataError)
 
 
-def record_requests(
-    db: sqlite3.Connection, requests: Sequence[Request]
-) -> list[list[RecordedDelivery] | RecordRejected]:
+def record_requests(db: sqlite3.Connection, requests: Sequence[Request]) -> list[Outcome]:
     """Record each request's deliveries under its own savepoint: a rejected request is rolled back
     and reported, the others stay in the transaction."""
-    outcomes: list[list[RecordedDelivery] | RecordRejected] = []
+    outcomes: list[Outcome] = []
     for request in requests:
         # The deliveries of one notification share one body object: hashed and stored once. Per
         # request, since a rejected request takes its stored bodies with it.
