@@ -147,10 +147,13 @@ class _Item(NamedTuple):
 
 
 def waves(items: Sequence[_Item]) -> list[list[_Item]]:
-    """The deliveries in runs of those none of which is judged by what another writes: no two in
-    a wave share a lock key (`lock_keys`: the same delivery id, event, dedupe key or incident).
-    A wave's reads go to the server together, then its writes (one round trip each, pipelined),
-    and each delivery is still judged as if those before it had been written one by one.
+    """The deliveries in runs none two of which share a lock key (`lock_keys`: the same delivery
+    id, event, dedupe key or incident). A wave's reads go to the server together, then its writes
+    (one round trip each, pipelined), and each delivery is still judged as if those before it had
+    been written one by one, with one exception: a resolve clears its incident's content-dedupe
+    keys, which a later delivery of another incident in its wave may carry (Events v2 triggers of
+    one body without a dedup_key). That delivery is judged as if it had come first, an order just as
+    true of two requests that arrived together (each source's request carries one such event).
     Measured under wrk (bench/RESULTS.md): two round trips a delivery had become a third of the
     intake's cost on PostgreSQL."""
     found: list[list[_Item]] = []
