@@ -158,3 +158,17 @@ async def test_pruning_a_job_deletes_its_notes(store: Store) -> None:
     counts = await store.prune(NOW + 1)
     assert counts["notes"] == 1 and counts["jobs"] == 1
     assert await store.job_notes(job_id) == []
+
+
+async def test_a_notes_error_text_is_stored_made_storable(store: Store) -> None:
+    """A reply's body quoted in the error may hold a NUL or a lone surrogate: the note is still
+    settled (left `sending`, it would be claimed and sent again after its lease)."""
+    await finished_with_notes(store, "k")
+    [claimed] = await store.claim_notes(NOW, 10, LEASE)
+    error = "HTTP 400: a\0b\udcffc"
+    assert await store.settle_note(
+        claimed.id, claimed.attempts, NoteStatus.FAILED, NOW, error=error
+    )
+    [settled] = await store.job_notes(claimed.job_id)
+    assert settled.status == NoteStatus.FAILED
+    assert settled.last_error == "HTTP 400: a\ufffdb\ufffdc"

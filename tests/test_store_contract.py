@@ -958,6 +958,56 @@ async def test_a_delivery_whose_key_is_too_long_to_index_fails_alone(
     assert len(await store.list_jobs(limit=100)) == 5
 
 
+# Free text from outside (an exception's message quoting an event's title, a service's name, a
+# reply's body) may hold what a store cannot: a NUL (PostgreSQL's text), a lone surrogate (UTF-8).
+HOSTILE_TEXT = "a\0b\udcffc"
+
+
+def storable(text: str) -> bool:
+    return (
+        "\0" not in text
+        and text.encode("utf-8", "surrogatepass").decode("utf-8", "replace") == text
+    )
+
+
+async def test_free_text_a_store_cannot_hold_is_stored_made_storable(store: Store) -> None:
+    """Each write of free text stores it with what the store cannot hold replaced, rather than
+    failing: a job's result that cannot be written would leave it running, retried forever."""
+    retried, failed = await enqueue(store, job("a"), job("b"))
+    for job_id in (retried, failed):
+        claimed = await store.claim_next(NOW)
+        assert claimed is not None and claimed.id == job_id
+        step = StepRecord("up", NOW, 1.0, "failed", error=HOSTILE_TEXT)
+        await store.add_step(job_id, step, fence=claimed.fence)
+        if job_id == retried:
+            await store.retry_later(job_id, NOW + 60, HOSTILE_TEXT, fence=claimed.fence)
+        else:
+            await store.finish(
+                job_id, JobStatus.FAILED, NOW, error=HOSTILE_TEXT, fence=claimed.fence
+            )
+    for job_id in (retried, failed):
+        got = await store.get_job(job_id)
+        assert got is not None and got.error is not None and storable(got.error)
+        assert got.error.startswith("a") and got.error.endswith("c"), got.error
+        [step_read] = got.steps
+        assert step_read.error is not None and storable(step_read.error)
+    assert (await store.get_job(failed)).status == JobStatus.FAILED  # type: ignore[union-attr]
+    # An operator's reason for a rejection, from the API.
+    (awaiting,) = await enqueue(store, job("c"), incident="QREJECT")
+    claimed = await store.claim_next(NOW)
+    assert claimed is not None and claimed.id == awaiting
+    await store.await_approval(awaiting, {"steps": []}, NOW, fence=claimed.fence)
+    rejected = await store.decide(awaiting, False, NOW, reason=HOSTILE_TEXT)
+    assert rejected is not None and rejected.status == JobStatus.REJECTED
+    assert rejected.error is not None and storable(rejected.error)
+    # A stack's service (an event's text) is counted under the same storable name.
+    caps = Caps(per_service=1)
+    assert await store.reserve_stack(stack_record("s1", service=HOSTILE_TEXT), caps) is None
+    assert await store.reserve_stack(stack_record("s2", service=HOSTILE_TEXT), caps) is not None
+    record = await store.get_stack("proj", "s1")
+    assert record is not None and storable(record.service)
+
+
 async def test_a_request_is_stored_whole_or_not_at_all(store: Store) -> None:
     request = [(delivery("QW1"), [job()]), (delivery("QW2", id="bad-\udcff"), [job()])]
     with pytest.raises(RecordRejected):

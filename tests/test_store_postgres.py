@@ -558,3 +558,29 @@ async def test_a_store_lost_while_a_refused_commit_is_retried_keeps_what_was_com
         assert await store.incident("QR0") is not None and await store.incident("QR2") is None
     finally:
         await store.close()
+
+
+async def test_text_postgresql_cannot_hold_is_a_clear_error_or_stored_made_storable(
+    make_client: Callable[..., Awaitable[Client]], postgres_url: str
+) -> None:
+    """A NUL in a read's id is the caller's error (400), not an outage (503); a job whose failure
+    quotes an event's NUL ends failed, its error stored with the NUL replaced, rather than staying
+    running with its result retried forever and the node not ready."""
+
+    @playbook()
+    @on("incident.triggered")
+    async def quote(ctx: Context) -> None:
+        """Fail, quoting the incident's title."""
+        raise RuntimeError(ctx.incident.title if ctx.incident else "")
+
+    client = await make_client([quote], database_url=postgres_url)
+    for path in ("/incidents/a%00b", "/jobs?incident=a%00b"):
+        response = await client.http.get(path)
+        assert response.status == 400, (path, await response.text())
+        assert "cannot hold a value" in (await response.json())["error"]
+    body = pd_event("incident.triggered", "QNUL", title="bad\0title")
+    assert (await client.deliver(body, "wh-nul")).status == 202
+    [failed] = await client.wait_for_jobs(timeout=30)
+    assert failed.status == JobStatus.FAILED, failed
+    assert failed.error is not None and "bad\ufffdtitle" in failed.error
+    assert (await client.http.get("/readyz")).status == 200

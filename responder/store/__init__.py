@@ -67,7 +67,8 @@ class StoreUnavailable(Exception):
 
 
 class RecordRejected(ValueError):
-    """The store cannot hold this delivery (a value it cannot encode); it alone fails, with this reason."""
+    """The store cannot hold a value it was given (a delivery's, or a read's: one it cannot encode);
+    that call alone fails, with this reason."""
 
 
 class LeaseLost(Exception):

@@ -1,4 +1,7 @@
-"""What either store refuses to record, naming the field: text it cannot store, keys too long."""
+"""What a store refuses to record (naming the field), and free text made storable by every store."""
+
+import re
+from typing import overload
 
 from responder.store import NewDelivery, NewJob, RecordRejected
 
@@ -33,3 +36,27 @@ def refuse_unstorable(delivery: NewDelivery, jobs: list[NewJob], *, nul: bool) -
     for name, value in keys:
         if len(value.encode()) > MAX_KEY_BYTES:
             raise RecordRejected(f"the {name} is longer than {MAX_KEY_BYTES} bytes")
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@overload
+def storable(text: str) -> str: ...
+@overload
+def storable(text: None) -> None: ...
+def storable(text: str | None) -> str | None:
+    """Free text from outside (an exception's message quoting an event, a service's name, a reply's
+    body) as every store can hold it: NUL (which PostgreSQL's text cannot hold) and lone surrogates
+    (which UTF-8 cannot) become U+FFFD. Such text is shown, never looked up by, so it is stored
+    altered rather than refused: a job whose result could not be written would stay running, its
+    write retried forever. Keys are refused instead (`refuse_unstorable`)."""
+    if text is None:
+        return None
+    if "\0" in text:
+        text = text.replace("\0", "\ufffd")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = _LONE_SURROGATE.sub("\ufffd", text)
+    return text

@@ -13,7 +13,7 @@ from typing import TypeVar
 import asyncpg
 
 from responder.logs import get_logger
-from responder.store import StoreUnavailable
+from responder.store import RecordRejected, StoreUnavailable
 from responder.store.node import new_node_id
 from responder.store.postgres import migrations
 from responder.store.postgres.dedicated import KEEPALIVES
@@ -174,6 +174,11 @@ class Connection:
             except asyncpg.UniqueViolationError as e:
                 if e.constraint_name != ONE_RUNNING or attempt == ATTEMPTS:
                     raise StoreUnavailable(f"job store unavailable: {describe(e)}") from e
+            except asyncpg.DataError as e:
+                # A value the server cannot take (a NUL in text, a number out of range): the
+                # caller's, not an outage, so neither a 503 nor a write retried forever. Its
+                # message may quote the value: only its kind is said.
+                raise RecordRejected(f"the store cannot hold a value ({type(e).__name__})") from e
             except UNAVAILABLE as e:
                 raise StoreUnavailable(f"job store unavailable: {describe(e)}") from e
         raise AssertionError("unreachable: the last attempt returns or raises")

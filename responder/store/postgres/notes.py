@@ -3,6 +3,7 @@
 from collections.abc import Sequence
 
 from responder.store import NewNote, NoteRecord, NoteStatus
+from responder.store.limits import storable
 from responder.store.postgres.connection import Connection
 from responder.store.postgres.driver import Db
 from responder.store.rows import note
@@ -59,7 +60,7 @@ class Notes(Connection):
         error: str | None = None,
         not_before: float = 0.0,
     ) -> bool:
-        args = (status.value, error, not_before, now, note_id, attempt, self.node)
+        args = (status.value, storable(error), not_before, now, note_id, attempt, self.node)
         return await self._run(lambda db: db.execute(SETTLE, *args)) == "UPDATE 1"
 
     async def next_note_due(self) -> float | None:

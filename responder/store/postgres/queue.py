@@ -13,6 +13,7 @@ from responder.store import (
     NextClaim,
     StepRecord,
 )
+from responder.store.limits import storable
 from responder.store.postgres import rows
 from responder.store.postgres.connection import Connection
 from responder.store.postgres.driver import Db
@@ -122,7 +123,7 @@ class JobQueue(Connection):
         return due
 
     async def add_step(self, job_id: int, step: StepRecord, *, fence: int | None = None) -> None:
-        values = (step.step, step.started_at, step.duration_ms, step.outcome, step.error)
+        values = (step.step, step.started_at, step.duration_ms, step.outcome, storable(step.error))
         changes = json.dumps(step.changes)
         if fence is None:
             await self._run(lambda db: db.execute(STEP, job_id, *values, changes))
@@ -150,7 +151,7 @@ class JobQueue(Connection):
         if then_claim is not None:
             at = then_claim.at
             claim = (at, self.node, at + self.lease, then_claim.token)
-        args = (status.value, now, error, encoded, job_id, fence, not notes, *claim)
+        args = (status.value, now, storable(error), encoded, job_id, fence, not notes, *claim)
 
         async def finish(db: Db) -> tuple[bool, Job | None]:
             row = await db.fetchrow(FINISH, *args)
@@ -173,7 +174,7 @@ class JobQueue(Connection):
     async def retry_later(
         self, job_id: int, not_before: float, error: str, *, fence: int | None = None
     ) -> None:
-        args = (not_before, error, job_id, fence)
+        args = (not_before, storable(error), job_id, fence)
         changed = rows.affected(await self._run(lambda db: db.execute(RETRY, *args)))
         _check_held(changed, job_id, fence)
         if changed:
@@ -213,7 +214,7 @@ class JobQueue(Connection):
                 await db.execute(
                     "UPDATE jobs SET status = 'rejected', finished_at = $1, error = $2 WHERE id = $3",
                     now,
-                    reason or "rejected",
+                    storable(reason) or "rejected",
                     job_id,
                 )
             return await rows.job_by_id(db, job_id)

@@ -1,5 +1,6 @@
 """Stack records: reserving a stack under the blast-radius caps, and following its lifecycle."""
 
+import dataclasses
 import json
 import time
 
@@ -12,6 +13,7 @@ from responder.store import (
     StackRecord,
     StackStatus,
 )
+from responder.store.limits import storable
 from responder.store.postgres import rows
 from responder.store.postgres.connection import Connection
 from responder.store.postgres.driver import Db
@@ -26,6 +28,7 @@ RESERVE_LOCK = 0x7265_7370_5F63_6170  # "resp_cap"
 class StackRecords(Connection):
     async def reserve_stack(self, record: StackRecord, caps: Caps) -> str | None:
         """Record a stack about to be created, unless a cap forbids it: then name the cap."""
+        record = dataclasses.replace(record, service=storable(record.service))  # an event's text
 
         async def reserve(db: Db) -> str | None:
             await db.execute("SELECT pg_advisory_xact_lock($1)", RESERVE_LOCK)

@@ -4,6 +4,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from responder.store import NewNote, NoteRecord, NoteStatus
+from responder.store.limits import storable
 from responder.store.rows import note
 from responder.store.sqlite.connection import Connection
 
@@ -55,7 +56,16 @@ class Notes(Connection):
                 "UPDATE notes SET status = ?, last_error = ?, not_before = ?, lease_expires_at = NULL,"
                 " sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END"
                 " WHERE id = ? AND status = 'sending' AND attempts = ? AND node = ?",
-                (status.value, error, not_before, status.value, now, note_id, attempt, self.node),
+                (
+                    status.value,
+                    storable(error),
+                    not_before,
+                    status.value,
+                    now,
+                    note_id,
+                    attempt,
+                    self.node,
+                ),
             )
         )
         return cursor.rowcount == 1

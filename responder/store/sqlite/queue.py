@@ -15,6 +15,7 @@ from responder.store import (
     NextClaim,
     StepRecord,
 )
+from responder.store.limits import storable
 from responder.store.sqlite import rows
 from responder.store.sqlite.connection import Connection
 from responder.store.sqlite.notes import insert_notes
@@ -101,7 +102,8 @@ class JobQueue(Connection):
         return await self._run(due)
 
     async def add_step(self, job_id: int, step: StepRecord, *, fence: int | None = None) -> None:
-        values = (job_id, step.step, step.started_at, step.duration_ms, step.outcome, step.error)
+        error = storable(step.error)
+        values = (job_id, step.step, step.started_at, step.duration_ms, step.outcome, error)
         changes = json.dumps(step.changes)
         if fence is None:
             await self._run(
@@ -135,7 +137,7 @@ class JobQueue(Connection):
             cursor = db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, error = ?, outputs = ?,"
                 f" lease_expires_at = NULL WHERE id = ? AND {HELD}",
-                (status.value, now, error, encoded, job_id, fence, fence),
+                (status.value, now, storable(error), encoded, job_id, fence, fence),
             )
             written = cursor.rowcount > 0
             if not written and not _repeated(db, job_id, status, now, fence):
@@ -156,7 +158,7 @@ class JobQueue(Connection):
             lambda db: db.execute(
                 "UPDATE jobs SET status = 'queued', not_before = ?, error = ?,"
                 f" lease_expires_at = NULL WHERE id = ? AND {HELD}",
-                (not_before, error, job_id, fence, fence),
+                (not_before, storable(error), job_id, fence, fence),
             )
         )
         _check_held(cursor, job_id, fence)
@@ -200,7 +202,7 @@ class JobQueue(Connection):
             else:
                 db.execute(
                     "UPDATE jobs SET status = 'rejected', finished_at = ?, error = ? WHERE id = ?",
-                    (now, reason or "rejected", job_id),
+                    (now, storable(reason) or "rejected", job_id),
                 )
             return rows.job_by_id(db, job_id)
 

@@ -1,5 +1,6 @@
 """Stack records: reserving a stack under the blast-radius caps, and following its lifecycle."""
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -11,6 +12,7 @@ from responder.store import (
     StackRecord,
     StackStatus,
 )
+from responder.store.limits import storable
 from responder.store.sqlite import rows
 from responder.store.sqlite.connection import Connection
 
@@ -20,6 +22,7 @@ LIVE = f"status NOT IN ({rows.sql_list(RELEASED_STACKS)})"  # the stacks a cap c
 class StackRecords(Connection):
     async def reserve_stack(self, record: StackRecord, caps: Caps) -> str | None:
         """Record a stack about to be created, unless a cap forbids it: then name the cap."""
+        record = dataclasses.replace(record, service=storable(record.service))  # an event's text
 
         def reserve(db: sqlite3.Connection) -> str | None:
             row = db.execute(
