@@ -584,3 +584,31 @@ async def test_text_postgresql_cannot_hold_is_a_clear_error_or_stored_made_stora
     assert failed.status == JobStatus.FAILED, failed
     assert failed.error is not None and "bad\ufffdtitle" in failed.error
     assert (await client.http.get("/readyz")).status == 200
+
+
+async def test_a_refused_delivery_does_not_break_its_group_commit_up(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery the store refuses (a key over the limit) is refused before it joins a commit:
+    the others sent with it still share one commit, not one each (a refusal inside a commit aborts
+    it, and its requests are committed again one at a time)."""
+    commits: list[int] = []
+    record = postgres_deliveries.record_requests
+
+    async def counted(db: Any, requests: Any) -> Any:
+        commits.append(len(requests))
+        return await record(db, requests)
+
+    monkeypatch.setattr(postgres_deliveries, "record_requests", counted)
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        too_long = delivery("QLONG", event_id="x" * (limits.MAX_KEY_BYTES + 1))
+        calls = [store.record_delivery(delivery(f"QB{i}"), [job(f"b{i}")]) for i in range(4)]
+        calls.insert(2, store.record_delivery(too_long, [job("long")]))
+        outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        assert isinstance(outcomes.pop(2), RecordRejected)
+        assert all(not isinstance(o, BaseException) and o.created for o in outcomes), outcomes
+        assert commits == [4]
+    finally:
+        await store.close()

@@ -48,9 +48,10 @@ def storable(text: None) -> None: ...
 def storable(text: str | None) -> str | None:
     """Free text from outside (an exception's message quoting an event, a service's name, a reply's
     body) as every store can hold it: NUL (which PostgreSQL's text cannot hold) and lone surrogates
-    (which UTF-8 cannot) become U+FFFD. Such text is shown, never looked up by, so it is stored
-    altered rather than refused: a job whose result could not be written would stay running, its
-    write retried forever. Keys are refused instead (`refuse_unstorable`)."""
+    (which UTF-8 cannot) become U+FFFD. Such text is shown (or, a service's name, counted under a
+    cap, always as altered), never a key a delivery is found by, so it is stored altered rather than
+    refused: a job whose result could not be written would stay running. Keys are refused instead
+    (`refuse_unstorable`)."""
     if text is None:
         return None
     if "\0" in text:

@@ -14,6 +14,7 @@ from responder.store import (
     StoreUnavailable,
 )
 from responder.store.group_commit import GroupCommit, Outcome, Request
+from responder.store.limits import refuse_unstorable
 from responder.store.postgres import deliveries as delivery_sql
 from responder.store.postgres.connection import Connection
 
@@ -25,6 +26,10 @@ class Intake(GroupCommit, Connection):
         self, deliveries: Sequence[tuple[NewDelivery, list[NewJob]]]
     ) -> list[RecordedDelivery]:
         """Committed (synchronous_commit: flushed to the server's disk) before it returns."""
+        # Refused before it joins a commit: refused there, it would abort the commit, and every
+        # request of it would be committed again on its own (`_commit_batch`).
+        for delivery, jobs in deliveries:
+            refuse_unstorable(delivery, jobs, nul=True)
         recorded = await super().record_deliveries(deliveries)
         if any(
             outcome.job_ids and any(job.delay <= 0 for job in jobs)  # a job runnable now
