@@ -129,6 +129,20 @@ async def test_bad_token_is_401(make_client: MakeClient, token: str | None) -> N
             "alerts[0].fingerprint",
         ),
         ({**notification(), "groupKey": 5}, "groupKey must be a string"),
+        (
+            {
+                **notification(),
+                "alerts": [
+                    {
+                        "status": "firing",
+                        "labels": {},
+                        "fingerprint": "ab",
+                        "startsAt": "2026-11-26T10:00:00Z" + "0" * 1100,
+                    }
+                ],
+            },
+            "alerts[0].startsAt must be a timestamp of at most 64 characters",
+        ),
     ],
 )
 async def test_malformed_bodies_are_400(make_client: MakeClient, body: object, error: str) -> None:

@@ -23,6 +23,8 @@ from responder.sources.parsing import (
 SOURCE = "alertmanager"
 STATUSES = {"firing": "incident.triggered", "resolved": "incident.resolved"}
 MAX_FINGERPRINT = 64  # Alertmanager's are 16 hex digits
+# An alert's times are RFC 3339 (about 30 characters); its start is part of its event's id.
+MAX_TIMESTAMP = 64
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="responder"'}
 
 
@@ -68,6 +70,16 @@ def incident_id(group_key: str, fingerprint: str) -> str:
     return f"am-{group}-{fingerprint}"
 
 
+def _timestamp(alert: dict[str, Any], key: str, where: str) -> str:
+    value = text(alert, key, where)
+    if len(value) > MAX_TIMESTAMP:
+        raise InvalidDelivery(
+            f"{where}.{key} must be a timestamp of at most {MAX_TIMESTAMP} characters,"
+            f" not {quoted(value)}"
+        )
+    return value
+
+
 def _status(value: Any, where: str, *, required: bool) -> str:
     if (value is None and not required) or (isinstance(value, str) and value in STATUSES):
         return value or ""
@@ -96,8 +108,7 @@ def _event(
             f" characters, not {quoted(fingerprint)}"
         )
     annotations = string_map(alert.get("annotations"), f"{where}.annotations")
-    starts_at = text(alert, "startsAt", where)
-    ends_at = text(alert, "endsAt", where)
+    starts_at, ends_at = (_timestamp(alert, key, where) for key in ("startsAt", "endsAt"))
     generator_url = text(alert, "generatorURL", where)
     external_url = text(document, "externalURL", "")
     links = ((generator_url, "alert source"), (external_url, "Alertmanager"))
