@@ -612,3 +612,21 @@ async def test_a_refused_delivery_does_not_break_its_group_commit_up(
         assert commits == [4]
     finally:
         await store.close()
+
+
+async def test_a_database_not_encoded_in_utf8_is_refused_at_open(
+    postgres_server: PostgresServer,
+) -> None:
+    """Text outside LATIN1 would be refused by such a database as if it were the caller's error:
+    the store refuses the database instead, saying what it needs."""
+    name = f"latin1_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(postgres_server.url())
+    try:
+        await admin.execute(f"CREATE DATABASE {name} ENCODING 'LATIN1' TEMPLATE template0")
+        store = PostgresStore(postgres_server.url(name))
+        with pytest.raises(StoreUnavailable, match="encoded LATIN1; responder needs UTF8"):
+            await store.open()
+        await store.close()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()

@@ -86,6 +86,7 @@ class Connection:
             raise StoreUnavailable(f"job store unavailable: {describe(e)}") from e
         self._pool = pool
         try:
+            await self._run(_check_encoding)
             await self._run(lambda db: migrations.migrate(db, migrations.available()))
         except BaseException:
             await self.close()
@@ -182,6 +183,17 @@ class Connection:
             except UNAVAILABLE as e:
                 raise StoreUnavailable(f"job store unavailable: {describe(e)}") from e
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _check_encoding(db: Db) -> None:
+    """Refuse a database whose text is not UTF-8: the daemon stores Unicode text, and in another
+    encoding the server would refuse some of it, which `_call` takes for the caller's error."""
+    encoding = await db.fetchval("SHOW server_encoding")
+    if encoding != "UTF8":
+        raise StoreUnavailable(
+            f"the job store's database is encoded {encoding}; responder needs UTF8"
+            " (CREATE DATABASE ... ENCODING 'UTF8')"
+        )
 
 
 async def _no_session_state(_db: asyncpg.Connection) -> None:
