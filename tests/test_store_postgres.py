@@ -533,21 +533,22 @@ async def test_a_store_lost_while_a_refused_commit_is_retried_keeps_what_was_com
     partway, the requests already committed are answered as stored (not with a 503 for a stored
     delivery), and those left fail at once with the store's error, without each being tried."""
     record, tried = postgres_deliveries.record_requests, list[str]()
-    good = [delivery(f"QR{i}") for i in range(3)]
+    good, bad = [delivery(f"QR{i}") for i in range(3)], delivery("QRBAD")
 
-    async def failing_at_the_second(db: Any, requests: Any) -> Any:
+    async def refusing_then_failing(db: Any, requests: Any) -> Any:
+        sent = [d for request in requests for d, _ in request]
         if len(requests) == 1:
-            [[(sent, _)]] = requests
-            tried.append(sent.incident_id)
-            if sent is good[1]:
+            tried.append(sent[0].incident_id)
+            if sent[0] is good[1]:
                 raise StoreUnavailable("job store unavailable: the connection dropped")
+        if bad in sent:  # as the server refuses a value: the whole commit is aborted
+            raise RecordRejected("the store refused the delivery")
         return await record(db, requests)
 
-    monkeypatch.setattr(postgres_deliveries, "record_requests", failing_at_the_second)
+    monkeypatch.setattr(postgres_deliveries, "record_requests", refusing_then_failing)
     store = PostgresStore(postgres_url)
     await store.open()
     try:
-        bad = delivery("QRBAD", id="bad-\udcff")  # a lone surrogate: refused
         calls = [store.record_delivery(d, [job(d.incident_id)]) for d in (good[0], bad, *good[1:])]
         outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
         first, refused, lost, left = outcomes
