@@ -24,7 +24,6 @@ from responder.store import (
     RecordedDelivery,
     RecordRejected,
 )
-from responder.store.limits import refuse_unstorable
 from responder.store.postgres.connection import Conflict
 from responder.store.postgres.driver import Db
 from responder.store.rows import json_text
@@ -99,10 +98,8 @@ SELECT (SELECT id FROM delivery) AS inserted, ARRAY(SELECT id FROM created ORDER
 async def record_requests(db: Db, requests: Sequence[Request]) -> list[list[RecordedDelivery]]:
     """Store the requests' deliveries and their jobs, in order (the caller's transaction: all or
     none). The locks of all of them are taken first, in one statement; then the deliveries are
-    read and written a wave at a time (see `waves`)."""
-    for request in requests:
-        for delivery, jobs in request:
-            refuse_unstorable(delivery, jobs, nul=True)  # PostgreSQL's text holds no NUL
+    read and written a wave at a time (see `waves`). Text the store refuses outright was refused
+    before (`Intake.record_deliveries`); what the server refuses here fails the whole call."""
     items = [
         _Item(n, delivery, jobs, frozenset(lock_keys([(delivery, jobs)])))
         for n, request in enumerate(requests)

@@ -23,6 +23,8 @@ from responder.store.limits import refuse_unstorable
 from responder.store.rows import json_text
 from responder.store.sqlite.schema import payload_digest
 
+Request = Sequence[tuple[NewDelivery, list[NewJob]]]
+
 # What a delivery is judged on, in one statement: the earlier delivery it repeats (same id; same
 # source and event id, as a PagerDuty event replayed under a new X-Webhook-Id; same dedupe key
 # within its window), the most specific reason first, and its incident's status.
@@ -33,8 +35,6 @@ SELECT COALESCE(
     (SELECT id FROM deliveries WHERE ?4 <> '' AND dedupe_key = ?4 AND received_at > ?5 LIMIT 1)
 ), (SELECT status FROM incidents WHERE id = ?6)
 """
-
-Request = Sequence[tuple[NewDelivery, list[NewJob]]]
 
 # A value of one request that the store cannot encode fails that request alone. Anything else
 # (the disk, a lock, a bug) fails the whole commit and reaches every waiting caller.
