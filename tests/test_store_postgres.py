@@ -562,9 +562,10 @@ async def test_a_store_lost_while_a_refused_commit_is_retried_keeps_what_was_com
 
 
 async def test_text_postgresql_cannot_hold_is_a_clear_error_or_stored_made_storable(
-    make_client: Callable[..., Awaitable[Client]], postgres_url: str
+    make_client: Callable[..., Awaitable[Client]], postgres_url: str, logs: LogCapture
 ) -> None:
-    """A NUL in a read's id is the caller's error (400), not an outage (503); a job whose failure
+    """A NUL in a read's id is the caller's error (400, logged as a request's, not a delivery's),
+    not an outage (503); a job whose failure
     quotes an event's NUL ends failed, its error stored with the NUL replaced, rather than staying
     running with its result retried forever and the node not ready."""
 
@@ -579,6 +580,7 @@ async def test_text_postgresql_cannot_hold_is_a_clear_error_or_stored_made_stora
         response = await client.http.get(path)
         assert response.status == 400, (path, await response.text())
         assert "cannot hold a value" in (await response.json())["error"]
+    assert len(logs.events("request.rejected")) == 2 and not logs.events("delivery.rejected")
     body = pd_event("incident.triggered", "QNUL", title="bad\0title")
     assert (await client.deliver(body, "wh-nul")).status == 202
     [failed] = await client.wait_for_jobs(timeout=30)

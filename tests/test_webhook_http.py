@@ -151,7 +151,7 @@ TOO_LONG = "x" * (MAX_KEY_BYTES + 1)
     ],
 )
 async def test_an_id_too_long_to_store_is_400_and_stores_nothing(
-    client: Client, sent: dict[str, str], name: str
+    client: Client, logs: LogCapture, sent: dict[str, str], name: str
 ) -> None:
     """A signed delivery within the body limit whose event or incident id is too long to index:
     refused with a clear error naming it, not a 503 (which the sender would retry forever)."""
@@ -160,6 +160,10 @@ async def test_an_id_too_long_to_store_is_400_and_stores_nothing(
     answer = await response.json()
     assert answer["error"].endswith(f"the {name} is longer than {MAX_KEY_BYTES} bytes")
     assert await client.store.delivery_ids() == set()
+    [rejected] = logs.events(
+        "delivery.rejected"
+    )  # a delivery's refusal, as the log's readers count
+    assert str(rejected["reason"]).endswith("bytes") and not logs.events("request.rejected")
     assert (await client.deliver(pd_event("incident.triggered"), "short-1")).status == 202
 
 

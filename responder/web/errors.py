@@ -35,19 +35,21 @@ class ApiError(Exception):
         self.errors = list(errors) or [message]  # each problem, for a shape that lists them
 
 
-def api_error(error: Exception) -> ApiError | None:
-    """The answer to a domain error (a refused delivery, the store), or None for any other error."""
+def api_error(error: Exception, rejected: str = "request.rejected") -> ApiError | None:
+    """The answer to a domain error (a refused delivery, the store), or None for any other error.
+    A refusal is logged as `rejected`: a webhook's is `delivery.rejected`, the event the log's
+    readers count deliveries by; a read's or an operator's request is not a delivery."""
     match error:
         case ApiError():
             return error
         case InvalidDelivery():
-            log.warning("delivery.rejected", reason=error.message, errors=error.errors)
+            log.warning(rejected, reason=error.message, errors=error.errors)
             return ApiError(400, error.message, errors=error.errors)
         case Unauthorized():
-            log.warning("delivery.rejected", reason=error.reason)
+            log.warning(rejected, reason=error.reason)
             return ApiError(401, error.message, error.headers, errors=error.errors)
         case RecordRejected():
-            log.warning("delivery.rejected", reason=str(error))
+            log.warning(rejected, reason=str(error))
             return ApiError(400, str(error))
         case StoreUnavailable():
             metrics.store_error("http")
@@ -71,7 +73,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         headers = {k: v for k, v in e.headers.items() if k in KEPT_HEADERS}
         return error_response(e.status, e.reason, headers)
     except Exception as e:
-        answer = api_error(e)
+        answer = api_error(e, "request.rejected")
         if answer is None:
             log.exception("http.unhandled_error", path=request.path, method=request.method)
             return error_response(500, "internal error")

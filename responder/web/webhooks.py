@@ -74,10 +74,10 @@ async def receive(request: web.Request, source: Source) -> web.Response:
         raise shape(ApiError(e.status, e.text or e.reason, headers)) from None
     except Exception as e:
         metrics.delivery_rejected(source.name, rejection_reason(e))
-        error = api_error(e) if shape is not None else None
-        if shape is None or error is None:
+        error = api_error(e, "delivery.rejected")
+        if error is None:
             raise
-        raise shape(error) from None
+        raise (shape(error) if shape is not None else error) from None
 
 
 async def read_json_body(request: web.Request, daemon: Daemon) -> bytes:
