@@ -140,10 +140,12 @@ class Reaper:
         async with self._pass:
             now = self.clock()
             for job_id in await self.store.expired_approvals(now - self.approval_timeout):
-                rejected = await self.store.decide(
+                decision = await self.store.decide(
                     job_id, False, now, f"approval timed out after {self.approval_timeout:g}s"
                 )
-                metrics.job_ended_by(rejected, now)
+                if decision is None or not decision.made:
+                    continue  # decided by a person (or deleted) since the listing
+                metrics.job_ended_by(decision.job, now)
                 log.warning("job.rejected", job_id=job_id, reason="approval timed out")
             queued: list[int] = []
             for listed in await self.store.list_stacks():

@@ -997,9 +997,9 @@ async def test_free_text_a_store_cannot_hold_is_stored_made_storable(store: Stor
     claimed = await store.claim_next(NOW)
     assert claimed is not None and claimed.id == awaiting
     await store.await_approval(awaiting, {"steps": []}, NOW, fence=claimed.fence)
-    rejected = await store.decide(awaiting, False, NOW, reason=HOSTILE_TEXT)
-    assert rejected is not None and rejected.status == JobStatus.REJECTED
-    assert rejected.error is not None and storable(rejected.error)
+    decision = await store.decide(awaiting, False, NOW, reason=HOSTILE_TEXT)
+    assert decision is not None and decision.made
+    assert decision.job.error is not None and storable(decision.job.error)
     # A stack's service (an event's text) is counted under the same storable name.
     caps = Caps(per_service=1)
     assert await store.reserve_stack(stack_record("s1", service=HOSTILE_TEXT), caps) is None
@@ -1255,9 +1255,9 @@ async def test_approval_puts_a_job_back_first_in_line(store: Store) -> None:
     (later,) = await enqueue(store, job("a"), incident="QLATER")
     assert await store.expired_approvals(NOW - 1) == []
     assert await store.expired_approvals(NOW) == [gated]
-    decided = await store.decide(gated, True, NOW)
-    assert decided is not None and decided.status == JobStatus.QUEUED
-    assert decided.approved_plan == {"operation": "destroy", "steps": []}
+    decision = await store.decide(gated, True, NOW)
+    assert decision is not None and decision.made and decision.job.status == JobStatus.QUEUED
+    assert decision.job.approved_plan == {"operation": "destroy", "steps": []}
     claimed = await store.claim_next(NOW)
     assert claimed is not None and claimed.id == gated  # ahead of the job queued after it
     assert claimed.attempts == 1  # waiting for approval used no attempt
@@ -1268,13 +1268,17 @@ async def test_a_rejection_ends_the_job_and_a_decision_needs_a_waiting_job(store
     gated, other = await enqueue(store, job("a"), job("b"))
     assert (await store.claim_next(NOW)) is not None
     await store.await_approval(gated, {"steps": []}, NOW)
-    rejected = await store.decide(gated, False, NOW + 1, "not now")
-    assert rejected is not None and rejected.status == JobStatus.REJECTED
+    decision = await store.decide(gated, False, NOW + 1, "not now")
+    assert decision is not None and decision.made
+    rejected = decision.job
+    assert rejected.status == JobStatus.REJECTED
     assert rejected.error == "not now" and rejected.finished_at == NOW + 1
-    again = await store.decide(gated, True, NOW + 2)  # already decided: unchanged
-    assert again is not None and again.status == JobStatus.REJECTED
-    queued = await store.decide(other, True, NOW)
-    assert queued is not None and queued.status == JobStatus.QUEUED and queued.attempts == 0
+    for approve in (True, False):  # already decided: unchanged, and said so
+        again = await store.decide(gated, approve, NOW + 2)
+        assert again is not None and not again.made and again.job == rejected
+    queued = await store.decide(other, True, NOW)  # never asked: not approved by this
+    assert queued is not None and not queued.made
+    assert queued.job.status == JobStatus.QUEUED and queued.job.attempts == 0
     assert await store.decide(999_999, True, NOW) is None
 
 

@@ -12,6 +12,7 @@ from responder.store.records import (
     FINAL_STATUSES,
     RELEASED_STACKS,
     Caps,
+    Decision,
     DeliveryRecord,
     DeliveryStatus,
     IncidentRecord,
@@ -37,6 +38,7 @@ __all__ = [
     "FINAL_STATUSES",
     "RELEASED_STACKS",
     "Caps",
+    "Decision",
     "DeliveryRecord",
     "DeliveryStatus",
     "IncidentRecord",
@@ -231,7 +233,10 @@ class Store(Protocol):
     ) -> None: ...
     async def decide(
         self, job_id: int, approve: bool, now: float, reason: str = ""
-    ) -> Job | None: ...
+    ) -> Decision | None:
+        """Approve (back in line, first for its stack) or reject a job awaiting approval; None if
+        there is no such job."""
+
     async def expired_approvals(self, older_than: float) -> list[int]: ...
     async def request_cancel(self, job_id: int, now: float) -> Job | None: ...
 

@@ -188,6 +188,15 @@ class NextClaim:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """What deciding a job made of it: `made` is False when the job was not awaiting approval (an
+    earlier decision, or a job that never asked), and `job` is then as it was."""
+
+    job: Job
+    made: bool
+
+
+@dataclass(frozen=True)
 class StackRecord:
     """A burner stack as the store knows it: owner, lifecycle policy and last known state."""
 

@@ -78,13 +78,13 @@ async def decide_job(request: web.Request) -> web.Response:
     job_id = job_id_of(request)
     approve = request.match_info["decision"] == "approve"
     now = daemon.clock()
-    job = await daemon.store.decide(job_id, approve, now, "rejected by request")
-    metrics.job_ended_by(job, now)
-    if job is None:
+    decision = await daemon.store.decide(job_id, approve, now, "rejected by request")
+    if decision is None:
         raise ApiError(404, "no such job")
-    expected = JobStatus.QUEUED if approve else JobStatus.REJECTED
-    if job.status != expected:
+    job = decision.job
+    if not decision.made:  # decided before, or never asked (a queued job is not an approved one)
         raise ApiError(409, f"job is {job.status.value}, not awaiting approval")
+    metrics.job_ended_by(job, now)
     log.info("job.approved" if approve else "job.rejected", job_id=job_id)
     daemon.runner.notify()
     return web.json_response(job_json(job))

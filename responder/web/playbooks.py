@@ -78,12 +78,15 @@ async def run_playbook(request: web.Request) -> web.Response:
     job_id = enqueued.job_ids[0]
     if wait <= 0:
         return web.json_response({"job": job_id, "status": "queued"}, status=202)
-    final = await _wait_for_job(daemon.store, job_id, min(wait, MAX_WAIT_SECONDS))
-    if final is None:
+    job = await _wait_for_job(daemon.store, job_id, min(wait, MAX_WAIT_SECONDS))
+    # Not ended: answered with its status now (queued behind another job, awaiting approval, ...).
+    if job is None or not job.status.final:
+        status = job.status.value if job is not None else "queued"
         return web.json_response(
-            {"job": job_id, "status": "running", "error": "still running after wait"}, status=202
+            {"job": job_id, "status": status, "error": f"still {status} after the wait"},
+            status=202,
         )
-    return web.json_response(job_json(final))  # a failed job is still a complete answer
+    return web.json_response(job_json(job))  # a failed job is still a complete answer
 
 
 def _run_options(body: bytes, playbook: Playbook) -> tuple[str, dict[str, str]]:
@@ -108,14 +111,14 @@ def _run_options(body: bytes, playbook: Playbook) -> tuple[str, dict[str, str]]:
 
 
 async def _wait_for_job(store: Store, job_id: int, wait: float) -> Job | None:
+    """The job once final, or as it is when the wait ends."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    while loop.time() < deadline:
+    while True:
         job = await store.get_job(job_id)
-        if job is not None and job.status.final:
+        if (job is not None and job.status.final) or loop.time() >= deadline:
             return job
-        await asyncio.sleep(0.2)
-    return None
+        await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
 
 
 def _undeclared(playbook: str, names: list[str], declared: tuple[str, ...]) -> str:

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 from responder.store import (
     CANCELLED_BY_REQUEST,
+    Decision,
     Job,
     JobStatus,
     JsonObject,
@@ -196,20 +197,16 @@ class JobQueue(Connection):
         status = await self._run(lambda db: db.execute(AWAIT_APPROVAL, *args))
         _check_held(rows.affected(status), job_id, fence)
 
-    async def decide(self, job_id: int, approve: bool, now: float, reason: str = "") -> Job | None:
-        """Approve (back in line, first for its stack) or reject a job awaiting approval."""
-
-        approved = False
-
-        async def decide(db: Db) -> Job | None:
-            nonlocal approved
-            approved = False  # this attempt's: an earlier one may have been rolled back
+    async def decide(
+        self, job_id: int, approve: bool, now: float, reason: str = ""
+    ) -> Decision | None:
+        async def decide(db: Db) -> Decision | None:
             status = await _lock_status(db, job_id)
             if status != JobStatus.AWAITING_APPROVAL:
-                return await rows.job_by_id(db, job_id)
+                job = await rows.job_by_id(db, job_id)
+                return Decision(job, made=False) if job is not None else None
             if approve:
                 await db.execute(APPROVE, job_id)
-                approved = True
             else:
                 await db.execute(
                     "UPDATE jobs SET status = 'rejected', finished_at = $1, error = $2 WHERE id = $3",
@@ -217,12 +214,14 @@ class JobQueue(Connection):
                     storable(reason) or "rejected",
                     job_id,
                 )
-            return await rows.job_by_id(db, job_id)
+            decided = await rows.job_by_id(db, job_id)
+            assert decided is not None  # its row is locked by this transaction
+            return Decision(decided, made=True)
 
-        decided = await self._write(decide)
-        if approved:
+        decision = await self._write(decide)
+        if decision is not None and decision.made and approve:
             self._announce()
-        return decided
+        return decision
 
     async def expired_approvals(self, older_than: float) -> list[int]:
         found = await self._run(

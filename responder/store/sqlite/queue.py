@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from responder.store import (
     CANCELLED_BY_REQUEST,
+    Decision,
     Job,
     JobStatus,
     JsonObject,
@@ -186,13 +187,13 @@ class JobQueue(Connection):
         )
         _check_held(cursor, job_id, fence)
 
-    async def decide(self, job_id: int, approve: bool, now: float, reason: str = "") -> Job | None:
-        """Approve (back in line, first for its stack) or reject a job awaiting approval."""
-
-        def decide(db: sqlite3.Connection) -> Job | None:
+    async def decide(
+        self, job_id: int, approve: bool, now: float, reason: str = ""
+    ) -> Decision | None:
+        def decide(db: sqlite3.Connection) -> Decision | None:
             job = rows.job_by_id(db, job_id)
             if job is None or job.status != JobStatus.AWAITING_APPROVAL:
-                return job
+                return Decision(job, made=False) if job is not None else None
             if approve:
                 db.execute(
                     "UPDATE jobs SET status = 'queued', approved_plan = plan, not_before = 0,"
@@ -204,7 +205,9 @@ class JobQueue(Connection):
                     "UPDATE jobs SET status = 'rejected', finished_at = ?, error = ? WHERE id = ?",
                     (now, storable(reason) or "rejected", job_id),
                 )
-            return rows.job_by_id(db, job_id)
+            decided = rows.job_by_id(db, job_id)
+            assert decided is not None  # the row was read above, in this transaction
+            return Decision(decided, made=True)
 
         return await self._write(decide)
 

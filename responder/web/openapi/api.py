@@ -225,7 +225,10 @@ API_PATHS: dict[str, Schema] = {
                     "links": job_links("$response.body#/id"),
                 },
                 "202": {
-                    **answer("Queued (no `wait`), or still running after it", ref("Queued")),
+                    **answer(
+                        "Queued (no `wait`), or not ended after it, in its status then",
+                        ref("Queued"),
+                    ),
                     "links": job_links("$response.body#/job"),
                 },
                 "400": BAD_REQUEST,

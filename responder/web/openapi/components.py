@@ -164,7 +164,11 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "Queued": closed_object(
-        {"job": {"type": "integer"}, "status": {"enum": ["queued", "running"]}, "error": STRING},
+        {
+            "job": {"type": "integer"},
+            "status": {"enum": [s.value for s in JobStatus if not s.final]},
+            "error": STRING,
+        },
         optional=("error",),
     ),
     "DeliveryAnswer": closed_object(
