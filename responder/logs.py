@@ -18,7 +18,9 @@ from responder import log_sink
 from responder.log_sink import Sink
 
 MASK = "[secret]"
-BAD_REQUEST_MAX_CHARS = 200  # of a malformed request's error, which quotes the request line
+BAD_REQUEST_MAX_CHARS = (
+    200  # of a malformed request's error (its description, see BadRequestFilter)
+)
 
 
 class _Masker:
@@ -244,7 +246,10 @@ class BadRequestFilter(logging.Filter):
     aiohttp logs each one as an ERROR with a traceback and its error message, which quotes up to
     8 KB of the request: anyone could write that much to our log per request they send. A client's
     malformed request is not our error: it becomes `http.bad_request`, a WARNING (never a higher
-    level than aiohttp's) with the message cut short. Every other record passes unchanged.
+    level than aiohttp's) with the error's description, cut short. The request aiohttp quotes
+    after it (its parser's `desc:\n\n  b'line'\n  ^`) is left out: the line can be a header
+    holding a secret (an `Authorization` with a stray CR), quoted as a bytes repr the redactor
+    cannot match, or cut inside the secret. Every other record passes unchanged.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -255,7 +260,7 @@ class BadRequestFilter(logging.Filter):
         if not logging.getLogger(record.name).isEnabledFor(level):
             return False
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
-        message = error.message
+        message = bad_request_description(error.message)
         if len(message) > BAD_REQUEST_MAX_CHARS:
             message = message[:BAD_REQUEST_MAX_CHARS] + "..."
         record.msg, record.args = "http.bad_request", ()
@@ -263,6 +268,12 @@ class BadRequestFilter(logging.Filter):
         record.exc_info = record.exc_text = None
         record.status, record.error, record.remote = error.code, message, remote
         return True
+
+
+def bad_request_description(message: str) -> str:
+    """aiohttp's error for a request it cannot parse, without the part of the request it quotes:
+    the lines before the first blank one, on one line."""
+    return " ".join(line.strip() for line in message.split("\n\n", 1)[0].splitlines())
 
 
 _BAD_REQUESTS = BadRequestFilter()

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
@@ -57,6 +58,29 @@ async def test_each_malformed_request_logs_one_short_warning(
             assert isinstance(line["error"], str) and 0 < len(line["error"]) <= 203, what
             assert "exception" not in line and len(json.dumps(line)) < 600, what
     assert "Traceback" not in logs.text and PADDING[:300] not in logs.text
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "tok\\en-" + "7" * 24,  # a bytes repr doubles the backslash: the redactor cannot match it
+        "T" + "0123456789abcdef" * 16,  # longer than the error kept: cut inside the token
+    ],
+    ids=["backslash", "long"],
+)
+async def test_a_malformed_request_quoting_a_secret_logs_none_of_it(
+    data_dir: Path, logs: LogCapture, pulumi_env: PulumiEnvironment, token: str
+) -> None:
+    """aiohttp's error quotes the header it could not parse: here the API token's, sent with a
+    stray CR (as from a token file with a Windows line end). Its description is logged, not it."""
+    async with served(settings_for(data_dir, api_token=token), logs) as port:
+        request = f"GET /jobs HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\r\n\r\n"
+        answer = await exchange(port, request.encode())
+        assert answer.split(b" ", 2)[1] == b"400", answer[:200]
+    [line] = server_lines(logs)
+    assert line["event"] == "http.bad_request"
+    assert line["error"] == "Missing expected LF after header value:"
+    assert token[:8] not in logs.text and token[-8:] not in logs.text
 
 
 async def test_real_server_errors_are_logged_in_full(

@@ -13,7 +13,7 @@ from responder.outcome import AwaitingApproval
 from responder.playbook import Context, on, playbook
 from responder.store import JobStatus, StoreUnavailable
 from responder.web.metrics import STORE_TIMEOUT
-from tests.helpers import API_TOKEN, SECRET_B, Client, pd_event
+from tests.helpers import API_TOKEN, SECRET_B, Client, LogCapture, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -226,6 +226,27 @@ async def test_the_openmetrics_format_is_served_to_who_asks_for_it(
     assert answer.headers["Content-Type"].startswith("application/openmetrics-text")
     text = await answer.text()
     assert text.endswith("# EOF\n") and "responder_build_info" in text
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "text/plain; version=x",
+        "application/openmetrics-text; version=abc",
+        "application/openmetrics-text; version=1.x",
+    ],
+)
+async def test_an_accept_header_prometheus_cannot_read_gets_the_text_format(
+    make_client: MakeClient, logs: LogCapture, accept: str
+) -> None:
+    """Anyone may send /metrics any Accept: one whose version prometheus_client cannot compare
+    raised inside it, a 500 with a traceback in the log per request."""
+    client = await make_client([provision])
+    answer = await client.http.get("/metrics", headers={"Accept": accept})
+    assert answer.status == 200, await answer.text()
+    assert answer.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "responder_build_info" in await answer.text()
+    assert not logs.events("http.unhandled_error")
 
 
 @pytest.mark.pulumi

@@ -1,7 +1,7 @@
 """GET /metrics: the Prometheus exposition of every process's metrics and of the job store's gauges."""
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from aiohttp import web
 from prometheus_client import REGISTRY
@@ -28,10 +28,19 @@ routes = web.RouteTableDef()
 async def metrics_page(request: web.Request) -> web.Response:
     daemon = request.app.get(DAEMON)  # absent while starting: the process's metrics alone
     store_gauges = await read_store_gauges(daemon.store) if daemon is not None else []
-    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    encode, content_type = _encoder(request.headers.get("Accept", ""))
     # Reading every process's files is disk I/O: off the event loop.
     body = await asyncio.to_thread(encode, Scrape(store_gauges))
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _encoder(accept: str) -> tuple[Callable[[Collector], bytes], str]:
+    """The format the scraper asks for; the classic text format for an `Accept` prometheus_client
+    cannot read (a version such as `x` or `1.x` raises inside it: a 500 anyone could ask for)."""
+    try:
+        return choose_encoder(accept)
+    except (TypeError, ValueError):
+        return choose_encoder("")
 
 
 async def read_store_gauges(store: Store) -> list[Metric]:
