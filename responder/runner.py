@@ -5,6 +5,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +35,15 @@ SYSTEM_NAMES = frozenset(p.name for p in SYSTEM_PLAYBOOKS)
 # Claim tokens (`new_claim_token`): this process's prefix, and its count.
 _TOKEN_PREFIX = secrets.token_hex(4) + "-"
 _claims = itertools.count(1)
+
+
+@dataclass
+class _Recovery:
+    """A recovery under way here: what stopping it for a lost lease takes (`Runner._interrupt`)."""
+
+    fence: int
+    task: "asyncio.Task[None]"
+    target: StackTarget | None = None  # the stack it repairs, once its program is known
 
 
 class Runner:
@@ -102,6 +112,7 @@ class Runner:
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._recoveries: dict[int, _Recovery] = {}  # by job id
         # job id -> the job the store claimed for its worker with that job's result (`_attempt`).
         self._handoff: dict[int, Job] = {}
         self.leases = LeaseKeeper(
@@ -181,28 +192,43 @@ class Runner:
         for job in taken:
             self.leases.hold(job)
         for job in taken:
-            await self._recover_one(job)
+            # Each in a task of its own, which a lost lease stops (`_interrupt`), not the start.
+            recovery = asyncio.create_task(self._recover_one(job), name=f"recover-{job.id}")
+            try:
+                await recovery  # a cancel of the start cancels it too
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                # Only the recovery was stopped (its lease lost): the start goes on.
 
     async def _recover_one(self, job: Job) -> None:
+        """Recover one job taken over, in a task of its own (see `_interrupt`)."""
+        task = asyncio.current_task()
+        assert task is not None
+        recovery = self._recoveries[job.id] = _Recovery(job.fence, task)
         structlog.contextvars.bind_contextvars(**_job_context(job))
         try:
-            await self._recover(job)
+            await self._recover(job, recovery)
         except LeaseLost:
             log.warning("job.lease_lost", phase="recovery")
         except Exception:  # one job's failure must not stop the others' recovery
             log.exception("job.recovery_failed")
         finally:
+            if self._recoveries.get(job.id) is recovery:
+                del self._recoveries[job.id]
             self._early_cancels.discard(job.id)  # a retry reads the request from its claimed row
             self.leases.release(job.id)
             structlog.contextvars.clear_contextvars()
             self._idle.announce()  # its retry is queued, or its stack free for the next job
 
-    async def _recover(self, job: Job) -> None:
+    async def _recover(self, job: Job, recovery: _Recovery) -> None:
         log.warning("job.recovering", attempts=job.attempts, previous_node=job.node)
         playbook = self.playbooks.get(job.playbook)
         program = await self._program(job, playbook) if playbook is not None else None
         if program is not None:
-            await self.ops.recover(StackTarget(job.stack, job.project, program))
+            recovery.target = StackTarget(job.stack, job.project, program)
+            await self.ops.recover(recovery.target)
         error = "interrupted: the node running this job stopped"
         now, fence = self.clock(), job.fence
         if program is not None and job.attempts < job.max_attempts:
@@ -233,13 +259,34 @@ class Runner:
 
     async def _interrupt(self, job_id: int, fence: int, reason: str) -> None:
         """Stop a job here at once, recording nothing: its operation's processes are killed and its
-        stack left as it is, for the node that holds the job next to repair and recover."""
-        task, handle = self._running.get(job_id), self._handles.get(job_id)
-        if task is None or task.done() or handle is None or handle.job.fence != fence:
+        stack left as it is, for the node that holds the job next to repair and recover. So is a
+        recovery: left to go on, it would repair the stack under the next holder's operation."""
+        acting = self._acting_for(job_id, fence)
+        if acting is None:
             return  # ended meanwhile, or this is a later run of the job
+        task, target = acting
         log.warning("job.interrupted_here", job_id=job_id, reason=reason)
-        await self.ops.abandon(handle.target)
+        if target is not None:
+            await self.ops.abandon(target)
         task.cancel()
+
+    def _acting_for(
+        self, job_id: int, fence: int
+    ) -> "tuple[asyncio.Task[None], StackTarget | None] | None":
+        """The task acting here for the job under `fence`, and the stack it acts on if known yet:
+        its recovery, or its run (whose stack is not known while a system job's program is looked
+        up in the store, which may not answer)."""
+        recovery = self._recoveries.get(job_id)
+        if recovery is not None:
+            if recovery.fence != fence or recovery.task.done():
+                return None
+            return recovery.task, recovery.target
+        task, handle = self._running.get(job_id), self._handles.get(job_id)
+        if task is None or task.done() or self.leases.fences.get(job_id) != fence:
+            return None
+        if handle is None:
+            return task, None
+        return (task, handle.target) if handle.job.fence == fence else None
 
     async def _loop(self, index: int) -> None:
         """One worker: claim, run, repeat. Nothing but cancellation ends it: a store outage is

@@ -256,6 +256,9 @@ class FakeOperations:
     async def recover(self, target: StackTarget) -> None:
         async with self.locked(target):
             self.recovered.append(target)
+            if (gate := self._gates.get("recover")) is not None:  # held as the real one's refresh
+                gate.entered.set()
+                await gate.release.wait()
 
     # The machinery.
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from responder.events import Event, Incident
+from responder.lifecycle import SYSTEM_PLAYBOOKS, reap_stack
 from responder.logs import Redactor
 from responder.playbook import Context, Playbook
 from responder.runner import Runner
@@ -278,3 +279,65 @@ async def test_a_draining_node_keeps_its_jobs_leases_until_they_end(
     gate.release.set()
     await stopping
     assert (await get(store, job_id)).status == JobStatus.SUCCEEDED
+
+
+async def test_a_recovery_whose_lease_is_lost_is_stopped_here(
+    open_shared: OpenStore, runners: list[Runner]
+) -> None:
+    """A node recovering a dead node's job that then loses the lease (it stalled; the job is taken
+    over again) stops the recovery, its operation killed: left to go on, its repair would clear the
+    Pulumi lock under the next holder's operation."""
+    dead, store, other = await open_shared(), await open_shared(), await open_shared()
+    job_id = await enqueue(dead, "up", "s1", max_attempts=2)
+    assert (await dead.claim_next(time.time())) is not None  # then its node dies
+    ops = FakeOperations()
+    gate = ops.gate("recover")
+    runner = runner_on(store, ops, runners)
+    await runner.start()
+    async with asyncio.timeout(10):  # after the dead node's lease, this node recovers the job
+        await gate.entered.wait()
+    [taken] = await other.take_over(time.time() + 2 * LEASE)  # as if this node had stalled
+    assert taken.id == job_id
+
+    async def stopped_here() -> bool:
+        return not runner.leases.recoveries and not runner._recoveries
+
+    await until(stopped_here, "the node stops the recovery whose lease it lost", 10)
+    assert ops.abandoned == [StackTarget("s1", PROJECT, PROGRAM)]
+    gate.release.set()
+    await asyncio.sleep(LEASE)  # nothing more from this node: no retry written, no run
+    job = await get(store, job_id)
+    assert job.status == JobStatus.RUNNING and job.fence == taken.fence, job
+    assert job.node == other.node and job.error is None and ops.ops() == []
+
+
+async def test_a_system_job_waiting_for_its_stacks_record_is_stopped_when_its_lease_is_lost(
+    open_shared: OpenStore, runners: list[Runner], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reap job looks its stack's program up in the store before it has a stack to stop; a node
+    whose lease is lost meanwhile stops it there, not only once it runs an operation."""
+    store, other = await open_shared(), await open_shared()
+    looked_up = asyncio.Event()
+
+    async def never_answers(*_args: Any) -> Any:
+        looked_up.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(store, "get_stack", never_answers)
+    ops = FakeOperations()
+    runner = runner_on(store, ops, runners)
+    runner.playbooks = {**PLAYBOOKS, **{p.name: p for p in SYSTEM_PLAYBOOKS}}
+    await runner.start()
+    job_id = await enqueue(store, reap_stack.name, "s1")
+    runner.notify()
+    async with asyncio.timeout(10):
+        await looked_up.wait()
+    [taken] = await other.take_over(time.time() + 2 * LEASE)
+    assert taken.id == job_id
+
+    async def stopped_here() -> bool:
+        return not runner._running
+
+    await until(stopped_here, "the node stops the job whose lease it lost", 10)
+    assert ops.ops() == [] and ops.abandoned == []  # no operation had started
+    assert (await get(store, job_id)).fence == taken.fence
