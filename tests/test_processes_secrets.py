@@ -1,6 +1,7 @@
 """Secret config values never appear in a process's arguments or environment, where any local user
 could read them (/proc/<pid>/cmdline), and still reach the program intact."""
 
+import asyncio
 import contextlib
 import threading
 import uuid
@@ -9,13 +10,21 @@ from pathlib import Path
 import pytest
 
 from responder.logs import Redactor
-from responder.stacks import PulumiEnvironment, PulumiOperations, Secret, StackError, StackTarget
-from tests.helpers import CASE_VARIABLE, LogCapture, marked_processes
+from responder.stacks import (
+    OperationCancelled,
+    PulumiEnvironment,
+    PulumiOperations,
+    Secret,
+    StackError,
+    StackTarget,
+)
+from tests.helpers import CASE_VARIABLE, LogCapture, marked_processes, until
 
 pytestmark = pytest.mark.pulumi
 
 ECHO = "tests.programs.echo_secret:pulumi_program"
 LEAKY = "tests.programs.leaky_failure:pulumi_program"
+STUBBORN_SECRET = "tests.programs.stubborn_secret:pulumi_program"
 
 
 class Watcher(threading.Thread):
@@ -97,3 +106,75 @@ async def test_a_failure_quoting_secret_config_set_before_a_restart_is_masked(
     assert "cannot reach the service with token [secret]" in str(failed.value)
     assert token not in str(failed.value)
     assert logs.events("stack.step") and token not in logs.text
+
+
+class FileWatcher(threading.Thread):
+    """Records every file under `roots` that held `text`, scanning them every few milliseconds (the
+    repair's state file lives for about a second)."""
+
+    def __init__(self, roots: list[Path], text: str) -> None:
+        super().__init__(daemon=True)
+        self.roots, self.text = roots, text.encode()
+        self.found: set[Path] = set()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.005):
+            for root in self.roots:
+                for path in root.rglob("*"):
+                    with contextlib.suppress(OSError):
+                        if path.is_file() and self.text in path.read_bytes():
+                            self.found.add(path)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+
+async def test_a_repair_never_writes_the_decrypted_state_to_disk(
+    pulumi_env: PulumiEnvironment,
+    logs: LogCapture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """An operation stopped mid-create leaves a pending create, which the repair clears by exporting
+    the state and importing it back. The state holds a secret output: the SDK's export decrypts
+    it, and its import wrote that to the system's temp dir (left there if the import failed). The
+    repair's state file is the workspace's, encrypted as the backend keeps it, and then removed."""
+    case = uuid.uuid4().hex
+    monkeypatch.setenv(CASE_VARIABLE, case)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))  # the workers' and their CLIs' temp dir
+    token = f"state-secret-{uuid.uuid4().hex}"
+    target = StackTarget("inc-repair", "stubbornsecret", STUBBORN_SECRET)
+    workspace = pulumi_env.workspace_dir(target.project)
+    ops = PulumiOperations(pulumi_env, redactor=logs.redactor, warm_workers=0, kill_grace=2.0)
+    await ops.start()
+    watcher = Watcher(case)
+    files = FileWatcher([temp, workspace, pulumi_env.data_dir / "pulumi-state"], token)
+    try:
+        up = await ops.up(target, config={"token": Secret(token)})
+        assert up.outputs["token"].value == token and up.outputs["token"].secret
+        watcher.start()
+        files.start()
+        started = tmp_path / "started"
+        config = {"started_file": str(started), "sleep_seconds": "120"}
+        creating = asyncio.create_task(ops.up(target, config=config))
+        await until(started.exists, "the stubborn resource being created", 90, 0.1)
+        assert await ops.cancel(target)
+        with pytest.raises(OperationCancelled):
+            await creating
+    finally:
+        watcher.stop()
+        if files.is_alive():
+            files.stop()
+        await ops.close()
+
+    commands = [args for _, args in watcher.seen]
+    assert any("import" in args for args in commands), commands  # its pending create cleared
+    assert not any("export" in args and "--show-secrets" in args for args in commands), commands
+    assert files.found == set()
+    assert list(temp.iterdir()) == [] and list(workspace.glob(".repair-*")) == []
+    [repaired] = [line for line in logs.events("stack.step") if line["step"] == "repair"]
+    assert repaired["outcome"] == "succeeded"

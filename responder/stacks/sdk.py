@@ -72,6 +72,12 @@ def export_state(stack: auto.Stack, path: Path) -> None:
     stack._run_pulumi_cmd_sync(["stack", "export", "--file", str(path)])
 
 
+def import_state(stack: auto.Stack, path: Path) -> None:
+    """`pulumi stack import --file PATH`, as `export_state`: the public `import_stack()` writes the
+    state it is given to a file of the system's temp dir, left there if the import fails."""
+    stack._run_pulumi_cmd_sync(["stack", "import", "--file", str(path)])
+
+
 # The key by which the engine marks a secret value in the values it reports (the value itself is
 # replaced by "[secret]" unless --show-secrets is given).
 SECRET_SIGNATURE = "4dabf18193072939515e22adb298388d"

@@ -2,7 +2,9 @@
 
 import functools
 import importlib
+import json
 import os
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -262,15 +264,26 @@ def _preview(stack: auto.Stack, destroying: bool, on_event: sdk.OnEvent) -> Resu
 def _repair(stack: auto.Stack) -> Result:
     """Clear what a killed CLI left behind: its lock, then pending operations in the state.
 
-    Only called when the daemon knows no CLI for this stack is alive.
+    Only called when the daemon knows no CLI for this stack is alive. The state goes through a file
+    of the workspace, its secrets still encrypted: the SDK's `export_stack` decrypts them
+    (`--show-secrets`) and its `import_stack` writes that to the system's temp dir, where a failed
+    import leaves it.
     """
     stack.cancel()  # on a file backend this only deletes the stack's lock files
-    state = stack.export_stack()
-    deployment = dict(state.deployment or {})
-    pending = deployment.get("pending_operations") or []
-    if pending:
-        deployment["pending_operations"] = []
-        stack.import_stack(auto.Deployment(version=state.version, deployment=deployment))
+    fd, name = tempfile.mkstemp(dir=stack.workspace.work_dir, prefix=".repair-", suffix=".json")
+    os.close(fd)  # made 0600; the CLI writes it
+    state_file = Path(name)
+    try:
+        sdk.export_state(stack, state_file)
+        state = json.loads(state_file.read_text())
+        deployment = state.get("deployment") or {}
+        pending = deployment.get("pending_operations") or []
+        if pending:
+            deployment["pending_operations"] = []
+            state_file.write_text(json.dumps(state))
+            sdk.import_state(stack, state_file)
+    finally:
+        state_file.unlink(missing_ok=True)
     return {"unlocked": True, "cleared_pending_operations": len(pending)}
 
 
