@@ -123,6 +123,9 @@ class LeaseKeeper:
                 continue
             for job in taken:
                 self.hold(job)
-                task = asyncio.create_task(self.recover(job), name=f"recover-{job.id}")
-                self.recoveries.add(task)
-                task.add_done_callback(self.recoveries.discard)
+                self.track(asyncio.create_task(self.recover(job), name=f"recover-{job.id}"))
+
+    def track(self, recovery: "asyncio.Task[None]") -> None:
+        """A recovery under way, among `recoveries` until it ends (a stop waits for them)."""
+        self.recoveries.add(recovery)
+        recovery.add_done_callback(self.recoveries.discard)

@@ -30,6 +30,9 @@ log = get_logger("responder.runner")
 
 # Seconds a stopping worker waits for its claim under way, then for the store to take the job back.
 RELEASE_WAIT = 5.0
+# Seconds before a recovery that failed on a fault of this node is tried again, doubling up to the max.
+RECOVERY_RETRY = 1.0
+MAX_RECOVERY_RETRY = 60.0
 # Responder's own playbooks act on stacks other playbooks made, so they run those stacks' programs.
 SYSTEM_NAMES = frozenset(p.name for p in SYSTEM_PLAYBOOKS)
 # Claim tokens (`new_claim_token`): this process's prefix, and its count.
@@ -192,29 +195,50 @@ class Runner:
         for job in taken:
             self.leases.hold(job)
         for job in taken:
-            # Each in a task of its own, which a lost lease stops (`_interrupt`), not the start.
-            recovery = asyncio.create_task(self._recover_one(job), name=f"recover-{job.id}")
+            # Each in a task of its own, which a lost lease stops (`_interrupt`), not the start; the
+            # start waits for its first try only, not for the tries after a fault (`_recover_one`).
+            tried = asyncio.Event()
+            recovery = asyncio.create_task(self._recover_one(job, tried), name=f"recover-{job.id}")
+            self.leases.track(recovery)  # a stop waits for it as for a take-over's
+            first = asyncio.create_task(tried.wait())
             try:
-                await recovery  # a cancel of the start cancels it too
+                await asyncio.wait([recovery, first], return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-                # Only the recovery was stopped (its lease lost): the start goes on.
+                recovery.cancel()  # a cancel of the start cancels it too
+                raise
+            finally:
+                first.cancel()
 
-    async def _recover_one(self, job: Job) -> None:
-        """Recover one job taken over, in a task of its own (see `_interrupt`)."""
+    async def _recover_one(self, job: Job, tried: asyncio.Event | None = None) -> None:
+        """Recover one job taken over, in a task of its own (see `_interrupt`). A fault of this
+        node (a full disk, a failed fork) is logged and the recovery tried again, the job and its
+        stack held meanwhile: given up, the job would stay `running` and its stack blocked, since
+        on SQLite nothing else takes a job over but the next start. `tried` is set once the first
+        try has ended."""
         task = asyncio.current_task()
         assert task is not None
         recovery = self._recoveries[job.id] = _Recovery(job.fence, task)
         structlog.contextvars.bind_contextvars(**_job_context(job))
+        delay = RECOVERY_RETRY
         try:
-            await self._recover(job, recovery)
-        except LeaseLost:
-            log.warning("job.lease_lost", phase="recovery")
-        except Exception:  # one job's failure must not stop the others' recovery
-            log.exception("job.recovery_failed")
+            while True:
+                try:
+                    await self._recover(job, recovery)
+                    return
+                except LeaseLost:
+                    log.warning("job.lease_lost", phase="recovery")
+                    return
+                except Exception:
+                    log.exception("job.recovery_failed", retry_in_seconds=delay)
+                if tried is not None:
+                    tried.set()
+                if self._stopping:
+                    return  # still running: the next start recovers it
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RECOVERY_RETRY)
         finally:
+            if tried is not None:
+                tried.set()
             if self._recoveries.get(job.id) is recovery:
                 del self._recoveries[job.id]
             self._early_cancels.discard(job.id)  # a retry reads the request from its claimed row

@@ -3,6 +3,7 @@ retries, deadlines, cancels, deferred config, destroy, caps and approval, withou
 
 import asyncio
 import dataclasses
+import errno
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -985,6 +986,40 @@ async def test_recovery_repairs_the_stack_of_an_interrupted_job_and_retries_it(
     assert rig.ops.recovered == [StackTarget("s1", PROJECT, PROGRAM)]
     job = await rig.job(job_id)
     assert job.status == JobStatus.QUEUED and "interrupted" in (job.error or "")
+    assert await rig.runner.run_once() == job_id
+    assert (await rig.job(job_id)).status == JobStatus.SUCCEEDED
+
+
+async def test_a_recovery_that_fails_on_a_fault_of_this_node_is_tried_again(
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch, logs: LogCapture
+) -> None:
+    """A full disk while the stack is repaired: the recovery is logged and tried again, without
+    holding up the start, not left with the job `running` and its stack blocked until a restart."""
+    rig = await make_rig([book(up)])
+    job_id = await rig.enqueue(book(up), max_attempts=2)
+    crashed = SQLiteStore(rig.store.path)  # the daemon before its crash
+    await crashed.open()
+    assert await crashed.claim_next(rig.clock()) is not None
+    await crashed.close()
+    monkeypatch.setattr(runner_module, "RECOVERY_RETRY", 0.2)
+    recover, faults = rig.ops.recover, [OSError(errno.ENOSPC, "No space left on device")]
+
+    async def full_disk_once(target: StackTarget) -> None:
+        if faults:
+            raise faults.pop()
+        await recover(target)
+
+    monkeypatch.setattr(rig.ops, "recover", full_disk_once)
+    await asyncio.wait_for(rig.runner.recover(), 0.15)  # its first try only
+    [failed] = logs.events("job.recovery_failed")
+    assert failed["job_id"] == job_id and failed["retry_in_seconds"] == 0.2
+    assert (await rig.job(job_id)).status == JobStatus.RUNNING  # held meanwhile
+
+    async def queued() -> bool:
+        return (await rig.job(job_id)).status == JobStatus.QUEUED
+
+    await until(queued, "the recovery tried again", 5)
+    assert rig.ops.recovered == [StackTarget("s1", PROJECT, PROGRAM)]
     assert await rig.runner.run_once() == job_id
     assert (await rig.job(job_id)).status == JobStatus.SUCCEEDED
 
