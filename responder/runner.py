@@ -30,6 +30,9 @@ log = get_logger("responder.runner")
 
 # Seconds a stopping worker waits for its claim under way, then for the store to take the job back.
 RELEASE_WAIT = 5.0
+# Seconds the jobs a stop interrupts get to end: an operation's kill grace (15 s), then its stack's
+# repair. Within the supervisor's margin for a child's stop (`supervisor.REPAIR_TIME`).
+INTERRUPTED_WAIT = 25.0
 # Seconds before a recovery that failed on a fault of this node is tried again, doubling up to the max.
 RECOVERY_RETRY = 1.0
 MAX_RECOVERY_RETRY = 60.0
@@ -180,13 +183,39 @@ class Runner:
         if running:
             log.info("runner.draining", running=len(running), grace_seconds=grace)
             _, pending = await asyncio.wait(running, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            if pending:
+                await self._interrupt_all(pending)
         for loop in self._loops:
             loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._loops:
+            await asyncio.wait(self._loops, timeout=INTERRUPTED_WAIT)
         await self.leases.stop()  # last: leases are kept while their jobs drain
+
+    async def _interrupt_all(self, tasks: "set[asyncio.Task[None]]") -> None:
+        """Interrupt the jobs and recoveries still under way at a stop's end. One still not ended
+        after INTERRUPTED_WAIT waits for a store that does not take its records: it is cancelled
+        again until it ends (each record it waits for through `job_stack._uninterrupted` takes one
+        more cancel) and left running in the store, for the next start to recover: a stop must end.
+        The records themselves are left to retry until the daemon's last moment."""
+        for task in tasks:
+            task.cancel()
+        _, stuck = await asyncio.wait(tasks, timeout=INTERRUPTED_WAIT)
+        if not stuck:
+            return
+        jobs = {task: job_id for job_id, task in self._running.items()}
+        jobs |= {r.task: job_id for job_id, r in self._recoveries.items()}
+        log.error(
+            "runner.stop_gave_up",
+            job_ids=sorted(jobs[task] for task in stuck if task in jobs),
+            waited_seconds=INTERRUPTED_WAIT,
+            reason="the store did not record their end",
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RELEASE_WAIT
+        while stuck and loop.time() < deadline:
+            for task in stuck:
+                task.cancel()
+            _, stuck = await asyncio.wait(stuck, timeout=0.1)
 
     async def recover(self) -> None:
         """Take over the jobs whose node is gone (at start: a crash of this daemon), repair their

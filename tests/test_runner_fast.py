@@ -1024,6 +1024,32 @@ async def test_a_recovery_that_fails_on_a_fault_of_this_node_is_tried_again(
     assert (await rig.job(job_id)).status == JobStatus.SUCCEEDED
 
 
+async def test_a_stop_ends_while_the_store_does_not_take_an_interrupted_jobs_records(
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch, logs: LogCapture
+) -> None:
+    """SIGTERM past the grace interrupts a job whose stopped step must then be recorded; a store
+    that does not take it (its file locked by another process) held the stop, and the daemon,
+    forever. It gives up after INTERRUPTED_WAIT and leaves the job `running`, for the next start
+    to recover."""
+    rig = await make_rig([book(up)])
+    gate = rig.ops.gate("up")
+    job_id = await rig.enqueue(book(up))
+    await rig.runner.start()
+    rig.runner.notify()
+    await asyncio.wait_for(gate.entered.wait(), 5)
+
+    async def unavailable(*_args: Any, **_kwargs: Any) -> None:
+        raise StoreUnavailable("job store unavailable: database is locked")
+
+    monkeypatch.setattr(rig.store, "add_step", unavailable)
+    monkeypatch.setattr(runner_module, "INTERRUPTED_WAIT", 0.5)
+    await asyncio.wait_for(rig.runner.stop(grace=0.1), 3)  # 0.1 + 0.5, and the cancels
+    assert not rig.runner._running
+    [gave_up] = logs.events("runner.stop_gave_up")
+    assert gave_up["job_ids"] == [job_id] and gave_up["level"] == "error"
+    assert (await rig.job(job_id)).status == JobStatus.RUNNING  # the next start recovers it
+
+
 async def test_a_stored_error_never_quotes_a_registered_secret(make_rig: MakeRig) -> None:
     secret = "s3cret-value-registered-by-the-stack-operations"
 
