@@ -278,13 +278,15 @@ class Runner:
     async def _recover(self, job: Job, recovery: _Recovery) -> None:
         log.warning("job.recovering", attempts=job.attempts, previous_node=job.node)
         playbook = self.playbooks.get(job.playbook)
-        program = await self._program(job, playbook) if playbook is not None else None
+        # A playbook gone since (renamed, removed before a restart) still leaves its stack locked
+        # and its processes alive: the stack is repaired by its own program, then the job fails.
+        program = await self._program(job, playbook)
         if program is not None:
             recovery.target = StackTarget(job.stack, job.project, program)
             await self.ops.recover(recovery.target)
         error = "interrupted: the node running this job stopped"
         now, fence = self.clock(), job.fence
-        if program is not None and job.attempts < job.max_attempts:
+        if playbook is not None and program is not None and job.attempts < job.max_attempts:
             await self._write(job, lambda: self.store.retry_later(job.id, now, error, fence=fence))
             log.info("job.retrying", reason=error)
         else:
@@ -464,10 +466,11 @@ class Runner:
         """A store call for this job, retried until the store takes it: a result is never dropped."""
         return await self.health.call(f"job {job.id}", fn)
 
-    async def _program(self, job: Job, playbook: Playbook) -> str | None:
+    async def _program(self, job: Job, playbook: Playbook | None) -> str | None:
         """The program a job's stack runs. Never chosen by the job: its playbook's own, except for
-        responder's system playbooks, which act on stacks other playbooks made: then the stack's."""
-        if playbook.name not in SYSTEM_NAMES:
+        responder's system playbooks, which act on stacks other playbooks made, and for a playbook
+        no longer loaded (a job recovered): then the stack's, or its project's."""
+        if playbook is not None and playbook.name not in SYSTEM_NAMES:
             return playbook.program
         record = await self._write(job, lambda: self.store.get_stack(job.project, job.stack))
         return record.program if record is not None else self.programs.get(job.project)

@@ -990,6 +990,28 @@ async def test_recovery_repairs_the_stack_of_an_interrupted_job_and_retries_it(
     assert (await rig.job(job_id)).status == JobStatus.SUCCEEDED
 
 
+async def test_recovery_repairs_the_stack_of_a_job_whose_playbook_is_gone(
+    make_rig: MakeRig,
+) -> None:
+    """A playbook removed before the restart: its interrupted job's stack is still locked, and its
+    processes alive. The stack is repaired by its project's program; the job, which cannot run
+    again, fails."""
+
+    async def removed(ctx: Context) -> None:
+        await ctx.stack.up()
+
+    rig = await make_rig([book(up)])  # `removed` is not loaded any more
+    job_id = await rig.enqueue(book(removed), max_attempts=2)
+    crashed = SQLiteStore(rig.store.path)
+    await crashed.open()
+    assert await crashed.claim_next(rig.clock()) is not None
+    await crashed.close()
+    await rig.runner.recover()
+    assert rig.ops.recovered == [StackTarget("s1", PROJECT, PROGRAM)]
+    job = await rig.job(job_id)
+    assert job.status == JobStatus.FAILED and "interrupted" in (job.error or "")
+
+
 async def test_a_recovery_that_fails_on_a_fault_of_this_node_is_tried_again(
     make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch, logs: LogCapture
 ) -> None:
