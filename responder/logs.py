@@ -1,5 +1,6 @@
 """One structlog configuration for every entry point: JSON lines, UTC timestamps, redaction."""
 
+import importlib.util
 import json
 import logging
 import re
@@ -162,7 +163,14 @@ class _ConsoleRenderer:
 
     def __init__(self, redactor: Redactor) -> None:
         self._redactor = redactor
-        self._render = structlog.dev.ConsoleRenderer()
+        # No frame locals in tracebacks: rich cuts a long string to 80 characters, and a cut
+        # secret no longer matches the redactor.
+        formatter = (
+            structlog.dev.RichTracebackFormatter(show_locals=False)
+            if importlib.util.find_spec("rich") is not None
+            else structlog.dev.plain_traceback
+        )
+        self._render = structlog.dev.ConsoleRenderer(exception_formatter=formatter)
 
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> bytes:
         text = self._redactor.redact(self._render(logger, name, event_dict))

@@ -75,6 +75,25 @@ def test_a_terminal_gets_console_lines_redacted_tracebacks_included() -> None:
     assert SECRET not in stream.getvalue() and MASK in stream.getvalue()
 
 
+def test_a_terminals_traceback_shows_no_part_of_a_long_secret() -> None:
+    """Rich's tracebacks show each frame's locals, a string cut at 80 characters: a longer secret
+    (a PEM key) was shown in part, which no longer matches the redactor."""
+    stream, redactor = io.StringIO(), Redactor()
+    long_secret = "pem-" + "Zq9Xw2" * 20
+    redactor.add(long_secret)
+    configure_logging(redactor, stream=stream, json_lines=False)
+    try:
+        try:
+            token = long_secret
+            raise RuntimeError(f"rejected {len(token)} characters")
+        except RuntimeError:
+            get_logger("tests.logs").exception("call.failed")
+    finally:
+        configure_logging(json_lines=True)
+    assert "call.failed" in stream.getvalue() and "RuntimeError" in stream.getvalue()
+    assert long_secret[:12] not in stream.getvalue()
+
+
 def test_standard_library_lines_share_the_stream_and_fields(logs: LogCapture) -> None:
     get_logger("tests.logs").info("ours")
     with structlog.contextvars.bound_contextvars(job_id=7):
