@@ -190,6 +190,8 @@ class Settings:
 
     host: str = _setting("127.0.0.1")
     port: int = _setting(8080, _int_range(0, 65535))
+    # Host names answered besides loopback ones (`*`: any); unset, any unless `host` is loopback.
+    allowed_hosts: tuple[str, ...] = _setting((), _csv)
     data_dir: Path = _setting(Path("data"), Path)
     playbooks_dir: Path = _setting(PACKAGE_ROOT / "playbooks", Path)
     log_level: str = _setting("INFO", _level)

@@ -13,6 +13,7 @@ from responder.web import api, metrics, ui, webhooks
 from responder.web.auth import read_auth
 from responder.web.daemon import DAEMON, SETTINGS
 from responder.web.errors import Handler, error_response, json_errors
+from responder.web.hosts import host_check
 
 log = get_logger("responder.app")
 
@@ -20,10 +21,12 @@ log = get_logger("responder.app")
 def http_app(settings: Settings) -> web.Application:
     """The HTTP surface alone: middlewares and routes over the parts the daemon stores in the app
     (`responder.web.daemon`)."""
+    hosts = host_check(settings.host, settings.allowed_hosts)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
             fresh_log_context,
+            *([hosts] if hosts else []),
             json_errors,
             body_deadline(settings.body_timeout),
             *([read_auth] if settings.read_auth else []),
