@@ -13,8 +13,8 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 LOOPBACK = ["127.0.0.1:8080", "localhost", "LOCALHOST:80", "[::1]:8080", "127.1.2.3", "a.localhost"]
 
 
-async def status(client: Client, method: str, path: str, host: str, **kwargs: object) -> int:
-    response = await client.http.request(method, path, headers={"Host": host, **AUTH}, **kwargs)
+async def status(client: Client, method: str, path: str, host: str) -> int:
+    response = await client.http.request(method, path, headers={"Host": host, **AUTH})
     return response.status
 
 
