@@ -1,6 +1,5 @@
 """One structlog configuration for every entry point: JSON lines, UTC timestamps, redaction."""
 
-import importlib.util
 import json
 import logging
 import re
@@ -163,14 +162,11 @@ class _ConsoleRenderer:
 
     def __init__(self, redactor: Redactor) -> None:
         self._redactor = redactor
-        # No frame locals in tracebacks: rich cuts a long string to 80 characters, and a cut
-        # secret no longer matches the redactor.
-        formatter = (
-            structlog.dev.RichTracebackFormatter(show_locals=False)
-            if importlib.util.find_spec("rich") is not None
-            else structlog.dev.plain_traceback
+        # Plain tracebacks, not rich's: rich shows frame locals cut to 80 characters, wraps lines
+        # and colours numbers, and a secret cut, wrapped or coloured no longer matches the redactor.
+        self._render = structlog.dev.ConsoleRenderer(
+            exception_formatter=structlog.dev.plain_traceback
         )
-        self._render = structlog.dev.ConsoleRenderer(exception_formatter=formatter)
 
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> bytes:
         text = self._redactor.redact(self._render(logger, name, event_dict))
@@ -278,10 +274,17 @@ class BadRequestFilter(logging.Filter):
         return True
 
 
+# A part of aiohttp's message quoting what it read (a bytes or text repr), to its closing quote or
+# the message's end: `when reading: b'Cookie: …'`, `bytearray(b'/path…')`.
+_QUOTED = re.compile(r"""(?:bytearray\()?b?(['"])(?:\\.|(?!\1).)*(?:\1\)?|$)""", re.DOTALL)
+
+
 def bad_request_description(message: str) -> str:
-    """aiohttp's error for a request it cannot parse, without the part of the request it quotes:
-    the lines before the first blank one, on one line."""
-    return " ".join(line.strip() for line in message.split("\n\n", 1)[0].splitlines())
+    """aiohttp's error for a request it cannot parse, without any part of the request it quotes:
+    the lines before the first blank one (the request line shown under it), on one line, with
+    each quoted part replaced by `…` (a line too long is quoted on the first)."""
+    first = " ".join(line.strip() for line in message.split("\n\n", 1)[0].splitlines())
+    return _QUOTED.sub("…", first)
 
 
 _BAD_REQUESTS = BadRequestFilter()

@@ -1,6 +1,7 @@
 """The job runner: workers claim jobs from the store, run their playbooks, and recover after a crash."""
 
 import asyncio
+import contextlib
 import itertools
 import secrets
 import time
@@ -31,8 +32,8 @@ log = get_logger("responder.runner")
 # Seconds a stopping worker waits for its claim under way, then for the store to take the job back.
 RELEASE_WAIT = 5.0
 # Seconds the jobs a stop interrupts get to end: an operation's kill grace (15 s), then its stack's
-# repair. Within the supervisor's margin for a child's stop (`supervisor.REPAIR_TIME`).
-INTERRUPTED_WAIT = 25.0
+# repair (15 s), as the supervisor allows a child (`supervisor.OPERATION_KILL_GRACE`, `REPAIR_TIME`).
+INTERRUPTED_WAIT = 30.0
 # Seconds before a recovery that failed on a fault of this node is tried again, doubling up to the max.
 RECOVERY_RETRY = 1.0
 MAX_RECOVERY_RETRY = 60.0
@@ -116,6 +117,7 @@ class Runner:
         self._recorded: set[int] = set()
         self._idle = IdleWorkers()
         self._stopping = False
+        self._stop_asked = asyncio.Event()  # set with `_stopping`, for waits to end at once
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[int, asyncio.Task[None]] = {}
         self._recoveries: dict[int, _Recovery] = {}  # by job id
@@ -178,6 +180,7 @@ class Runner:
         A job still waiting for the store to record its result is interrupted the same way.
         """
         self._stopping = True
+        self._stop_asked.set()
         self._idle.announce(everyone=True)
         running = [*self._running.values(), *self.leases.recoveries]
         if running:
@@ -187,8 +190,8 @@ class Runner:
                 await self._interrupt_all(pending)
         for loop in self._loops:
             loop.cancel()
-        if self._loops:
-            await asyncio.wait(self._loops, timeout=INTERRUPTED_WAIT)
+        if self._loops:  # each ends once its job has, or hands back a claim (RELEASE_WAIT)
+            await asyncio.wait(self._loops, timeout=2 * RELEASE_WAIT)
         await self.leases.stop()  # last: leases are kept while their jobs drain
 
     async def _interrupt_all(self, tasks: "set[asyncio.Task[None]]") -> None:
@@ -208,7 +211,7 @@ class Runner:
             "runner.stop_gave_up",
             job_ids=sorted(jobs[task] for task in stuck if task in jobs),
             waited_seconds=INTERRUPTED_WAIT,
-            reason="the store did not record their end",
+            reason="not ended after their interrupt: the store not taking their records, or a repair",
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RELEASE_WAIT
@@ -224,6 +227,10 @@ class Runner:
         for job in taken:
             self.leases.hold(job)
         for job in taken:
+            if self.leases.fences.get(job.id) != job.fence:  # lost while the ones before ran
+                with structlog.contextvars.bound_contextvars(**_job_context(job)):
+                    log.warning("job.lease_lost", phase="recovery")
+                continue
             # Each in a task of its own, which a lost lease stops (`_interrupt`), not the start; the
             # start waits for its first try only, not for the tries after a fault (`_recover_one`).
             tried = asyncio.Event()
@@ -261,9 +268,10 @@ class Runner:
                     log.exception("job.recovery_failed", retry_in_seconds=delay)
                 if tried is not None:
                     tried.set()
+                with contextlib.suppress(TimeoutError):  # the wait, unless the runner stops
+                    await asyncio.wait_for(self._stop_asked.wait(), delay)
                 if self._stopping:
                     return  # still running: the next start recovers it
-                await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RECOVERY_RETRY)
         finally:
             if tried is not None:
@@ -318,7 +326,9 @@ class Runner:
         recovery: left to go on, it would repair the stack under the next holder's operation."""
         acting = self._acting_for(job_id, fence)
         if acting is None:
-            return  # ended meanwhile, or this is a later run of the job
+            if self.leases.fences.get(job_id) == fence:  # held, not begun (a recovery in line)
+                self.leases.release(job_id)
+            return  # otherwise ended meanwhile, or this is a later run of the job
         task, target = acting
         log.warning("job.interrupted_here", job_id=job_id, reason=reason)
         if target is not None:

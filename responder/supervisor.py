@@ -24,6 +24,9 @@ CHILD_OPTION = "--supervised-by"
 # default of `PulumiOperations(kill_grace=...)`), and its stack repaired. Only then is it killed.
 OPERATION_KILL_GRACE = 15.0
 REPAIR_TIME = 15.0
+# Then, past those (the runner's `INTERRUPTED_WAIT`), the child gives up on a job still not ended
+# and closes its workers and store: this long at most.
+CLOSING_TIME = 20.0
 QUICK_EXIT = 10.0  # a child that ends sooner after its start failed to start
 # Quick exits in a row in one slot before any child stayed up: the configuration is broken, and
 # restarting cannot help. Once the service has run, a slot failing (its database away, say) is
@@ -108,7 +111,7 @@ class Supervisor:
         """`metrics_dir`: where the children keep their metrics, for any of them to sum up."""
         self.count = settings.process_count
         self.port = port
-        self.grace = settings.shutdown_grace + OPERATION_KILL_GRACE + REPAIR_TIME
+        self.grace = settings.shutdown_grace + OPERATION_KILL_GRACE + REPAIR_TIME + CLOSING_TIME
         self.command = [sys.executable, "-m", "responder", "serve", f"{CHILD_OPTION}={os.getpid()}"]
         self.env = {**os.environ, f"{PREFIX}PROCESSES": "1", f"{PREFIX}PORT": str(port)}
         self.metrics_dir = metrics_dir

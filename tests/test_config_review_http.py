@@ -83,6 +83,22 @@ async def test_a_malformed_request_quoting_a_secret_logs_none_of_it(
     assert token[:8] not in logs.text and token[-8:] not in logs.text
 
 
+async def test_a_header_line_too_long_is_logged_without_its_start(
+    data_dir: Path, logs: LogCapture, pulumi_env: PulumiEnvironment
+) -> None:
+    """aiohttp quotes the first 100 bytes of a line too long in its error's first line: here
+    another application's session cookie, which the browser sends to every port of localhost."""
+    cookie = "sessionid=OTHER-APP-SESSION-SECRET; " + "x" * 9000
+    async with served(settings_for(data_dir), logs) as port:
+        request = f"GET /healthz HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\n\r\n"
+        answer = await exchange(port, request.encode())
+        assert answer.split(b" ", 2)[1] in (b"400", b"431"), answer[:200]
+    [line] = server_lines(logs)
+    assert line["event"] == "http.bad_request"
+    assert str(line["error"]).startswith("Got more than") and str(line["error"]).endswith("….")
+    assert "OTHER-APP" not in logs.text
+
+
 async def test_real_server_errors_are_logged_in_full(
     aiohttp_server: AiohttpServer, logs: LogCapture
 ) -> None:

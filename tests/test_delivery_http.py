@@ -43,7 +43,7 @@ async def raw_post(
     reader, writer = await asyncio.open_connection(url.host, url.port)
     head = [
         f"POST {path} HTTP/1.1".encode(),
-        b"Host: responder",
+        b"Host: localhost",
         b"Connection: close",
         b"Content-Type: " + content_type,
         b"Content-Length: %d" % len(body),

@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -71,27 +72,35 @@ def test_a_terminal_gets_console_lines_redacted_tracebacks_included() -> None:
             get_logger("tests.logs").exception("call.failed", token=SECRET)
     finally:
         configure_logging(json_lines=True)
-    assert "call.failed" in stream.getvalue() and "RuntimeError" in stream.getvalue()
-    assert SECRET not in stream.getvalue() and MASK in stream.getvalue()
+    shown = without_colours(stream.getvalue())
+    assert "call.failed" in shown and "RuntimeError" in shown
+    assert SECRET not in shown and MASK in shown
 
 
-def test_a_terminals_traceback_shows_no_part_of_a_long_secret() -> None:
-    """Rich's tracebacks show each frame's locals, a string cut at 80 characters: a longer secret
-    (a PEM key) was shown in part, which no longer matches the redactor."""
+def without_colours(text: str) -> str:
+    """The text a terminal shows: without its colour codes (a secret coloured in part is whole)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def test_a_terminals_traceback_shows_no_part_of_a_long_or_numbered_secret() -> None:
+    """Rich's tracebacks showed frame locals cut at 80 characters, wrapped long lines and coloured
+    the numbers in a message: a secret cut, wrapped or coloured no longer matched the redactor."""
     stream, redactor = io.StringIO(), Redactor()
-    long_secret = "pem-" + "Zq9Xw2" * 20
-    redactor.add(long_secret)
+    long_secret, numbered = "pem-" + "Zq9Xw2" * 20, "s3cr3t-value-0123456789"
+    redactor.add(long_secret, numbered)
     configure_logging(redactor, stream=stream, json_lines=False)
     try:
         try:
             token = long_secret
-            raise RuntimeError(f"rejected {len(token)} characters")
+            raise RuntimeError(f"rejected {token} and {numbered}")
         except RuntimeError:
             get_logger("tests.logs").exception("call.failed")
     finally:
         configure_logging(json_lines=True)
-    assert "call.failed" in stream.getvalue() and "RuntimeError" in stream.getvalue()
-    assert long_secret[:12] not in stream.getvalue()
+    shown = without_colours(stream.getvalue())
+    assert "call.failed" in shown and "RuntimeError" in shown
+    for secret in (long_secret, numbered):
+        assert secret[:12] not in shown and secret[-12:] not in shown
 
 
 def test_standard_library_lines_share_the_stream_and_fields(logs: LogCapture) -> None:

@@ -1046,6 +1046,27 @@ async def test_a_recovery_that_fails_on_a_fault_of_this_node_is_tried_again(
     assert (await rig.job(job_id)).status == JobStatus.SUCCEEDED
 
 
+async def test_a_stop_does_not_wait_out_the_pause_of_a_failing_recovery(
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = await make_rig([book(up)])
+    job_id = await rig.enqueue(book(up), max_attempts=2)
+    crashed = SQLiteStore(rig.store.path)
+    await crashed.open()
+    assert await crashed.claim_next(rig.clock()) is not None
+    await crashed.close()
+
+    async def full_disk(_target: StackTarget) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rig.ops, "recover", full_disk)
+    monkeypatch.setattr(runner_module, "RECOVERY_RETRY", 60.0)
+    await rig.runner.recover()
+    await asyncio.wait_for(rig.runner.stop(grace=30), 2)  # not 30 s, nor the minute's pause
+    assert not rig.runner.leases.recoveries
+    assert (await rig.job(job_id)).status == JobStatus.RUNNING  # for the next start
+
+
 async def test_a_stop_ends_while_the_store_does_not_take_an_interrupted_jobs_records(
     make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch, logs: LogCapture
 ) -> None:

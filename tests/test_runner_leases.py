@@ -341,3 +341,35 @@ async def test_a_system_job_waiting_for_its_stacks_record_is_stopped_when_its_le
     await until(stopped_here, "the node stops the job whose lease it lost", 10)
     assert ops.ops() == [] and ops.abandoned == []  # no operation had started
     assert (await get(store, job_id)).fence == taken.fence
+
+
+async def test_a_recovery_in_line_at_start_whose_lease_is_lost_never_begins(
+    open_shared: OpenStore, runners: list[Runner]
+) -> None:
+    """At start the jobs taken over are recovered one after another, each held meanwhile: one
+    whose lease is lost while it waits its turn is dropped, not repaired under its next holder."""
+    dead, store, other = await open_shared(), await open_shared(), await open_shared()
+    first, second = await enqueue(dead, "up", "s1", 2), await enqueue(dead, "up", "s2", 2)
+    for _ in (first, second):
+        assert (await dead.claim_next(time.time())) is not None  # then its node dies
+    await asyncio.sleep(LEASE)
+    ops = FakeOperations()
+    gate = ops.gate("recover")
+    runner = runner_on(store, ops, runners)
+    starting = asyncio.create_task(runner.start())
+    async with asyncio.timeout(10):
+        await gate.entered.wait()  # the first recovery, held; the second waits its turn
+    assert len(ops.recovered) == 1
+    taken = await other.take_over(time.time() + 2 * LEASE)  # as if this node had stalled
+    assert {job.id for job in taken} == {first, second}
+
+    async def both_dropped() -> bool:
+        return not runner.leases.fences
+
+    await until(both_dropped, "the node lets both jobs go", 10)
+    gate.release.set()
+    await asyncio.wait_for(starting, 10)
+    assert len(ops.recovered) == 1  # the second never began
+    for job_id in (first, second):
+        job = await get(store, job_id)
+        assert job.node == other.node and job.status == JobStatus.RUNNING and job.error is None

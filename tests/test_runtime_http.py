@@ -39,7 +39,7 @@ async def test_a_body_that_stalls_halfway_gets_408_and_a_closed_connection(
         data_dir, body_timeout=1.0, header_timeout=30.0, alertmanager_token=token
     )
     head = (
-        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         f"Authorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n"
     )
     async with served(settings, logs) as port:
@@ -55,9 +55,9 @@ async def test_headers_that_never_end_get_a_closed_connection(
 ) -> None:
     settings = settings_for(data_dir, header_timeout=1.0)
     async with served(settings, logs) as port:
-        answer, took = await exchange(port, b"POST /v2/enqueue HTTP/1.1\r\nHost: test\r\n")
+        answer, took = await exchange(port, b"POST /v2/enqueue HTTP/1.1\r\nHost: localhost\r\n")
         assert answer == b"" and 1.0 <= took < 10.0
-        answer, _ = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        answer, _ = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200 ")  # a prompt client is served as ever
 
 

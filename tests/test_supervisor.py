@@ -16,6 +16,7 @@ from typing import TypeVar
 import aiohttp
 import pytest
 
+from responder import runner as runner_module
 from responder.config import Settings
 from responder.stacks import PulumiOperations
 from responder.supervisor import MAX_BACKOFF, MAX_QUICK_EXITS, QUICK_EXIT, Supervisor, restart_delay
@@ -312,10 +313,12 @@ def test_a_failing_slot_waits_longer_each_time_up_to_a_cap() -> None:
 
 
 def test_children_have_their_whole_graceful_stop_before_being_killed() -> None:
-    """Their runner's grace for running jobs, then an operation's kill grace, then a repair."""
+    """Their runner's grace for running jobs, then what the runner gives the jobs it interrupts
+    (an operation's kill grace, then a repair), then the child's giving up and closing."""
     kill_grace = inspect.signature(PulumiOperations).parameters["kill_grace"].default
+    assert kill_grace + 15.0 == runner_module.INTERRUPTED_WAIT
     settings = Settings(database_url="postgresql://u@h/db", processes=2, shutdown_grace=7.0)
-    assert Supervisor(settings, 8080).grace == 7.0 + kill_grace + 15.0
+    assert Supervisor(settings, 8080).grace == 7.0 + runner_module.INTERRUPTED_WAIT + 20.0
 
 
 def test_several_processes_on_sqlite_are_refused(tmp_path: Path) -> None:
