@@ -4,7 +4,7 @@ from aiohttp import web
 
 from responder import metrics
 from responder.logs import get_logger
-from responder.store import JobStatus
+from responder.store import Job, JobStatus
 from responder.web.auth import require_token
 from responder.web.daemon import DAEMON
 from responder.web.errors import ApiError
@@ -82,12 +82,23 @@ async def decide_job(request: web.Request) -> web.Response:
     if decision is None:
         raise ApiError(404, "no such job")
     job = decision.job
-    if not decision.made:  # decided before, or never asked (a queued job is not an approved one)
-        raise ApiError(409, f"job is {job.status.value}, not awaiting approval")
+    if not decision.made:
+        if not _decided_so(job, approve):  # decided otherwise, or never asked (nor approved)
+            raise ApiError(409, f"job is {job.status.value}, not awaiting approval")
+        # The same decision again (a retry whose answer was lost): answered as before, and neither
+        # logged nor counted again.
+        return web.json_response(job_json(job))
     metrics.job_ended_by(job, now)
     log.info("job.approved" if approve else "job.rejected", job_id=job_id)
     daemon.runner.notify()
     return web.json_response(job_json(job))
+
+
+def _decided_so(job: Job, approve: bool) -> bool:
+    """Whether the job stands as this decision left it: approved and waiting its turn, or rejected."""
+    if approve:
+        return job.status == JobStatus.QUEUED and job.approved_plan is not None
+    return job.status == JobStatus.REJECTED
 
 
 @routes.post("/jobs/{id}/cancel")
