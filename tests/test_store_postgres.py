@@ -617,6 +617,41 @@ async def test_a_refused_delivery_does_not_break_its_group_commit_up(
         await store.close()
 
 
+async def test_a_role_that_may_not_create_opens_a_migrated_database(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """A hardened deployment: the schema's owner migrated it; the daemon's role may use the tables
+    but not create any (PostgreSQL 15 grants no CREATE on `public` by default). Every start after
+    the first must still open."""
+    owner = PostgresStore(postgres_url)
+    await owner.open()
+    await owner.close()
+    role, password = f"app_{secrets.token_hex(4)}", secrets.token_hex(8)
+    database = postgres_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        await admin.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+        await admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        for grant in (
+            "SELECT, INSERT, UPDATE, DELETE ON ALL TABLES",
+            "USAGE, SELECT, UPDATE ON ALL SEQUENCES",
+            "EXECUTE ON ALL FUNCTIONS",
+        ):
+            await admin.execute(f"GRANT {grant} IN SCHEMA public TO {role}")
+        url = f"postgresql://{role}:{password}@127.0.0.1:{postgres_server.port}/{database}"
+        app = PostgresStore(url)
+        await app.open()  # was: permission denied for schema public
+        try:
+            assert await app.list_jobs() == []
+        finally:
+            await app.close()
+    finally:
+        await admin.execute(f"DROP OWNED BY {role}")
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
+
+
 async def test_a_database_not_encoded_in_utf8_is_refused_at_open(
     postgres_server: PostgresServer,
 ) -> None:

@@ -56,7 +56,10 @@ async def migrate(db: Db, migrations: list[Migration]) -> list[int]:
     applied: list[int] = []
     await db.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
     try:
-        await db.execute(TABLE)
+        # Made only when missing: CREATE ... IF NOT EXISTS still needs the right to create in the
+        # schema, which a role that only uses a migrated database need not have.
+        if await db.fetchval("SELECT to_regclass('schema_migrations')") is None:
+            await db.execute(TABLE)
         recorded = {
             r["version"]: r["checksum"]
             for r in await db.fetch("SELECT version, checksum FROM schema_migrations")
