@@ -196,6 +196,7 @@ class StackBook:
                 status=status,
                 outputs=outputs,
                 export_path=export_path,
+                held=(self.job.id, self.job.fence),  # not once another node holds the job
             )
         )
 

@@ -1112,6 +1112,41 @@ WRITES: dict[str, Callable[[Store, int, int], Awaitable[object]]] = {
 }
 
 
+async def test_a_stack_record_by_a_job_is_written_only_while_the_job_is_held(store: Store) -> None:
+    """A node that lost a job must not say what its stack is now: its `live` after the next holder's
+    `destroyed` would hold a cap slot for a stack that is gone."""
+    assert await store.reserve_stack(stack_record("s1"), Caps()) is None
+    (queued,) = await enqueue(store, job("s1", project="proj"))
+    old = await claimed(store)
+    await store.touch_stack(
+        "proj", "s1", operation="up", now=NOW, status=StackStatus.LIVE, held=(queued, old.fence)
+    )
+    [taken] = await store.take_over(NOW + store.lease + 1)
+    await store.touch_stack(
+        "proj",
+        "s1",
+        operation="destroy",
+        now=NOW + 2,
+        status=StackStatus.DESTROYED,
+        held=(queued, taken.fence),
+    )
+    with pytest.raises(LeaseLost) as lost:
+        await store.touch_stack(
+            "proj",
+            "s1",
+            operation="up",
+            now=NOW + 3,
+            status=StackStatus.LIVE,
+            held=(queued, old.fence),
+        )
+    assert lost.value.job_id == queued
+    record = await store.get_stack("proj", "s1")
+    assert record is not None and record.status == StackStatus.DESTROYED
+    assert (record.last_operation, record.last_activity_at) == ("destroy", NOW + 2)
+    await store.touch_stack("proj", "s1", operation="reap", now=NOW + 4)  # unfenced: the reaper's
+    assert (await store.get_stack("proj", "s1")).last_operation == "reap"  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("write", sorted(WRITES))
 async def test_a_write_with_a_stale_fence_raises_lease_lost_and_changes_nothing(
     store: Store, write: str

@@ -222,7 +222,12 @@ class Store(Protocol):
         status: StackStatus | None = None,
         outputs: JsonObject | None = None,
         export_path: str | None = None,
-    ) -> None: ...
+        held: tuple[int, int] | None = None,
+    ) -> None:
+        """Record the stack's last operation; `held`, a (job id, fence): only while that job runs
+        under that fence, else raise `LeaseLost` (a node that lost the job must not say what its
+        stack is now)."""
+
     async def get_stack(self, project: str, stack: str) -> StackRecord | None: ...
     async def list_stacks(self, *, include_destroyed: bool = False) -> list[StackRecord]: ...
     async def operations_since(self, since: float) -> int: ...

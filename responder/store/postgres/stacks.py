@@ -10,6 +10,7 @@ from responder.store import (
     Caps,
     JobStatus,
     JsonObject,
+    LeaseLost,
     StackRecord,
     StackStatus,
 )
@@ -23,6 +24,22 @@ UNFINISHED = rows.sql_list(set(JobStatus) - FINAL_STATUSES)
 # pg_advisory_xact_lock key that serialises reservations: counting the stacks under a cap and
 # adding one must be one step for every node, or two nodes could each take the last slot.
 RESERVE_LOCK = 0x7265_7370_5F63_6170  # "resp_cap"
+
+
+# A stack's last operation, by a job still running under its fence ($8, $9) if one is given. FOR
+# SHARE: a take-over committed meanwhile is waited for and seen (as FENCED_STEP in `queue`). Whether
+# the write was the job's to make.
+TOUCH = """
+WITH holder AS (
+    SELECT 1 FROM jobs WHERE id = $8 AND status = 'running' AND fence = $9 FOR SHARE
+), touched AS (
+    UPDATE stacks SET last_operation = $1, last_activity_at = $2,
+        status = COALESCE($3, status), outputs = COALESCE($4, outputs),
+        export_path = COALESCE($5, export_path)
+    WHERE project = $6 AND stack = $7 AND ($8::bigint IS NULL OR EXISTS (SELECT 1 FROM holder))
+)
+SELECT $8::bigint IS NULL OR EXISTS (SELECT 1 FROM holder)
+"""
 
 
 class StackRecords(Connection):
@@ -77,22 +94,24 @@ class StackRecords(Connection):
         status: StackStatus | None = None,
         outputs: JsonObject | None = None,
         export_path: str | None = None,
+        held: tuple[int, int] | None = None,
     ) -> None:
         encoded = json.dumps(outputs) if outputs is not None else None
-        await self._run(
-            lambda db: db.execute(
-                "UPDATE stacks SET last_operation = $1, last_activity_at = $2,"
-                " status = COALESCE($3, status), outputs = COALESCE($4, outputs),"
-                " export_path = COALESCE($5, export_path) WHERE project = $6 AND stack = $7",
-                operation,
-                now,
-                status.value if status is not None else None,
-                encoded,
-                export_path,
-                project,
-                stack,
-            )
+        job_id, fence = held if held is not None else (None, None)
+        args = (
+            operation,
+            now,
+            status.value if status is not None else None,
+            encoded,
+            export_path,
+            project,
+            stack,
+            job_id,
+            fence,
         )
+        holds = await self._run(lambda db: db.fetchval(TOUCH, *args))
+        if not holds:
+            raise LeaseLost(job_id or 0)
 
     async def get_stack(self, project: str, stack: str) -> StackRecord | None:
         row = await self._run(

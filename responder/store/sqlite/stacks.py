@@ -9,6 +9,7 @@ from responder.store import (
     RELEASED_STACKS,
     Caps,
     JsonObject,
+    LeaseLost,
     StackRecord,
     StackStatus,
 )
@@ -65,16 +66,27 @@ class StackRecords(Connection):
         status: StackStatus | None = None,
         outputs: JsonObject | None = None,
         export_path: str | None = None,
+        held: tuple[int, int] | None = None,
     ) -> None:
         encoded = json.dumps(outputs) if outputs is not None else None
-        await self._run(
-            lambda db: db.execute(
+
+        def touch(db: sqlite3.Connection) -> bool:
+            if held is not None:
+                holder = db.execute(
+                    "SELECT 1 FROM jobs WHERE id = ? AND status = 'running' AND fence = ?", held
+                ).fetchone()
+                if holder is None:
+                    return False
+            db.execute(
                 "UPDATE stacks SET last_operation = ?, last_activity_at = ?, status = COALESCE(?, status),"
                 " outputs = COALESCE(?, outputs), export_path = COALESCE(?, export_path)"
                 " WHERE project = ? AND stack = ?",
                 (operation, now, status, encoded, export_path, project, stack),
             )
-        )
+            return True
+
+        if not await self._write(touch):
+            raise LeaseLost(held[0] if held else 0)
 
     async def get_stack(self, project: str, stack: str) -> StackRecord | None:
         def get(db: sqlite3.Connection) -> StackRecord | None:
