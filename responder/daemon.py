@@ -25,6 +25,7 @@ from responder.playbook_loader import PlaybookLoadError, load_playbooks
 from responder.runner import Runner
 from responder.secret_files import ensure_secret_file
 from responder.stacks import PulumiEnvironment, PulumiOperations, StackOperations
+from responder.stacks.operations import KILL_GRACE
 from responder.store import Caps, Store
 from responder.store.postgres import PostgresStore
 from responder.store.sqlite.process import SQLiteProcessStore
@@ -110,6 +111,17 @@ def contexts(
             # The password must never reach a log line, whatever error might quote the URL.
             redactor.add(*database_secrets(settings.database_url))
             log.info("store.opening", kind="postgresql", url=masked_url(settings.database_url))
+            if settings.lease_seconds * 2 / 3 < KILL_GRACE:
+                # A lease is renewed every third of it: another node may take a dead node's job
+                # over two thirds of a lease after its death, and repair the stack under a CLI
+                # still cancelling.
+                log.warning(
+                    "store.lease_short",
+                    lease_seconds=settings.lease_seconds,
+                    message=f"a dead node's operation may still be cancelling (up to {KILL_GRACE:g}"
+                    " s) when another node takes its job over: keep RESPONDER_LEASE_SECONDS at"
+                    f" {KILL_GRACE * 1.5:g} or more",
+                )
             # Every worker may hold a connection for a moment, beside the intake's and the reaper's.
             opened = PostgresStore(
                 settings.database_url,

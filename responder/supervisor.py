@@ -14,6 +14,7 @@ from responder.config import PREFIX, ConfigError, Settings, database_secrets
 from responder.daemon import credentials_for, prepare_data_dir
 from responder.logs import Redactor, get_logger
 from responder.stacks import PulumiEnvironment, processes
+from responder.stacks.operations import KILL_GRACE
 
 log = get_logger("responder.supervisor")
 
@@ -22,7 +23,7 @@ CHILD_OPTION = "--supervised-by"
 # A child's longest graceful stop, past its runner's `shutdown_grace` for the jobs under way: an
 # operation still running is then cancelled, and killed after the operations' kill grace (the
 # default of `PulumiOperations(kill_grace=...)`), and its stack repaired. Only then is it killed.
-OPERATION_KILL_GRACE = 15.0
+OPERATION_KILL_GRACE = KILL_GRACE
 REPAIR_TIME = 15.0
 # Then, past those (the runner's `INTERRUPTED_WAIT`), the child gives up on a job still not ended
 # and closes its workers and store: this long at most.

@@ -668,3 +668,16 @@ async def test_a_database_not_encoded_in_utf8_is_refused_at_open(
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()
+
+
+async def test_a_lease_shorter_than_a_dead_nodes_cancel_is_warned_of(
+    make_client: Callable[..., Awaitable[Client]], postgres_url: str, logs: LogCapture
+) -> None:
+    """Another node may take a dead node's job over two thirds of a lease after its death, while
+    that node's CLI may still be cancelling for up to the kill grace."""
+    await make_client([], database_url=postgres_url, lease_seconds=22.0)
+    [short] = logs.events("store.lease_short")
+    assert short["level"] == "warning" and short["lease_seconds"] == 22.0
+    assert "RESPONDER_LEASE_SECONDS at 22.5 or more" in str(short["message"])
+    await make_client([], database_url=postgres_url, lease_seconds=22.5)
+    assert len(logs.events("store.lease_short")) == 1

@@ -37,6 +37,11 @@ from responder.stacks.settings_files import SettingsFiles
 log = get_logger("responder.stacks")
 
 
+# Seconds an operation's CLI gets to cancel gracefully before every process of it is killed: on a
+# timeout, a cancel, or its daemon's death (the worker is told by the parent-death signal).
+KILL_GRACE = 15.0
+
+
 class PulumiOperations:
     """The Automation API steps for many stacks, usable from asyncio (implements `StackOperations`).
 
@@ -48,7 +53,7 @@ class PulumiOperations:
         env: PulumiEnvironment,
         *,
         timeout: float = 600.0,
-        kill_grace: float = 15.0,
+        kill_grace: float = KILL_GRACE,
         redactor: Redactor | None = None,
         warm_workers: int = 1,
         kept_workers: int = 0,
