@@ -227,10 +227,6 @@ class Runner:
         for job in taken:
             self.leases.hold(job)
         for job in taken:
-            if self.leases.fences.get(job.id) != job.fence:  # lost while the ones before ran
-                with structlog.contextvars.bound_contextvars(**_job_context(job)):
-                    log.warning("job.lease_lost", phase="recovery")
-                continue
             # Each in a task of its own, which a lost lease stops (`_interrupt`), not the start; the
             # start waits for its first try only, not for the tries after a fault (`_recover_one`).
             tried = asyncio.Event()
@@ -253,8 +249,11 @@ class Runner:
         try has ended."""
         task = asyncio.current_task()
         assert task is not None
-        recovery = self._recoveries[job.id] = _Recovery(job.fence, task)
         structlog.contextvars.bind_contextvars(**_job_context(job))
+        if self.leases.fences.get(job.id) != job.fence:  # lost before this task began
+            log.warning("job.lease_lost", phase="recovery")
+            return
+        recovery = self._recoveries[job.id] = _Recovery(job.fence, task)
         delay = RECOVERY_RETRY
         try:
             while True:

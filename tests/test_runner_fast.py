@@ -269,7 +269,8 @@ async def test_a_recovery_that_fails_its_job_wakes_a_worker_for_the_stack_s_next
     await rig.runner.start()
     await asyncio.sleep(0.2)  # the worker finds nothing it may run, and waits
     assert started == []
-    await rig.runner._recover_one(claimed)  # as the lease keeper does for a job taken over
+    rig.runner.leases.hold(claimed)  # as the lease keeper does for a job taken over
+    await rig.runner._recover_one(claimed)
     assert (await rig.job(interrupted)).status == JobStatus.FAILED
     await until(lambda: bool(started), "the job behind it started", timeout=2)
     assert started == [behind]
