@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from responder import metrics
 from responder.events import Event
 from responder.logs import get_logger
+from responder.notes.render import is_own_note
 from responder.playbook import Playbook, match
 from responder.sources import Arrival
 from responder.store import DeliveryStatus, NewDelivery, NewJob, Store, StoreUnavailable
@@ -108,6 +109,9 @@ def _prepare(
     elif event.type in PING_TYPES:
         log.info("delivery.ping", delivery_id=arrival.delivery_id, event_id=event.id)
         playbooks, status = [], DeliveryStatus.PING
+    elif is_own_note(event):  # recorded, and acted on by no playbook
+        log.info("delivery.own_note", delivery_id=arrival.delivery_id, event_id=event.id)
+        playbooks, status = [], DeliveryStatus.IGNORED
     else:
         playbooks = match(deps.playbooks, event)
         status = DeliveryStatus.ACCEPTED if playbooks else DeliveryStatus.IGNORED

@@ -21,7 +21,7 @@ from responder.notes.senders import Refused, Retry
 from responder.playbook import Context, on
 from responder.store import Job, JobStatus, NewNote, NoteRecord, NoteStatus
 from responder.store.sqlite import SQLiteStore
-from tests.helpers import Client, bare_event, pd_event
+from tests.helpers import Client, LogCapture, bare_event, pd_event
 from tests.notes_servers import PD_FROM, PD_TOKEN, start_slack
 from tests.test_store_contract import NOW, enqueue, job
 
@@ -272,7 +272,7 @@ async def test_a_sender_that_breaks_is_retried_then_given_up(tmp_path: Path) -> 
         [note] = await store.job_notes(job_id)
         assert note.status == NoteStatus.PENDING and note.not_before == NOW + 1.0
         assert note.last_error == "RuntimeError: bug quoting [secret]"
-        now[0] += 60
+        now[0] += 29  # tried again within the give-up time; the next wait would pass it
         assert await delivery.run_once() == 1
         [note] = await store.job_notes(job_id)
         assert note.status == NoteStatus.FAILED and note.last_error is not None
@@ -383,3 +383,101 @@ async def test_a_listing_that_is_not_json_is_not_taken_for_no_note(
     sender = PagerDutySender(session, service.url, PD_TOKEN, PD_FROM)
     with pytest.raises(Retry, match="text/html"):
         await sender.already_sent(record())
+
+
+def annotated(incident: str, content: str) -> bytes:
+    """PagerDuty's `incident.annotated`: a note added to the incident, ours or a person's."""
+    document = json.loads(pd_event("incident.annotated", incident))
+    reference = {"id": incident, "type": "incident_reference", "summary": "t", "html_url": ""}
+    document["event"]["data"] = {
+        "id": "PNOTE1",
+        "type": "incident_note",
+        "content": content,
+        "trimmed": False,
+        "incident": reference,
+    }
+    return json.dumps(document).encode()
+
+
+async def test_pagerduty_telling_of_our_own_note_runs_no_playbook(
+    make_client: Callable[..., Awaitable[Client]], logs: LogCapture
+) -> None:
+    """PagerDuty sends `incident.annotated` for every note, the ones responder writes too: a
+    playbook on it that notes again (the built-in refresh, on a failure or a new probe result)
+    would answer each of its own notes with another, without end."""
+
+    @on("incident.annotated")
+    async def answer(ctx: Context) -> None:
+        """Would note again."""
+
+    client = await make_client([answer])
+    ours = f"Diagnostics stack incident-QECHO changed.\n\nPlaybook x, job 1: succeeded\n{key_line('ab' * 16)}"
+    response = await client.deliver(annotated("QECHO", ours), "echo-1")
+    assert response.status == 202 and (await response.json())["jobs"] == []
+    [own] = logs.events("delivery.own_note")
+    assert own["delivery_id"] == "echo-1"
+    quoted = f"a person quoting it: {key_line('ab' * 16)}"  # not on a line of its own
+    for n, content in enumerate(["Rolled back the deploy.", quoted]):
+        response = await client.deliver(annotated("QECHO", content), f"person-{n}")
+        assert len((await response.json())["jobs"]) == 1, content
+
+
+class Counting:
+    """A sender that fails every time, counting its sends."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error, self.sent = error, 0
+
+    async def send(self, note: NoteRecord) -> None:
+        self.sent += 1
+        raise self.error
+
+    async def already_sent(self, note: NoteRecord) -> bool:
+        return False
+
+
+async def test_a_note_claimed_past_its_give_up_time_is_failed_not_sent(tmp_path: Path) -> None:
+    """Queued while the daemon was down for three days: posting it now would announce stale news."""
+    store, job_id = await queued_note(tmp_path)
+    sender = Counting(Retry("HTTP 503"))
+    delivery = NoteDelivery(
+        store, {"slack": sender}, give_up=600, mask=str, clock=lambda: NOW + 3 * 86400
+    )
+    try:
+        assert await delivery.run_once() == 1
+        [note] = await store.job_notes(job_id)
+        assert note.status == NoteStatus.FAILED and sender.sent == 0
+        assert note.last_error == "given up after 0 attempts in 259200s: not sent"
+    finally:
+        await store.close()
+
+
+async def test_a_note_failing_for_days_backs_off_to_the_max_and_is_given_up(
+    tmp_path: Path,
+) -> None:
+    """Its attempts past 1024 overflowed the backoff's power of two: the note stayed `sending`,
+    posted again at every claim, forever."""
+    store, job_id = await queued_note(tmp_path)
+    sender = Counting(Retry("HTTP 503"))
+    now = [NOW]
+    delivery = NoteDelivery(
+        store,
+        {"slack": sender},
+        give_up=86400,
+        mask=str,
+        clock=lambda: now[0],
+        backoff=1.0,
+        max_backoff=60.0,
+    )
+    try:
+        while (await store.job_notes(job_id))[0].status == NoteStatus.PENDING:
+            assert sender.sent < 1500
+            now[0] = (await store.job_notes(job_id))[0].not_before
+            assert await delivery.run_once() == 1
+        [note] = await store.job_notes(job_id)
+        assert (
+            note.status == NoteStatus.FAILED and 1024 < sender.sent < 1450
+        )  # a day, a minute apart
+        assert note.last_error is not None and note.last_error.startswith("given up after")
+    finally:
+        await store.close()

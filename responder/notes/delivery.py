@@ -101,6 +101,14 @@ class NoteDelivery:
                 note, NoteStatus.FAILED, f"{note.destination} is not configured", where
             )
             return
+        age = self.clock() - note.created_at
+        if age > self.give_up:  # queued while the daemon was down, or claimed again that late
+            tried = note.attempts - 1  # this claim's attempt is not made
+            error = (
+                f"given up after {tried} attempts in {age:.0f}s: {note.last_error or 'not sent'}"
+            )
+            await self._settle(note, NoteStatus.FAILED, error, where)
+            return
         try:
             # Any earlier attempt may have been taken with its answer lost (a crash, a timeout):
             # where the service can be asked, ask before posting again.
@@ -124,7 +132,9 @@ class NoteDelivery:
     async def _retry(self, note: NoteRecord, e: Retry, where: dict[str, object]) -> None:
         error = self.mask(str(e))
         if e.after is None:
-            delay = min(self.backoff * 2 ** (note.attempts - 1), self.max_backoff)
+            # The exponent capped: 2 ** 1024 overflows a float (a give-up of days with a service
+            # down), which stranded the note `sending`, posted again at every claim.
+            delay = min(self.backoff * 2.0 ** min(note.attempts - 1, 64), self.max_backoff)
         else:  # the service's wait, but never less than ours: `Retry-After: 0` is no reason to spin
             delay = max(e.after, self.backoff)
         now = self.clock()

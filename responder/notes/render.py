@@ -4,6 +4,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from responder.events import Event
 from responder.notes.note import Note, cut
 
 # PagerDuty's API reference gives no length limit for a note's content (only at most 2000 notes an
@@ -37,6 +38,19 @@ class Subject:
 def key_line(key: str) -> str:
     """The line that carries a note's idempotency key, so the note can be found again."""
     return f"responder note {key}"
+
+
+# A key line (`key_line` of a planner's uuid4().hex) on a line of its own.
+_KEY_LINE = re.compile(r"^responder note [0-9a-f]{32}$", re.MULTILINE)
+
+
+def is_own_note(event: Event) -> bool:
+    """Whether the event is PagerDuty telling of a note responder wrote (its content holds a key
+    line): `incident.annotated` is sent for every note, ours too, and a playbook run on it that
+    notes again would never stop."""
+    data = event.data
+    content = data.get("content") if data.get("type") == "incident_note" else None
+    return isinstance(content, str) and _KEY_LINE.search(content) is not None
 
 
 def pagerduty_body(note: Note, subject: Subject, key: str) -> str:
