@@ -46,6 +46,13 @@ def test_the_webhook_url_and_the_token_are_secrets() -> None:
         WEBHOOK,
         "XXXXXXXXXXXXXXXXXXXXXXXX",
     }
+    zulip = "https://Chat.Example.com/api/v1/external/slack_incoming?api_key=abcdefghijklmnopqrstuvwxyz123456&stream=ops"
+    found = secrets_of(Settings.load({"RESPONDER_SLACK_WEBHOOK_URL": zulip}))
+    assert "abcdefghijklmnopqrstuvwxyz123456" in found  # a credential in the query, alone
+    assert (
+        "https://chat.example.com/api/v1/external/slack_incoming?api_key=abcdefghijklmnopqrstuvwxyz123456&stream=ops"
+        in found
+    )  # as aiohttp quotes it
     public = settings.public()
     assert public["pagerduty_api_token"] == "[secret]"
     assert public["slack_webhook_url"] == "[secret]"

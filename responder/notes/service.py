@@ -6,6 +6,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
+import yarl
 
 from responder.config import Settings
 from responder.logs import Redactor, get_logger
@@ -22,10 +23,17 @@ ATTEMPT_TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
 
 def secrets_of(settings: Settings) -> tuple[str, ...]:
     """What the redactor must mask: the API token, and the webhook URL with the credential in its
-    path (whole, and each long path segment, as an error may quote either)."""
+    path or its query (Zulip's `?api_key=`): whole, as aiohttp normalises it (an error about the
+    answer quotes that form), and each long path segment and query value, as an error may quote
+    either."""
     url = settings.slack_webhook_url
-    segments = [s for s in urllib.parse.urlsplit(url).path.split("/") if len(s) >= 16]
-    return tuple(v for v in (settings.pagerduty_api_token, url, *segments) if v)
+    if not url:
+        return (settings.pagerduty_api_token,) if settings.pagerduty_api_token else ()
+    split = urllib.parse.urlsplit(url)
+    parts = [*split.path.split("/"), *(v for _, v in urllib.parse.parse_qsl(split.query))]
+    pieces = [part for part in parts if len(part) >= 16]
+    found = (settings.pagerduty_api_token, url, str(yarl.URL(url)), *pieces)
+    return tuple(dict.fromkeys(v for v in found if v))
 
 
 @contextlib.asynccontextmanager
