@@ -172,3 +172,17 @@ async def test_a_notes_error_text_is_stored_made_storable(store: Store) -> None:
     [settled] = await store.job_notes(claimed.job_id)
     assert settled.status == NoteStatus.FAILED
     assert settled.last_error == "HTTP 400: a\ufffdb\ufffdc"
+
+
+async def test_the_retention_prune_keeps_a_job_whose_note_is_still_to_send(store: Store) -> None:
+    """A retention shorter than the give-up time (or a service down past it): the note, pending,
+    would be deleted with its job, never sent and never shown failed."""
+    job_id = await finished_with_notes(store, "k1")
+    assert (await store.prune(NOW + 10))["notes"] == 0
+    assert [n.status for n in await store.job_notes(job_id)] == [NoteStatus.PENDING]
+    [claimed] = await store.claim_notes(NOW + 10, 10, 60.0)  # sending: kept too
+    assert (await store.prune(NOW + 10))["jobs"] == 0
+    assert await store.settle_note(claimed.id, claimed.attempts, NoteStatus.SENT, NOW + 11)
+    pruned = await store.prune(NOW + 20)
+    assert (pruned["notes"], pruned["jobs"]) == (1, 1)
+    assert await store.get_job(job_id) is None

@@ -18,6 +18,9 @@ FINAL = rows.sql_list(FINAL_STATUSES)
 UNFINISHED = rows.sql_list(set(JobStatus) - FINAL_STATUSES)
 OLD_JOBS = (
     f"SELECT id FROM jobs WHERE status IN ({FINAL}) AND COALESCE(finished_at, created_at) < $1"
+    # A note still to send keeps its job: its delivery, or its failure, is yet to be seen.
+    " AND NOT EXISTS (SELECT 1 FROM notes WHERE notes.job_id = jobs.id"
+    " AND notes.status IN ('pending', 'sending'))"
 )
 
 # See `Store.prune`. Children first, so no foreign key is ever left dangling.

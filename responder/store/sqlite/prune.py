@@ -19,6 +19,9 @@ TABLES = ("notes", "steps", "jobs", "deliveries", "payloads", "stacks", "inciden
 
 OLD_JOBS = (
     f"SELECT id FROM jobs WHERE status IN ({rows.FINAL}) AND COALESCE(finished_at, created_at) < ?"
+    # A note still to send keeps its job: its delivery, or its failure, is yet to be seen.
+    " AND NOT EXISTS (SELECT 1 FROM notes WHERE notes.job_id = jobs.id"
+    " AND notes.status IN ('pending', 'sending'))"
 )
 # Each delete states again why its rows may go: whatever arrived since they were found is kept.
 _JOB_CHILDREN = ("notes", "steps")
