@@ -1,5 +1,6 @@
 """Settings from RESPONDER_* environment variables (optionally a TOML file), validated at start."""
 
+import ipaddress
 import math
 import os
 import re
@@ -136,6 +137,33 @@ def _base_url(raw: str) -> str:
     return url
 
 
+def _credential_url(raw: str) -> str:
+    """an https:// URL (http:// only to a loopback address), with a host (empty: not set)"""
+    url = _http_url(raw)
+    parts = urllib.parse.urlsplit(url)
+    # Its requests carry a credential (the API token, or the webhook's path): never in the clear
+    # over a network. A loopback address is a local proxy's, or a test's.
+    if url and parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        raise ValueError("must be https:// (http:// only to a loopback address)")
+    return url
+
+
+def _api_base_url(raw: str) -> str:
+    """an https:// URL (http:// only to a loopback address), without credentials, query or fragment"""
+    return _credential_url(_base_url(raw))
+
+
+def is_loopback(name: str) -> bool:
+    """`localhost` (and its subdomains, which resolve to loopback, RFC 6761) or a loopback address."""
+    name = name.strip("[]")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def _header_token(raw: str) -> str:
     """an API token: printable ASCII without spaces (empty: not set)"""
     token = raw.strip()  # it goes into a request header: no line breaks, no spaces, nothing else
@@ -250,8 +278,8 @@ class Settings:
     pagerduty_api_token: str = _setting("", _header_token, secret=True)
     pagerduty_from: str = _setting("", _email)  # the PagerDuty user's email the notes are from
     # The REST API's base URL (EU accounts: https://api.eu.pagerduty.com).
-    pagerduty_api_url: str = _setting("https://api.pagerduty.com", _base_url, public=masked_url)
-    slack_webhook_url: str = _setting("", _http_url, secret=True)  # its path is a credential
+    pagerduty_api_url: str = _setting("https://api.pagerduty.com", _api_base_url, public=masked_url)
+    slack_webhook_url: str = _setting("", _credential_url, secret=True)  # its path is a credential
     # Where operators reach this daemon (e.g. https://responder.example.com): chat messages link
     # to the job's page under it. Empty: no link.
     public_url: str = _setting("", _base_url, public=masked_url)

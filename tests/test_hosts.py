@@ -5,7 +5,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from responder.web.hosts import host_name, is_loopback
+from responder.config import is_loopback
+from responder.web.hosts import host_name
 from tests.helpers import API_TOKEN, Client, LogCapture, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]

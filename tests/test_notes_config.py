@@ -22,6 +22,9 @@ def test_the_token_needs_a_from_user_and_the_other_way_round() -> None:
         ("RESPONDER_PAGERDUTY_API_URL", "ftp://api.pagerduty.com", "'ftp://api.pagerduty.com'"),
         ("RESPONDER_PUBLIC_URL", "responder.example.com", "'responder.example.com'"),
         ("RESPONDER_SLACK_WEBHOOK_URL", "hooks.slack.com/services/T0/B0/secretpart", "[secret]"),
+        # Their requests carry the token or the webhook's credential: never in the clear.
+        ("RESPONDER_PAGERDUTY_API_URL", "http://api.pagerduty.com", "'http://api.pagerduty.com'"),
+        ("RESPONDER_SLACK_WEBHOOK_URL", "http://chat.example/hooks/secretpart", "[secret]"),
         ("RESPONDER_NOTE_GIVE_UP", "0", "'0'"),
     ],
 )
@@ -57,3 +60,12 @@ def test_the_webhook_url_and_the_token_are_secrets() -> None:
     assert public["pagerduty_api_token"] == "[secret]"
     assert public["slack_webhook_url"] == "[secret]"
     assert public["pagerduty_api_url"] == "https://api.pagerduty.com"
+
+
+def test_a_credential_may_go_over_http_to_a_loopback_address_only() -> None:
+    """A local proxy (or a test's server) listens on loopback: nothing crosses a network there."""
+    for url in ("http://127.0.0.1:8443", "http://localhost:8443", "http://[::1]:8443"):
+        settings = Settings.load(
+            {"RESPONDER_PAGERDUTY_API_URL": url, "RESPONDER_SLACK_WEBHOOK_URL": f"{url}/hook"}
+        )
+        assert settings.pagerduty_api_url == url

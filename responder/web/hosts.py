@@ -1,10 +1,9 @@
 """The Host names the daemon answers to, so that another site's page cannot read it by DNS rebinding."""
 
-import ipaddress
-
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
+from responder.config import is_loopback
 from responder.logs import get_logger
 from responder.web.errors import Handler, error_response
 
@@ -54,14 +53,3 @@ def host_name(header: str) -> str:
         return header[1:].split("]", 1)[0]
     name, _, port = header.rpartition(":")
     return name if name and port.isdigit() else header
-
-
-def is_loopback(name: str) -> bool:
-    """`localhost` (and its subdomains, which resolve to loopback, RFC 6761) or a loopback address."""
-    name = name.strip("[]")
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
