@@ -1172,6 +1172,14 @@ async def test_a_write_with_a_stale_fence_raises_lease_lost_and_changes_nothing(
         with pytest.raises(LeaseLost):
             await store.finish(queued, JobStatus.SUCCEEDED, NOW + 1, fence=taken.fence)
         assert await store.get_job(queued) == after
+    elif write == "retry_later":  # the same retry again (its answer lost): taken as written
+        await WRITES[write](store, queued, taken.fence)
+        assert await store.get_job(queued) == after
+        with pytest.raises(LeaseLost):  # any other: the job no longer runs under that fence
+            await store.retry_later(queued, NOW + 10, "another", fence=taken.fence)
+        with pytest.raises(LeaseLost):
+            await WRITES[write](store, queued, old.fence)
+        assert await store.get_job(queued) == after
     elif write != "add_step":  # the job no longer runs: no fence holds it any more
         with pytest.raises(LeaseLost):
             await WRITES[write](store, queued, taken.fence)

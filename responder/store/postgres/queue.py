@@ -94,6 +94,11 @@ RETRY = (
     "UPDATE jobs SET status = 'queued', not_before = $1, error = $2, lease_expires_at = NULL"
     f" WHERE id = $3 AND {held('$4')}"
 )
+# A job `retry_later` put back in line under this fence, node, time and error.
+RETRIED = (
+    "SELECT 1 FROM jobs WHERE id = $1 AND status = 'queued' AND fence = $2 AND node = $3"
+    " AND not_before = $4 AND error IS NOT DISTINCT FROM $5"
+)
 # As SQLite's (`responder.store.sqlite.queue.RELEASE`).
 RELEASE = (
     "UPDATE jobs SET attempts = attempts - 1, lease_expires_at = NULL,"
@@ -177,6 +182,10 @@ class JobQueue(Connection):
     ) -> None:
         args = (not_before, storable(error), job_id, fence)
         changed = rows.affected(await self._run(lambda db: db.execute(RETRY, *args)))
+        if not changed and fence is not None:
+            # The same write again (a retry of one whose answer was lost) finds it written.
+            again = (job_id, fence, self.node, not_before, args[1])
+            changed = int(await self._run(lambda db: db.fetchval(RETRIED, *again)) is not None)
         _check_held(changed, job_id, fence)
         if changed:
             self._announce()

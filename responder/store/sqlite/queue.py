@@ -67,6 +67,11 @@ SELECT MIN(not_before) FROM (
 # A write given a fence (the next two parameters, both the fence) is for a job running under it; an
 # unfenced write (None) is as before leases: the reaper's, and single-node recovery's.
 HELD = "(? IS NULL OR (status = 'running' AND fence = ?))"
+# A job `retry_later` put back in line under this fence, node, time and error.
+RETRIED = (
+    "SELECT 1 FROM jobs WHERE id = ? AND status = 'queued' AND fence = ? AND node = ?"
+    " AND not_before = ? AND error IS ?"
+)
 # A claim handed back unstarted: queued again, its attempt uncounted, its lease dropped (and the
 # start time of a first attempt); its fence stays spent, so that a write made under it still fails.
 # A job whose cancel was asked meanwhile ends cancelled instead, as a waiting job's cancel ends it.
@@ -155,14 +160,23 @@ class JobQueue(Connection):
     async def retry_later(
         self, job_id: int, not_before: float, error: str, *, fence: int | None = None
     ) -> None:
-        cursor = await self._run(
-            lambda db: db.execute(
+        stored = storable(error)
+
+        def retry(db: sqlite3.Connection) -> bool:
+            changed = db.execute(
                 "UPDATE jobs SET status = 'queued', not_before = ?, error = ?,"
                 f" lease_expires_at = NULL WHERE id = ? AND {HELD}",
-                (not_before, storable(error), job_id, fence, fence),
+                (not_before, stored, job_id, fence, fence),
+            ).rowcount
+            # The same write again (a retry of one whose answer was lost) finds it written.
+            return (
+                bool(changed)
+                or db.execute(RETRIED, (job_id, fence, self.node, not_before, stored)).fetchone()
+                is not None
             )
-        )
-        _check_held(cursor, job_id, fence)
+
+        if not await self._write(retry) and fence is not None:
+            raise LeaseLost(job_id)
 
     async def release(self, job_id: int, fence: int, now: float) -> JobStatus:
         def release(db: sqlite3.Connection) -> JobStatus:
