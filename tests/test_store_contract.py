@@ -1118,27 +1118,16 @@ async def test_a_stack_record_by_a_job_is_written_only_while_the_job_is_held(sto
     assert await store.reserve_stack(stack_record("s1"), Caps()) is None
     (queued,) = await enqueue(store, job("s1", project="proj"))
     old = await claimed(store)
-    await store.touch_stack(
-        "proj", "s1", operation="up", now=NOW, status=StackStatus.LIVE, held=(queued, old.fence)
-    )
+
+    async def touch(operation: str, at: float, status: StackStatus, fence: int) -> None:
+        held = (queued, fence)
+        await store.touch_stack("proj", "s1", operation=operation, now=at, status=status, held=held)
+
+    await touch("up", NOW, StackStatus.LIVE, old.fence)
     [taken] = await store.take_over(NOW + store.lease + 1)
-    await store.touch_stack(
-        "proj",
-        "s1",
-        operation="destroy",
-        now=NOW + 2,
-        status=StackStatus.DESTROYED,
-        held=(queued, taken.fence),
-    )
+    await touch("destroy", NOW + 2, StackStatus.DESTROYED, taken.fence)
     with pytest.raises(LeaseLost) as lost:
-        await store.touch_stack(
-            "proj",
-            "s1",
-            operation="up",
-            now=NOW + 3,
-            status=StackStatus.LIVE,
-            held=(queued, old.fence),
-        )
+        await touch("up", NOW + 3, StackStatus.LIVE, old.fence)
     assert lost.value.job_id == queued
     record = await store.get_stack("proj", "s1")
     assert record is not None and record.status == StackStatus.DESTROYED
