@@ -153,13 +153,6 @@ async def test_concurrent_claimers_never_share_a_note(harness: Harness) -> None:
             await s.close()
 
 
-async def test_pruning_a_job_deletes_its_notes(store: Store) -> None:
-    job_id = await finished_with_notes(store, "old")
-    counts = await store.prune(NOW + 1)
-    assert counts["notes"] == 1 and counts["jobs"] == 1
-    assert await store.job_notes(job_id) == []
-
-
 async def test_a_notes_error_text_is_stored_made_storable(store: Store) -> None:
     """A reply's body quoted in the error may hold a NUL or a lone surrogate: the note is still
     settled (left `sending`, it would be claimed and sent again after its lease)."""
@@ -183,6 +176,6 @@ async def test_the_retention_prune_keeps_a_job_whose_note_is_still_to_send(store
     [claimed] = await store.claim_notes(NOW + 10, 10, 60.0)  # sending: kept too
     assert (await store.prune(NOW + 10))["jobs"] == 0
     assert await store.settle_note(claimed.id, claimed.attempts, NoteStatus.SENT, NOW + 11)
-    pruned = await store.prune(NOW + 20)
+    pruned = await store.prune(NOW + 20)  # sent: the job goes, and its notes with it
     assert (pruned["notes"], pruned["jobs"]) == (1, 1)
-    assert await store.get_job(job_id) is None
+    assert await store.get_job(job_id) is None and await store.job_notes(job_id) == []
