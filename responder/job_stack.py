@@ -273,7 +273,8 @@ class JobStack:
         for step in steps:
             log.info("job.step_started", step=step)
         done: list[StepResult] = []
-        call = Call(timeout=remaining, held=True, exists=exists, on_step=done.append)
+        job = (self.job.id, self.job.fence)
+        call = Call(timeout=remaining, held=True, exists=exists, on_step=done.append, job=job)
         try:
             result = await operation(config, tags, call)
         except StackError as e:

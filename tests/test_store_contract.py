@@ -1114,7 +1114,8 @@ WRITES: dict[str, Callable[[Store, int, int], Awaitable[object]]] = {
 
 async def test_a_stack_record_by_a_job_is_written_only_while_the_job_is_held(store: Store) -> None:
     """A node that lost a job must not say what its stack is now: its `live` after the next holder's
-    `destroyed` would hold a cap slot for a stack that is gone."""
+    `destroyed` would hold a cap slot for a stack that is gone, and its settings file would replace
+    the one the next holder's operation made."""
     assert await store.reserve_stack(stack_record("s1"), Caps()) is None
     (queued,) = await enqueue(store, job("s1", project="proj"))
     old = await claimed(store)
@@ -1129,6 +1130,12 @@ async def test_a_stack_record_by_a_job_is_written_only_while_the_job_is_held(sto
     with pytest.raises(LeaseLost) as lost:
         await touch("up", NOW + 3, StackStatus.LIVE, old.fence)
     assert lost.value.job_id == queued
+    # So with its settings file: the next holder's stays.
+    await store.save_stack_settings("proj", "s1", "salt: new", held=(queued, taken.fence))
+    for text in ("salt: stale", None):
+        with pytest.raises(LeaseLost):
+            await store.save_stack_settings("proj", "s1", text, held=(queued, old.fence))
+    assert await store.stack_settings("proj", "s1") == "salt: new"
     record = await store.get_stack("proj", "s1")
     assert record is not None and record.status == StackStatus.DESTROYED
     assert (record.last_operation, record.last_activity_at) == ("destroy", NOW + 2)

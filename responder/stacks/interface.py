@@ -72,6 +72,9 @@ class Call:
     # Told each completed step as it completes (a `set_config` given as `config=`, an export before a
     # destroy, then the operation itself): a caller keeps those of an operation that fails later.
     on_step: Callable[[StepResult], None] | None = None
+    # The (job id, fence) the operation runs for: the stack's settings it changed are stored only
+    # while that job still holds its lease (a node that lost it must not overwrite the next's).
+    job: tuple[int, int] | None = None
 
 
 DEFAULT_CALL = Call()
@@ -185,4 +188,6 @@ class StackSettingsStore(Protocol):
     """Where each stack's settings file is kept for every node (the job store implements it)."""
 
     async def stack_settings(self, project: str, stack: str) -> str | None: ...
-    async def save_stack_settings(self, project: str, stack: str, text: str | None) -> None: ...
+    async def save_stack_settings(
+        self, project: str, stack: str, text: str | None, *, held: tuple[int, int] | None = None
+    ) -> None: ...

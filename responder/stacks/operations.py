@@ -33,6 +33,7 @@ from responder.stacks.protocol import GRACE_VARIABLE, Request, Step, config_valu
 from responder.stacks.results import StepResult
 from responder.stacks.session import WorkerSession
 from responder.stacks.settings_files import SettingsFiles
+from responder.store import LeaseLost
 
 log = get_logger("responder.stacks")
 
@@ -328,14 +329,14 @@ class PulumiOperations:
             if target.name and target.key not in self._abandoned:
                 # A failed operation may have changed the file too (a config step before it); the
                 # operation's own error is the one to report.
-                with contextlib.suppress(SettingsUnavailable):
-                    await asyncio.shield(self.settings.save(work_dir, target, stored))
+                with contextlib.suppress(SettingsUnavailable, LeaseLost):
+                    await asyncio.shield(self.settings.save(work_dir, target, stored, call.job))
             raise
         finally:
             self._abandoned.discard(target.key)
         metrics.pulumi_operation(steps[-1]["op"], started, None)
         if target.name:
-            await self.settings.save(work_dir, target, stored)
+            await self.settings.save(work_dir, target, stored, call.job)
         return results
 
     async def _send(

@@ -45,8 +45,15 @@ class SettingsFiles:
             os.replace(tmp, path)  # a CLI never reads it half-written
         return text
 
-    async def save(self, work_dir: Path, target: StackTarget, stored: str | None) -> None:
-        """Store the workspace's file if the operation changed it (`stored`: what `restore` saw)."""
+    async def save(
+        self,
+        work_dir: Path,
+        target: StackTarget,
+        stored: str | None,
+        held: tuple[int, int] | None = None,
+    ) -> None:
+        """Store the workspace's file if the operation changed it (`stored`: what `restore` saw);
+        `held`: only while that (job id, fence) holds the job (`LeaseLost` otherwise)."""
         if self.store is None:
             return
         text = _read(_path(work_dir, target))
@@ -55,7 +62,7 @@ class SettingsFiles:
         await self._call(
             "save",
             target,
-            lambda store: store.save_stack_settings(target.project, target.name, text),
+            lambda store: store.save_stack_settings(target.project, target.name, text, held=held),
         )
 
     async def _call(

@@ -145,8 +145,11 @@ class Store(Protocol):
         """The stack's Pulumi settings file (`Pulumi.<stack>.yaml`: config, secrets encrypted, and
         the passphrase salt) as last saved by any node; None if none was saved."""
 
-    async def save_stack_settings(self, project: str, stack: str, text: str | None) -> None:
-        """Save the stack's settings file; None deletes it (the stack was removed)."""
+    async def save_stack_settings(
+        self, project: str, stack: str, text: str | None, *, held: tuple[int, int] | None = None
+    ) -> None:
+        """Save the stack's settings file; None deletes it (the stack was removed). `held`, a (job
+        id, fence): only while that job runs under that fence, else raise `LeaseLost`."""
 
     async def next_due(self) -> float | None:
         """When the earliest waiting (retrying or scheduled) job becomes runnable."""

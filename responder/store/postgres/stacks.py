@@ -26,6 +26,28 @@ UNFINISHED = rows.sql_list(set(JobStatus) - FINAL_STATUSES)
 RESERVE_LOCK = 0x7265_7370_5F63_6170  # "resp_cap"
 
 
+# A stack's settings file saved ($5 at $6) or dropped, by a job still running under its fence ($3,
+# $4) if one is given, as TOUCH; whether the write was the job's to make.
+_HOLDER = (
+    "holder AS (SELECT 1 FROM jobs WHERE id = $3 AND status = 'running' AND fence = $4 FOR SHARE)"
+)
+_HOLDS = "($3::bigint IS NULL OR EXISTS (SELECT 1 FROM holder))"
+SAVE_SETTINGS = f"""
+WITH {_HOLDER}, saved AS (
+    INSERT INTO stack_settings (project, stack, settings, updated_at)
+    SELECT $1, $2, $5, $6 WHERE {_HOLDS}
+    ON CONFLICT (project, stack)
+    DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at
+)
+SELECT {_HOLDS}
+"""
+DROP_SETTINGS = f"""
+WITH {_HOLDER}, dropped AS (
+    DELETE FROM stack_settings WHERE project = $1 AND stack = $2 AND {_HOLDS}
+)
+SELECT {_HOLDS}
+"""
+
 # A stack's last operation, by a job still running under its fence ($8, $9) if one is given. FOR
 # SHARE: a take-over committed meanwhile is waited for and seen (as FENCED_STEP in `queue`). Whether
 # the write was the job's to make.
@@ -133,17 +155,18 @@ class StackRecords(Connection):
         text: str | None = await self._run(lambda db: db.fetchval(sql, project, stack))
         return text
 
-    async def save_stack_settings(self, project: str, stack: str, text: str | None) -> None:
+    async def save_stack_settings(
+        self, project: str, stack: str, text: str | None, *, held: tuple[int, int] | None = None
+    ) -> None:
+        job_id, fence = held if held is not None else (None, None)
         if text is None:
-            sql = "DELETE FROM stack_settings WHERE project = $1 AND stack = $2"
-            await self._run(lambda db: db.execute(sql, project, stack))
-            return
-        sql = (
-            "INSERT INTO stack_settings (project, stack, settings, updated_at)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT (project, stack)"
-            " DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at"
-        )
-        await self._run(lambda db: db.execute(sql, project, stack, text, time.time()))
+            args: tuple[object, ...] = (project, stack, job_id, fence)
+            holds = await self._run(lambda db: db.fetchval(DROP_SETTINGS, *args))
+        else:
+            args = (project, stack, job_id, fence, text, time.time())
+            holds = await self._run(lambda db: db.fetchval(SAVE_SETTINGS, *args))
+        if not holds:
+            raise LeaseLost(job_id or 0)
 
     async def operations_since(self, since: float) -> int:
         sql = "SELECT COUNT(*) FROM steps WHERE started_at >= $1"

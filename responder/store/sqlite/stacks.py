@@ -71,12 +71,8 @@ class StackRecords(Connection):
         encoded = json.dumps(outputs) if outputs is not None else None
 
         def touch(db: sqlite3.Connection) -> bool:
-            if held is not None:
-                holder = db.execute(
-                    "SELECT 1 FROM jobs WHERE id = ? AND status = 'running' AND fence = ?", held
-                ).fetchone()
-                if holder is None:
-                    return False
+            if not _holds(db, held):
+                return False
             db.execute(
                 "UPDATE stacks SET last_operation = ?, last_activity_at = ?, status = COALESCE(?, status),"
                 " outputs = COALESCE(?, outputs), export_path = COALESCE(?, export_path)"
@@ -112,7 +108,9 @@ class StackRecords(Connection):
 
         return await self._run(read)
 
-    async def save_stack_settings(self, project: str, stack: str, text: str | None) -> None:
+    async def save_stack_settings(
+        self, project: str, stack: str, text: str | None, *, held: tuple[int, int] | None = None
+    ) -> None:
         if text is None:
             sql = "DELETE FROM stack_settings WHERE project = ? AND stack = ?"
             args: tuple[object, ...] = (project, stack)
@@ -123,7 +121,15 @@ class StackRecords(Connection):
                 " updated_at = excluded.updated_at"
             )
             args = (project, stack, text, time.time())
-        await self._run(lambda db: db.execute(sql, args))
+
+        def save(db: sqlite3.Connection) -> bool:
+            if not _holds(db, held):
+                return False
+            db.execute(sql, args)
+            return True
+
+        if not await self._write(save):
+            raise LeaseLost(held[0] if held else 0)
 
     async def operations_since(self, since: float) -> int:
         sql = "SELECT COUNT(*) FROM steps WHERE started_at >= ?"
@@ -150,3 +156,11 @@ def _cap_reached(db: sqlite3.Connection, record: StackRecord, caps: Caps) -> str
         if limit and rows.count(db, f"SELECT COUNT(*) FROM stacks WHERE {where}", args) >= limit:
             return f"{cap}={limit}"
     return None
+
+
+def _holds(db: sqlite3.Connection, held: tuple[int, int] | None) -> bool:
+    """Whether the write is the job's to make: no job given, or it runs under its fence."""
+    if held is None:
+        return True
+    sql = "SELECT 1 FROM jobs WHERE id = ? AND status = 'running' AND fence = ?"
+    return db.execute(sql, held).fetchone() is not None
