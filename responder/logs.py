@@ -18,9 +18,8 @@ from responder import log_sink
 from responder.log_sink import Sink
 
 MASK = "[secret]"
-BAD_REQUEST_MAX_CHARS = (
-    200  # of a malformed request's error (its description, see BadRequestFilter)
-)
+# Of a malformed request's error: its description (see BadRequestFilter).
+BAD_REQUEST_MAX_CHARS = 200
 
 
 class _Masker:

@@ -23,6 +23,7 @@ from responder.notes import NotePlanner
 from responder.outcome import judge, log_failed, ms_since
 from responder.playbook import OPERATOR_PARAMS, Context, Playbook
 from responder.stacks import StackOperations, StackTarget
+from responder.stacks.operations import KILL_GRACE
 from responder.store import Caps, Job, JobStatus, LeaseLost, NextClaim, Store
 
 T = TypeVar("T")
@@ -31,9 +32,9 @@ log = get_logger("responder.runner")
 
 # Seconds a stopping worker waits for its claim under way, then for the store to take the job back.
 RELEASE_WAIT = 5.0
-# Seconds the jobs a stop interrupts get to end: an operation's kill grace (15 s), then its stack's
-# repair (15 s), as the supervisor allows a child (`supervisor.OPERATION_KILL_GRACE`, `REPAIR_TIME`).
-INTERRUPTED_WAIT = 30.0
+# Seconds the jobs a stop interrupts get to end: an operation's kill grace, then its stack's repair.
+REPAIR_TIME = 15.0
+INTERRUPTED_WAIT = KILL_GRACE + REPAIR_TIME
 # Seconds before a recovery that failed on a fault of this node is tried again, doubling up to the max.
 RECOVERY_RETRY = 1.0
 MAX_RECOVERY_RETRY = 60.0

@@ -13,20 +13,17 @@ from responder import metrics
 from responder.config import PREFIX, ConfigError, Settings, database_secrets
 from responder.daemon import credentials_for, prepare_data_dir
 from responder.logs import Redactor, get_logger
+from responder.runner import INTERRUPTED_WAIT
 from responder.stacks import PulumiEnvironment, processes
-from responder.stacks.operations import KILL_GRACE
 
 log = get_logger("responder.supervisor")
 
 # The hidden `serve` option that makes a child: its value is the supervisor's pid.
 CHILD_OPTION = "--supervised-by"
 # A child's longest graceful stop, past its runner's `shutdown_grace` for the jobs under way: an
-# operation still running is then cancelled, and killed after the operations' kill grace (the
-# default of `PulumiOperations(kill_grace=...)`), and its stack repaired. Only then is it killed.
-OPERATION_KILL_GRACE = KILL_GRACE
-REPAIR_TIME = 15.0
-# Then, past those (the runner's `INTERRUPTED_WAIT`), the child gives up on a job still not ended
-# and closes its workers and store: this long at most.
+# operation still running is then cancelled, killed after the operations' kill grace and its stack
+# repaired (the runner's `INTERRUPTED_WAIT`); then the child gives up on a job still not ended and
+# closes its workers and store, in this long at most. Only then is it killed.
 CLOSING_TIME = 20.0
 QUICK_EXIT = 10.0  # a child that ends sooner after its start failed to start
 # Quick exits in a row in one slot before any child stayed up: the configuration is broken, and
@@ -112,7 +109,7 @@ class Supervisor:
         """`metrics_dir`: where the children keep their metrics, for any of them to sum up."""
         self.count = settings.process_count
         self.port = port
-        self.grace = settings.shutdown_grace + OPERATION_KILL_GRACE + REPAIR_TIME + CLOSING_TIME
+        self.grace = settings.shutdown_grace + INTERRUPTED_WAIT + CLOSING_TIME
         self.command = [sys.executable, "-m", "responder", "serve", f"{CHILD_OPTION}={os.getpid()}"]
         self.env = {**os.environ, f"{PREFIX}PROCESSES": "1", f"{PREFIX}PORT": str(port)}
         self.metrics_dir = metrics_dir

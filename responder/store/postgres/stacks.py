@@ -26,42 +26,40 @@ UNFINISHED = rows.sql_list(set(JobStatus) - FINAL_STATUSES)
 RESERVE_LOCK = 0x7265_7370_5F63_6170  # "resp_cap"
 
 
-# A stack's settings file saved ($5 at $6) or dropped, by a job still running under its fence ($3,
-# $4) if one is given, as TOUCH; whether the write was the job's to make.
-_HOLDER = (
-    "holder AS (SELECT 1 FROM jobs WHERE id = $3 AND status = 'running' AND fence = $4 FOR SHARE)"
-)
-_HOLDS = "($3::bigint IS NULL OR EXISTS (SELECT 1 FROM holder))"
-SAVE_SETTINGS = f"""
-WITH {_HOLDER}, saved AS (
-    INSERT INTO stack_settings (project, stack, settings, updated_at)
-    SELECT $1, $2, $5, $6 WHERE {_HOLDS}
-    ON CONFLICT (project, stack)
-    DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at
-)
-SELECT {_HOLDS}
-"""
-DROP_SETTINGS = f"""
-WITH {_HOLDER}, dropped AS (
-    DELETE FROM stack_settings WHERE project = $1 AND stack = $2 AND {_HOLDS}
-)
-SELECT {_HOLDS}
+def _fenced(write: str, job: str, fence: str) -> str:
+    """`write` (a data-modifying statement, its condition ending in `{holds}`) made only by a job
+    still running under its fence (parameters `job`, `fence`), or by no job (`job` NULL). FOR SHARE:
+    a take-over committed meanwhile is waited for and seen (as FENCED_STEP in `queue`). The
+    statement answers whether the write was the job's to make."""
+    holds = f"({job}::bigint IS NULL OR EXISTS (SELECT 1 FROM holder))"
+    return f"""
+WITH holder AS (
+    SELECT 1 FROM jobs WHERE id = {job} AND status = 'running' AND fence = {fence} FOR SHARE
+), written AS ({write.format(holds=holds)})
+SELECT {holds}
 """
 
-# A stack's last operation, by a job still running under its fence ($8, $9) if one is given. FOR
-# SHARE: a take-over committed meanwhile is waited for and seen (as FENCED_STEP in `queue`). Whether
-# the write was the job's to make.
-TOUCH = """
-WITH holder AS (
-    SELECT 1 FROM jobs WHERE id = $8 AND status = 'running' AND fence = $9 FOR SHARE
-), touched AS (
-    UPDATE stacks SET last_operation = $1, last_activity_at = $2,
-        status = COALESCE($3, status), outputs = COALESCE($4, outputs),
-        export_path = COALESCE($5, export_path)
-    WHERE project = $6 AND stack = $7 AND ($8::bigint IS NULL OR EXISTS (SELECT 1 FROM holder))
+
+# A stack's last operation.
+TOUCH = _fenced(
+    "UPDATE stacks SET last_operation = $1, last_activity_at = $2,"
+    " status = COALESCE($3, status), outputs = COALESCE($4, outputs),"
+    " export_path = COALESCE($5, export_path)"
+    " WHERE project = $6 AND stack = $7 AND {holds}",
+    "$8",
+    "$9",
 )
-SELECT $8::bigint IS NULL OR EXISTS (SELECT 1 FROM holder)
-"""
+# A stack's settings file saved ($5 at $6), or dropped.
+SAVE_SETTINGS = _fenced(
+    "INSERT INTO stack_settings (project, stack, settings, updated_at)"
+    " SELECT $1, $2, $5, $6 WHERE {holds} ON CONFLICT (project, stack)"
+    " DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
+    "$3",
+    "$4",
+)
+DROP_SETTINGS = _fenced(
+    "DELETE FROM stack_settings WHERE project = $1 AND stack = $2 AND {holds}", "$3", "$4"
+)
 
 
 class StackRecords(Connection):
