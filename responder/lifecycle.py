@@ -14,6 +14,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from itertools import takewhile
 from typing import Literal
 
 from responder import metrics
@@ -37,7 +38,6 @@ log = get_logger("responder.lifecycle")
 
 REAP_EVENT = "responder.reap"
 PRUNE_INTERVAL = 3600.0  # seconds between two prunes of records older than the retention
-JOB_PAGE = 500  # jobs read per store call when looking through a stack's history
 
 
 # No trigger: the reaper enqueues it itself, for one stack, after its own checks.
@@ -215,7 +215,7 @@ class Reaper:
     ) -> bool:
         """Whether to queue a reap now: not until `reap_backoff` (doubled for each failure before
         it) has passed since the last failed reap, and never after `reap_attempts` in a row."""
-        failures = await self._failed_reaps(project, stack, record.incident_id if record else "")
+        failures = await self._failed_reaps(project, stack)
         if len(failures) >= self.reap_attempts:
             await self._give_up(project, stack, record, failures)
             return False
@@ -224,32 +224,17 @@ class Reaper:
         wait = self.reap_backoff * 2.0 ** (len(failures) - 1)
         return now >= (failures[0].finished_at or 0.0) + wait
 
-    async def _failed_reaps(self, project: str, stack: str, incident_id: str) -> list[Job]:
-        """The stack's reap jobs that failed since its last job that did not, newest first.
-
-        Read from the job records, so a restart forgets nothing. A stack's jobs are its incident's;
-        a stack that no incident owns (an orphan without a record) has only reap jobs, without an
-        incident: its failed ones are looked for among all failed jobs.
-        """
-        jobs: list[Job] = []
-        while True:
-            page = await self.store.list_jobs(
-                incident_id=incident_id or None,
-                status=None if incident_id else JobStatus.FAILED,
-                limit=JOB_PAGE,
-                offset=len(jobs),
+    async def _failed_reaps(self, project: str, stack: str) -> list[Job]:
+        """The stack's reap jobs that failed since its last job that did not, newest first, up to
+        `reap_attempts` (enough to decide). Read from the job records, so a restart forgets
+        nothing."""
+        latest = await self.store.latest_jobs_of(project, stack, self.reap_attempts)
+        return list(
+            takewhile(
+                lambda job: job.playbook == reap_stack.name and job.status == JobStatus.FAILED,
+                latest,
             )
-            jobs += page
-            if len(page) < JOB_PAGE:
-                break
-        failures: list[Job] = []
-        for job in reversed(jobs):
-            if job.project != project or job.stack != stack:
-                continue
-            if job.playbook != reap_stack.name or job.status != JobStatus.FAILED:
-                break
-            failures.append(job)
-        return failures
+        )
 
     async def _give_up(
         self, project: str, stack: str, record: StackRecord | None, failures: list[Job]

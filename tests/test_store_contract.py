@@ -1403,6 +1403,28 @@ async def test_a_stack_s_pending_jobs_and_recent_operations_are_counted(store: S
     assert await store.operations_since(NOW - 60) == 1
 
 
+async def test_a_stack_s_latest_jobs_come_newest_first_whatever_their_status(store: Store) -> None:
+    ids = await enqueue(store, job("a"), job("other"), job("a"), job("a", project="p2"), job("a"))
+    a1, other, a2, _, a3 = ids
+    for _ in range(2):  # a1 runs and fails; `other` runs and stays running
+        claimed = await store.claim_next(NOW)
+        assert claimed is not None
+        if claimed.id == a1:
+            await store.finish(a1, JobStatus.FAILED, NOW, error="boom")
+    assert (await store.claim_next(NOW)) is not None  # a2 runs
+    assert await store.request_cancel(a3, NOW) is not None  # a3 cancelled while queued
+
+    latest = await store.latest_jobs_of("proj", "a", 10)
+    assert [(j.id, j.status) for j in latest] == [
+        (a3, JobStatus.CANCELLED),
+        (a2, JobStatus.RUNNING),
+        (a1, JobStatus.FAILED),
+    ]
+    assert [j.id for j in await store.latest_jobs_of("proj", "a", 2)] == [a3, a2]
+    assert [j.id for j in await store.latest_jobs_of("proj", "other", 5)] == [other]
+    assert await store.latest_jobs_of("proj", "none", 5) == []
+
+
 # -- retention -----------------------------------------------------------------------------------
 
 

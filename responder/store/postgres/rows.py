@@ -2,7 +2,15 @@
 
 from responder.store.postgres.driver import Db
 from responder.store.records import Job, StepRecord
-from responder.store.rows import STACKS_WITH_INCIDENT, delivery, job, sql_list, stack, step
+from responder.store.rows import (
+    STACKS_WITH_INCIDENT,
+    delivery,
+    job,
+    latest_jobs_of_stack,
+    sql_list,
+    stack,
+    step,
+)
 
 __all__ = [
     "STACKS_WITH_INCIDENT",
@@ -10,6 +18,7 @@ __all__ = [
     "delivery",
     "job",
     "job_by_id",
+    "latest_jobs_of_stack",
     "sql_list",
     "stack",
     "steps",

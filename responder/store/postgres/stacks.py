@@ -8,6 +8,7 @@ from responder.store import (
     FINAL_STATUSES,
     RELEASED_STACKS,
     Caps,
+    Job,
     JobStatus,
     JsonObject,
     LeaseLost,
@@ -21,6 +22,7 @@ from responder.store.postgres.driver import Db
 
 LIVE = f"status NOT IN ({rows.sql_list(RELEASED_STACKS)})"  # the stacks a cap counts
 UNFINISHED = rows.sql_list(set(JobStatus) - FINAL_STATUSES)
+LATEST_JOBS = rows.latest_jobs_of_stack(lambda n: f"${n}")
 # pg_advisory_xact_lock key that serialises reservations: counting the stacks under a cap and
 # adding one must be one step for every node, or two nodes could each take the last slot.
 RESERVE_LOCK = 0x7265_7370_5F63_6170  # "resp_cap"
@@ -175,6 +177,10 @@ class StackRecords(Connection):
         sql = f"SELECT COUNT(*) FROM jobs WHERE project = $1 AND stack = $2 AND status IN ({UNFINISHED})"
         count: int = await self._run(lambda db: db.fetchval(sql, project, stack))
         return count
+
+    async def latest_jobs_of(self, project: str, stack: str, limit: int) -> list[Job]:
+        found = await self._run(lambda db: db.fetch(LATEST_JOBS, project, stack, limit))
+        return [rows.job(r) for r in found]
 
 
 async def _cap_reached(db: Db, record: StackRecord, caps: Caps) -> str | None:

@@ -3,7 +3,15 @@
 import sqlite3
 
 from responder.store.records import FINAL_STATUSES, Job, JobStatus, StepRecord
-from responder.store.rows import STACKS_WITH_INCIDENT, delivery, job, sql_list, stack, step
+from responder.store.rows import (
+    STACKS_WITH_INCIDENT,
+    delivery,
+    job,
+    latest_jobs_of_stack,
+    sql_list,
+    stack,
+    step,
+)
 
 __all__ = [
     "FINAL",
@@ -13,6 +21,7 @@ __all__ = [
     "delivery",
     "job",
     "job_by_id",
+    "latest_jobs_of_stack",
     "sql_list",
     "stack",
     "steps",

@@ -8,6 +8,7 @@ import time
 from responder.store import (
     RELEASED_STACKS,
     Caps,
+    Job,
     JsonObject,
     LeaseLost,
     StackRecord,
@@ -18,6 +19,7 @@ from responder.store.sqlite import rows
 from responder.store.sqlite.connection import Connection
 
 LIVE = f"status NOT IN ({rows.sql_list(RELEASED_STACKS)})"  # the stacks a cap counts
+LATEST_JOBS = rows.latest_jobs_of_stack(lambda n: f"?{n}")
 
 
 class StackRecords(Connection):
@@ -138,6 +140,10 @@ class StackRecords(Connection):
     async def pending_jobs_for(self, project: str, stack: str) -> int:
         sql = f"SELECT COUNT(*) FROM jobs WHERE project = ? AND stack = ? AND status IN ({rows.UNFINISHED})"
         return await self._run(lambda db: rows.count(db, sql, (project, stack)))
+
+    async def latest_jobs_of(self, project: str, stack: str, limit: int) -> list[Job]:
+        args = (project, stack, limit)
+        return await self._run(lambda db: [rows.job(r) for r in db.execute(LATEST_JOBS, args)])
 
 
 def _cap_reached(db: sqlite3.Connection, record: StackRecord, caps: Caps) -> str | None:
