@@ -12,6 +12,7 @@ from responder.playbook import Context, on, playbook
 from responder.stacks import PulumiEnvironment, PulumiOperations, StackOperations, StackTarget
 from responder.store import Caps, JobStatus, NewDelivery, NewJob, StackRecord, StackStatus
 from responder.store.sqlite import SQLiteStore
+from tests.fakes import FakeOperations, FakeStack
 from tests.helpers import API_TOKEN, Client, FakeClock, LogCapture, pd_event
 
 MakeClient = Callable[..., Awaitable[Client]]
@@ -218,3 +219,28 @@ async def test_an_undeletable_orphan_without_a_record_is_reaped_a_bounded_number
     assert await lifecycle.run_once(sweep=True) == []
     [abandoned] = logs.events("stack.reap_abandoned")
     assert abandoned["stack"] == "behind-our-back" and abandoned["job_ids"] == [second, first]
+
+
+async def test_an_orphan_s_failed_reaps_count_only_since_its_last_success(
+    store: SQLiteStore,
+) -> None:
+    """The backoff of an orphan without a record reads that stack's own history, successes too."""
+    clock, ops = FakeClock(), FakeOperations()
+    ops.stacks = {"rtown/mine": FakeStack(), "rtown/other": FakeStack()}
+    lifecycle = Reaper(
+        store, ops, {"rtown": "prog"}, notify=lambda: None, max_attempts=1,
+        approval_timeout=3600, reap_attempts=2, reap_backoff=100, clock=clock,
+    )  # fmt: skip
+    reaps = await lifecycle.run_once(sweep=True)
+    await run_and_finish(store, clock, reaps, JobStatus.FAILED)
+    assert await lifecycle.run_once(sweep=True) == []  # both back off
+
+    event = Event(id="e", source="pagerduty", type="incident.triggered", resource_type="incident")
+    delivery = NewDelivery.of(event, id="mine-ok", body=b"{}", received_at=clock())
+    [ok] = (await store.record_delivery(delivery, [NewJob("x", "rtown", "mine", event, 1)])).job_ids
+    await run_and_finish(store, clock, [ok], JobStatus.SUCCEEDED)
+    [fresh] = await lifecycle.run_once(sweep=True)  # at once: its failure came before a success
+    assert (await store.get_job(fresh)).stack == "mine"  # type: ignore[union-attr]
+    clock.advance(100)
+    [other] = await lifecycle.run_once(sweep=True)  # `other` after its backoff, as before
+    assert (await store.get_job(other)).stack == "other"  # type: ignore[union-attr]
