@@ -58,6 +58,29 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+# A name a Host header can carry: DNS labels, an IPv4 address, or an IPv6 one (bracketed or not).
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
+
+
+def _host_names(raw: str) -> tuple[str, ...]:
+    """comma-separated host names or addresses, without a port (`*`: any)"""
+    names = _csv(raw)
+    for name in names:
+        bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+        if name != "*" and not _HOST_NAME.fullmatch(bare) and not _is_ipv6(bare):
+            # A port, a scheme or a path would never equal a request's name: refused, not ignored.
+            raise ValueError(f"{name[:100]!r} is not a host name (no scheme, port or path)")
+    return names
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _secrets(raw: str) -> tuple[str, ...]:
     """comma-separated secrets of at least 16 characters each"""
     values = _csv(raw)  # none (an empty value) means not configured: one is generated
@@ -219,7 +242,7 @@ class Settings:
     host: str = _setting("127.0.0.1")
     port: int = _setting(8080, _int_range(0, 65535))
     # Host names answered besides loopback ones (`*`: any); unset, any unless `host` is loopback.
-    allowed_hosts: tuple[str, ...] = _setting((), _csv)
+    allowed_hosts: tuple[str, ...] = _setting((), _host_names)
     data_dir: Path = _setting(Path("data"), Path)
     playbooks_dir: Path = _setting(PACKAGE_ROOT / "playbooks", Path)
     log_level: str = _setting("INFO", _level)

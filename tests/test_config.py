@@ -32,6 +32,14 @@ def test_environment_values_are_parsed() -> None:
     assert settings.data_dir == Path("/tmp/x")
 
 
+def test_allowed_hosts_take_names_and_addresses() -> None:
+    listed = "Responder.Example, 10.0.0.7, [2001:db8::1], 2001:db8::2, *, in_ternal"
+    settings = Settings.load({"RESPONDER_ALLOWED_HOSTS": listed})
+    assert settings.allowed_hosts == (
+        "Responder.Example", "10.0.0.7", "[2001:db8::1]", "2001:db8::2", "*", "in_ternal",
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -47,6 +55,10 @@ def test_environment_values_are_parsed() -> None:
         ({"RESPONDER_JOB_TIMEOUT": "-1"}, "RESPONDER_JOB_TIMEOUT: must be positive"),
         ({"RESPONDER_LOG_LEVEL": "loud"}, "RESPONDER_LOG_LEVEL"),
         ({"RESPONDER_PROT": "1"}, "RESPONDER_PROT: unknown setting"),
+        ({"RESPONDER_ALLOWED_HOSTS": "a.example, b.example:8443"}, "'b.example:8443' is not a"),
+        ({"RESPONDER_ALLOWED_HOSTS": "[::1]:8080"}, "'\\[::1\\]:8080' is not a host name"),
+        ({"RESPONDER_ALLOWED_HOSTS": "https://a.example"}, "no scheme, port or path"),
+        ({"RESPONDER_ALLOWED_HOSTS": "a.example/ui"}, "no scheme, port or path"),
     ],
 )
 def test_errors_name_the_variable_and_value(env: dict[str, str], message: str) -> None:
