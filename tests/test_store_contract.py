@@ -435,6 +435,28 @@ async def test_a_result_and_its_claim_asked_again_are_taken_as_written(store: St
     assert waiting is not None and waiting.status == JobStatus.QUEUED
 
 
+async def test_a_step_sent_again_is_recorded_once(store: Store) -> None:
+    """A step whose answer was lost is sent again: recorded once, and taken (no LeaseLost). Steps
+    that differ in anything that tells them apart are all kept."""
+    first, unfenced = await enqueue(store, job("a"), job("b"))
+    running = await store.claim_next(NOW)
+    assert running is not None and running.id == first
+    up = StepRecord("up", NOW, 1.0, "succeeded", None, {"create": 1})
+    for step in (up, up, replace(up, started_at=NOW + 1), replace(up, step="refresh"), up):
+        await store.add_step(first, step, fence=running.fence)
+    await store.add_step(unfenced, up)
+    await store.add_step(unfenced, up)
+    recorded = await store.get_job(first)
+    assert recorded is not None
+    assert [(s.step, s.started_at) for s in recorded.steps] == [
+        ("up", NOW), ("up", NOW + 1), ("refresh", NOW),
+    ]  # fmt: skip
+    other = await store.get_job(unfenced)
+    assert other is not None and len(other.steps) == 1
+    with pytest.raises(LeaseLost):  # sent again once the job is lost: refused, as any fenced write
+        await store.add_step(first, up, fence=running.fence + 1)
+
+
 async def test_a_result_claims_nothing_unless_asked_or_if_it_is_refused(store: Store) -> None:
     first, behind = await enqueue(store, job("a"), job("b"))
     running = await store.claim_next(NOW)

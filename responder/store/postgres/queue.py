@@ -52,17 +52,28 @@ SELECT MIN(not_before) FROM (
 ) AS waiting
 """
 
+# A step, unless this very step is recorded already: a call whose answer was lost (a dropped
+# connection, a timeout while its commit waited) may have committed, and the runner sends it again.
+NEW_STEP = (
+    " AND NOT EXISTS (SELECT 1 FROM steps WHERE job_id = $1 AND step = $2 AND started_at = $3"
+    " AND duration_ms = $4 AND outcome = $5)"
+)
 STEP = (
     "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    f" SELECT $1, $2, $3, $4, $5, $6, $7 WHERE TRUE{NEW_STEP}"
 )
-# A step of a job still running under the fence $8. FOR SHARE: a take-over committed meanwhile is
-# waited for and seen (the row then no longer matches), and one under way skips this job for now.
-FENCED_STEP = (
-    "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
-    " SELECT id, $2, $3, $4, $5, $6, $7 FROM jobs"
-    " WHERE id = $1 AND status = 'running' AND fence = $8 FOR SHARE"
+# A step of a job still running under the fence $8; the answer says whether it does. FOR SHARE: a
+# take-over committed meanwhile is waited for and seen (the row then no longer matches), and one under
+# way skips this job for now.
+FENCED_STEP = f"""
+WITH holder AS (
+    SELECT id FROM jobs WHERE id = $1 AND status = 'running' AND fence = $8 FOR SHARE
+), written AS (
+    INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)
+    SELECT id, $2, $3, $4, $5, $6, $7 FROM holder WHERE TRUE{NEW_STEP}
 )
+SELECT EXISTS (SELECT 1 FROM holder)
+"""
 
 
 def held(fence: str) -> str:
@@ -134,10 +145,10 @@ class JobQueue(Connection):
         if fence is None:
             await self._run(lambda db: db.execute(STEP, job_id, *values, changes))
             return
-        status = await self._run(
-            lambda db: db.execute(FENCED_STEP, job_id, *values, changes, fence)
+        holds = await self._run(
+            lambda db: db.fetchval(FENCED_STEP, job_id, *values, changes, fence)
         )
-        if rows.affected(status) == 0:
+        if not holds:
             raise LeaseLost(job_id)
 
     async def finish(

@@ -83,7 +83,12 @@ RELEASE = (
     " error = CASE WHEN cancel_requested THEN :reason ELSE error END"
     " WHERE id = :id AND status = 'running' AND fence = :fence RETURNING status"
 )
-STEP = "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
+# A step, unless this very step is recorded already (as PostgreSQL's `NEW_STEP`: a call sent again).
+STEP = (
+    "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
+    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM steps"
+    " WHERE job_id = ?1 AND step = ?2 AND started_at = ?3 AND duration_ms = ?4 AND outcome = ?5)"
+)
 
 
 class JobQueue(Connection):
@@ -111,19 +116,15 @@ class JobQueue(Connection):
         error = storable(step.error)
         values = (job_id, step.step, step.started_at, step.duration_ms, step.outcome, error)
         changes = json.dumps(step.changes)
-        if fence is None:
-            await self._run(
-                lambda db: db.execute(f"{STEP} VALUES (?, ?, ?, ?, ?, ?, ?)", (*values, changes))
-            )
-            return
-        cursor = await self._run(
-            lambda db: db.execute(
-                f"{STEP} SELECT ?, ?, ?, ?, ?, ?, ?"
-                " WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? AND status = 'running' AND fence = ?)",
-                (*values, changes, job_id, fence),
-            )
-        )
-        _check_held(cursor, job_id, fence)
+
+        def add(db: sqlite3.Connection) -> bool:
+            if fence is not None and not rows.holds(db, job_id, fence):
+                return False
+            db.execute(STEP, (*values, changes))
+            return True
+
+        if not await self._write(add):
+            raise LeaseLost(job_id)
 
     async def finish(
         self,

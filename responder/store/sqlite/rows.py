@@ -19,6 +19,7 @@ __all__ = [
     "UNFINISHED",
     "count",
     "delivery",
+    "holds",
     "job",
     "job_by_id",
     "latest_jobs_of_stack",
@@ -35,6 +36,12 @@ UNFINISHED = sql_list(set(JobStatus) - FINAL_STATUSES)
 def count(db: sqlite3.Connection, sql: str, args: tuple[object, ...] = ()) -> int:
     """The number a `SELECT COUNT(*) ...` answers."""
     return int(db.execute(sql, args).fetchone()[0])
+
+
+def holds(db: sqlite3.Connection, job_id: int, fence: int) -> bool:
+    """Whether the job runs under the fence: a fenced write is still the job's to make."""
+    sql = "SELECT 1 FROM jobs WHERE id = ? AND status = 'running' AND fence = ?"
+    return db.execute(sql, (job_id, fence)).fetchone() is not None
 
 
 def job_by_id(db: sqlite3.Connection, job_id: int, *, with_steps: bool = False) -> Job | None:

@@ -73,7 +73,7 @@ class StackRecords(Connection):
         encoded = json.dumps(outputs) if outputs is not None else None
 
         def touch(db: sqlite3.Connection) -> bool:
-            if not _holds(db, held):
+            if not (held is None or rows.holds(db, *held)):
                 return False
             db.execute(
                 "UPDATE stacks SET last_operation = ?, last_activity_at = ?, status = COALESCE(?, status),"
@@ -125,7 +125,7 @@ class StackRecords(Connection):
             args = (project, stack, text, time.time())
 
         def save(db: sqlite3.Connection) -> bool:
-            if not _holds(db, held):
+            if not (held is None or rows.holds(db, *held)):
                 return False
             db.execute(sql, args)
             return True
@@ -162,11 +162,3 @@ def _cap_reached(db: sqlite3.Connection, record: StackRecord, caps: Caps) -> str
         if limit and rows.count(db, f"SELECT COUNT(*) FROM stacks WHERE {where}", args) >= limit:
             return f"{cap}={limit}"
     return None
-
-
-def _holds(db: sqlite3.Connection, held: tuple[int, int] | None) -> bool:
-    """Whether the write is the job's to make: no job given, or it runs under its fence."""
-    if held is None:
-        return True
-    sql = "SELECT 1 FROM jobs WHERE id = ? AND status = 'running' AND fence = ?"
-    return db.execute(sql, held).fetchone() is not None
