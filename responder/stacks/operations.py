@@ -12,6 +12,7 @@ from pathlib import Path
 from responder import metrics
 from responder.logs import Redactor, get_logger
 from responder.project_program import ProjectFolderError, read_project
+from responder.shielded import shielded
 from responder.stacks import processes
 from responder.stacks.environment import PulumiEnvironment
 from responder.stacks.errors import (
@@ -330,7 +331,9 @@ class PulumiOperations:
                 # A failed operation may have changed the file too (a config step before it); the
                 # operation's own error is the one to report.
                 with contextlib.suppress(SettingsUnavailable, LeaseLost):
-                    await asyncio.shield(self.settings.save(work_dir, target, stored, call.job))
+                    await shielded(
+                        self.settings.save(work_dir, target, stored, call.job), "settings_save"
+                    )
             raise
         finally:
             self._abandoned.discard(target.key)
@@ -351,7 +354,7 @@ class PulumiOperations:
         try:
             worker = await self._workers.acquire(request["program"])
             if cancel.is_set():
-                await asyncio.shield(self._workers.give_back(worker, self.kill_grace))
+                await shielded(self._workers.give_back(worker, self.kill_grace), "worker_end")
                 raise OperationCancelled(
                     "operation cancelled before it started", stack=target.name, step=steps[0]["op"]
                 )
@@ -361,7 +364,7 @@ class PulumiOperations:
                 try:
                     record.write_text(worker.marker)
                 except OSError:
-                    await asyncio.shield(self._workers.give_back(worker, self.kill_grace))
+                    await shielded(self._workers.give_back(worker, self.kill_grace), "worker_end")
                     raise
             abandoned = self._abandoned
             try:
@@ -378,14 +381,14 @@ class PulumiOperations:
                 raise
             except asyncio.CancelledError:
                 if not repairing and target.key not in abandoned:
-                    await asyncio.shield(self._repair(target))
+                    await shielded(self._repair(target), "repair")
                 raise
             finally:
                 if record:
                     record.unlink(missing_ok=True)
                 if session.reusable:
                     release = self._workers.release(worker, request["program"], self.kill_grace)
-                    await asyncio.shield(release)
+                    await shielded(release, "worker_release")
         finally:
             if self._cancels.get(target.key) is cancel:
                 del self._cancels[target.key]

@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Callable
 
 from responder.logs import Redactor, get_logger
+from responder.shielded import shielded
 from responder.stacks.errors import (
     OperationCancelled,
     OperationTimeout,
@@ -65,7 +66,7 @@ class WorkerSession:
             cancelled.cancel()
             self.reusable = reader in finished and self.ready
             if not self.reusable:
-                await asyncio.shield(self._end(reader, grace()))
+                await shielded(self._end(reader, grace()), "worker_end")
         stack = self.target.name
         if reader in finished:
             results = reader.result()

@@ -1,0 +1,31 @@
+"""Work that a cancelled caller leaves running: it goes on, and a failure of it then is logged."""
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from responder.logs import get_logger
+
+log = get_logger("responder")
+
+T = TypeVar("T")
+
+
+async def shielded(work: Awaitable[T], what: str) -> T:
+    """`await asyncio.shield(work)`. Cancelled meanwhile, the caller goes, the work goes on, and
+    nobody awaits it any more: a failure of it is logged (`task.failed_after_cancel`) instead of
+    left to asyncio's "Task exception was never retrieved" at the task's collection."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(lambda done: _log_failure(done, what))
+        raise
+
+
+def _log_failure(task: "asyncio.Future[Any]", what: str) -> None:
+    if task.cancelled() or (error := task.exception()) is None:
+        return
+    log.warning(
+        "task.failed_after_cancel", task=what, error=str(error), error_type=type(error).__name__
+    )
