@@ -187,6 +187,17 @@ def test_incident_titles_and_urls_cannot_ping_or_link_in_chat() -> None:
     assert message["blocks"][-1]["elements"][0]["text"] == "Job 7 · Incident Q1"
 
 
+def test_markdown_links_and_images_in_incident_text_link_nothing_in_chat() -> None:
+    """Mattermost and Rocket.Chat render the message's text as Markdown."""
+    title = "[Job 7 page](https://evil.example) ![](https://evil.example/pixel.png) [ref]"
+    subject = Subject("Q1", title, "", "pb", "failed", 7, "")
+    note = make_note("[docs][ref]\n[ref]: https://evil.example", fields={"[a](b)": "c"})
+    text = json.loads(slack_body(note, subject))["text"]
+    for link in ("](", "][", "]:"):
+        assert link not in text
+    assert text.replace("\u2060", "").startswith(title)  # shown as written
+
+
 def _job() -> Job:
     return Job(
         id=7,

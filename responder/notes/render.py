@@ -20,6 +20,7 @@ FIELD_MAX = 2000
 TEXT_MAX = 40_000
 LINK_MAX = 1000  # an incident URL longer than this is shown as the incident id only
 MASS_MENTION = re.compile(r"@(?=(?:channel|all|here|everyone)\b)", re.IGNORECASE)
+LINK_TARGET = re.compile(r"\](?=[(\[:])")  # a Markdown link's label, before its URL or reference
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,10 @@ def _linkable(url: str) -> bool:
 
 
 def _escape(text: str) -> str:
-    """Slack's mrkdwn control characters, escaped as its reference asks; and the mass mentions
-    Mattermost and Rocket.Chat act on in plain text (`@channel`, `@all`, `@here`), broken by an
-    invisible word joiner."""
+    """Slack's mrkdwn control characters, escaped as its reference asks; and, broken by an
+    invisible word joiner, what Mattermost and Rocket.Chat act on in plain text: mass mentions
+    (`@channel`, `@all`, `@here`) and Markdown links and images (`[label](url)`, `![](url)`, a
+    reference's `[label]: url`), which would show an incident title's link as the daemon's own or
+    load its image. A backslash escape would show in Slack, which reads the same text."""
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return MASS_MENTION.sub("@\u2060", text)
+    return LINK_TARGET.sub("]\u2060", MASS_MENTION.sub("@\u2060", text))
