@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -193,9 +194,19 @@ def test_markdown_links_and_images_in_incident_text_link_nothing_in_chat() -> No
     subject = Subject("Q1", title, "", "pb", "failed", 7, "")
     note = make_note("[docs][ref]\n[ref]: https://evil.example", fields={"[a](b)": "c"})
     text = json.loads(slack_body(note, subject))["text"]
-    for link in ("](", "][", "]:"):
-        assert link not in text
+    assert "](" not in text and "\n[ref]:" not in text
     assert text.replace("\u2060", "").startswith(title)  # shown as written
+
+
+def test_mentions_and_ipv6_links_in_chat() -> None:
+    """Mattermost strips `_`, `.`, `-`, `:` from a mention's end, so `@channel_` pings everyone;
+    an IPv6 address's `]:` before its port is no Markdown, and a job link with one stays whole."""
+    subject = Subject("Q1", "@channel_ db down, @here. @all- @channels", "", "pb", "ok", 7, "")
+    subject = replace(subject, job_url="http://[fd00::5]:8080/ui/jobs/7")
+    note = make_note("see http://[fd00::7]:9090/metrics")
+    text = json.loads(slack_body(note, subject))["text"]
+    assert "@\u2060channel_ db down, @\u2060here. @\u2060all- @channels" in text
+    assert "http://[fd00::5]:8080/ui/jobs/7" in text and "http://[fd00::7]:9090/metrics" in text
 
 
 def _job() -> Job:

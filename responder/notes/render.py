@@ -19,8 +19,11 @@ FIELDS_PER_SECTION = 10
 FIELD_MAX = 2000
 TEXT_MAX = 40_000
 LINK_MAX = 1000  # an incident URL longer than this is shown as the incident id only
-MASS_MENTION = re.compile(r"@(?=(?:channel|all|here|everyone)\b)", re.IGNORECASE)
-LINK_TARGET = re.compile(r"\](?=[(\[:])")  # a Markdown link's label, before its URL or reference
+# A mass mention, also when `_`, `.`, `-` or `:` follow it: Mattermost strips those from a word's end.
+MASS_MENTION = re.compile(r"@(?=(?:channel|all|here|everyone)(?![^\W_]))", re.IGNORECASE)
+# The `]` of a Markdown link's label before its URL, or of a reference definition's at a line's
+# start (a `]:` elsewhere is an IPv6 address's before its port, as in a job link: left whole).
+LINK_TARGET = re.compile(r"\](?=\()|(?m:^ {0,3}\[[^\]\n]*\](?=:))")
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ def _escape(text: str) -> str:
     """Slack's mrkdwn control characters, escaped as its reference asks; and, broken by an
     invisible word joiner, what Mattermost and Rocket.Chat act on in plain text: mass mentions
     (`@channel`, `@all`, `@here`) and Markdown links and images (`[label](url)`, `![](url)`, a
-    reference's `[label]: url`), which would show an incident title's link as the daemon's own or
+    reference's definition `[label]: url`, without which `[text][label]` links nothing), which would show an incident title's link as the daemon's own or
     load its image. A backslash escape would show in Slack, which reads the same text."""
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return LINK_TARGET.sub("]\u2060", MASS_MENTION.sub("@\u2060", text))
+    return LINK_TARGET.sub(lambda m: m[0] + "\u2060", MASS_MENTION.sub("@\u2060", text))
