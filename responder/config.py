@@ -58,19 +58,40 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-# A name a Host header can carry: DNS labels, an IPv4 address, or an IPv6 one (bracketed or not).
-_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
+# A name a Host header can carry: DNS labels or an IPv4 address (IPv6 addresses are read apart).
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_.])?")
 
 
 def _host_names(raw: str) -> tuple[str, ...]:
     """comma-separated host names or addresses, without a port (`*`: any)"""
-    names = _csv(raw)
-    for name in names:
-        bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
-        if name != "*" and not _HOST_NAME.fullmatch(bare) and not _is_ipv6(bare):
-            # A port, a scheme or a path would never equal a request's name: refused, not ignored.
-            raise ValueError(f"{name[:100]!r} is not a host name (no scheme, port or path)")
-    return names
+    names = []
+    for entry in _csv(raw):
+        if entry.startswith("*."):
+            raise ValueError(f"{entry[:100]!r}: wildcards are not supported, list each name")
+        name = host_key(entry)
+        if not name.isascii():  # an internationalised name: browsers send its ASCII form
+            try:
+                name = name.encode("idna").decode()
+            except UnicodeError:
+                raise ValueError(f"{entry[:100]!r} is not a host name") from None
+        if "%" in name:
+            raise ValueError(f"{entry[:100]!r}: an IPv6 zone id is not supported")
+        if name != "*" and not _HOST_NAME.fullmatch(name) and not _is_ipv6(name):
+            # A port, a scheme or a path never equals a request's name: refused, not ignored.
+            raise ValueError(f"{entry[:100]!r} is not a host name (no scheme, port or path)")
+        names.append(name)
+    return tuple(names)
+
+
+def host_key(name: str) -> str:
+    """A host name as the Host check compares it: in lower case, and an IPv6 address without its
+    brackets in its shortest form (`[2001:DB8:0::1]` is `2001:db8::1`)."""
+    name = name.strip().lower()
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    try:
+        return ipaddress.IPv6Address(bare).compressed
+    except ValueError:
+        return bare
 
 
 def _is_ipv6(text: str) -> bool:

@@ -32,11 +32,12 @@ def test_environment_values_are_parsed() -> None:
     assert settings.data_dir == Path("/tmp/x")
 
 
-def test_allowed_hosts_take_names_and_addresses() -> None:
-    listed = "Responder.Example, 10.0.0.7, [2001:db8::1], 2001:db8::2, *, in_ternal"
+def test_allowed_hosts_take_names_and_addresses_as_a_browser_sends_them() -> None:
+    listed = "Responder.Example, 10.0.0.7, [2001:DB8::1], 2001:db8:0:0:0:0:0:2, *, in_ternal, bücher.example"
     settings = Settings.load({"RESPONDER_ALLOWED_HOSTS": listed})
     assert settings.allowed_hosts == (
-        "Responder.Example", "10.0.0.7", "[2001:db8::1]", "2001:db8::2", "*", "in_ternal",
+        "responder.example", "10.0.0.7", "2001:db8::1", "2001:db8::2", "*", "in_ternal",
+        "xn--bcher-kva.example",
     )  # fmt: skip
 
 
@@ -59,6 +60,8 @@ def test_allowed_hosts_take_names_and_addresses() -> None:
         ({"RESPONDER_ALLOWED_HOSTS": "[::1]:8080"}, "'\\[::1\\]:8080' is not a host name"),
         ({"RESPONDER_ALLOWED_HOSTS": "https://a.example"}, "no scheme, port or path"),
         ({"RESPONDER_ALLOWED_HOSTS": "a.example/ui"}, "no scheme, port or path"),
+        ({"RESPONDER_ALLOWED_HOSTS": "*.example.com"}, "wildcards are not supported"),
+        ({"RESPONDER_ALLOWED_HOSTS": "fe80::1%eth0"}, "zone id is not supported"),
     ],
 )
 def test_errors_name_the_variable_and_value(env: dict[str, str], message: str) -> None:

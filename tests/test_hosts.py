@@ -40,7 +40,7 @@ async def test_on_loopback_another_host_is_refused_everywhere(
 async def test_the_hosts_allowed_are_answered_with_the_loopback_names(
     make_client: MakeClient,
 ) -> None:
-    client = await make_client([], allowed_hosts=("Responder.Example", "[2001:db8::1]"))
+    client = await make_client([], allowed_hosts=("Responder.Example", "[2001:DB8:0::1]"))
     for host in ["responder.example", "RESPONDER.example:443", "[2001:db8::1]:8080", *LOOPBACK]:
         assert await status(client, "GET", "/jobs", host) == 200, host
     for host in ["evil.example", "responder.example.evil", "2001:db8::2"]:
@@ -69,6 +69,8 @@ async def test_which_hosts_are_answered_depends_on_the_bind_address_and_the_sett
 def test_the_name_of_a_host_header() -> None:
     assert host_name("Example.COM:8080") == "example.com"
     assert host_name("[::1]:80") == "::1" and host_name("[::1]") == "::1"
+    assert host_name("[2001:DB8:0::1]:8443") == "2001:db8::1"
+    assert host_name("[::ffff:10.0.0.7]") == host_name("[::ffff:a00:7]") == "::ffff:a00:7"
     assert (
         host_name("example.com") == "example.com" and host_name("example.com:x") == "example.com:x"
     )

@@ -3,7 +3,7 @@
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
-from responder.config import is_loopback
+from responder.config import host_key, is_loopback
 from responder.logs import get_logger
 from responder.web.errors import Handler, error_response
 
@@ -24,7 +24,7 @@ def host_check(bind_host: str, allowed: tuple[str, ...]) -> Middleware | None:
     the web page show (reads need no token by default): its requests carry its own name as Host.
     No other site can make a browser send a loopback name as Host, so those are always answered.
     """
-    names = frozenset(name.strip().lower().strip("[]") for name in allowed)
+    names = frozenset(host_key(name) for name in allowed)
     if ANY in names or (not names and not is_loopback(bind_host)):
         return None
 
@@ -47,9 +47,9 @@ def host_check(bind_host: str, allowed: tuple[str, ...]) -> Middleware | None:
 
 
 def host_name(header: str) -> str:
-    """The name a Host header gives, lower-cased, without its port or an IPv6 address's brackets."""
+    """The name a Host header gives, without its port, as `host_key` spells it."""
     header = header.strip().lower()
     if header.startswith("["):
-        return header[1:].split("]", 1)[0]
+        return host_key(header[1:].split("]", 1)[0])
     name, _, port = header.rpartition(":")
     return name if name and port.isdigit() else header
