@@ -14,7 +14,15 @@ import pytest
 
 from responder.config import ConfigError, Settings
 from responder.playbook import Context, on, playbook
-from responder.store import JobStatus, NewNote, NextClaim, RecordRejected, StoreUnavailable, limits
+from responder.store import (
+    JobStatus,
+    NewNote,
+    NextClaim,
+    RecordRejected,
+    StepRecord,
+    StoreUnavailable,
+    limits,
+)
 from responder.store.postgres import PostgresStore, migrations
 from responder.store.postgres import deliveries as postgres_deliveries
 from responder.store.postgres.deliveries import SUPERSEDE
@@ -70,6 +78,25 @@ async def test_a_new_migration_file_is_applied_at_the_next_open(
         assert await db.fetchval("SELECT COUNT(*) FROM remarks") == 0
     finally:
         await db.close()
+
+
+async def test_the_migration_to_one_row_a_step_keeps_the_first_of_each_duplicate(
+    postgres_url: str,
+) -> None:
+    """Before migration 0010 a step sent again could be recorded twice."""
+    async with store_and_session(postgres_url) as (store, db):
+        [job_id] = await enqueue(store, job("a"))
+        await db.execute("DROP INDEX steps_once")  # as the database was before 0010
+        await db.execute("DELETE FROM schema_migrations WHERE version = 10")
+        for step, error in [("up", "first"), ("up", "again"), ("refresh", None), ("up", "third")]:
+            await db.execute(
+                "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error)"
+                " VALUES ($1, $2, 1, 2, 'failed', $3)",
+                job_id, step, error,
+            )  # fmt: skip
+        assert await migrations.migrate(db, migrations.available()) == [10]
+        kept = await db.fetch("SELECT step, error FROM steps ORDER BY id")
+    assert [tuple(r) for r in kept] == [("up", "first"), ("refresh", None)]
 
 
 @pytest.mark.parametrize(
@@ -344,6 +371,34 @@ async def test_a_claim_retried_while_its_first_try_still_runs_gets_that_try_s_jo
         assert again is not None and again.id == first
         waiting = await store.get_job(second)
         assert waiting is not None and waiting.status == JobStatus.QUEUED
+
+
+async def test_a_step_sent_again_while_its_first_send_still_runs_is_recorded_once(
+    postgres_url: str,
+) -> None:
+    """The first send of a step still waits on the server (here behind a lease renewal's lock on
+    the job) when the runner sends it again on another connection: neither statement's snapshot
+    sees the other's row, and only the unique index keeps the second out."""
+    async with store_and_session(postgres_url) as (store, db):
+        fenced, unfenced = await enqueue(store, job("a"), job("b"))
+        running = await store.claim_next(NOW)
+        assert running is not None and running.id == fenced
+        up = StepRecord("up", NOW, 12.5, "succeeded", None, {"create": 1})
+        renewal = db.transaction()
+        await renewal.start()
+        await db.execute(
+            "UPDATE jobs SET lease_expires_at = lease_expires_at WHERE id = $1", fenced
+        )
+        sends = [asyncio.create_task(store.add_step(fenced, up, fence=running.fence)) for _ in "ab"]
+        await asyncio.sleep(0.3)
+        assert not any(send.done() for send in sends)  # both wait for the renewal
+        await renewal.commit()
+        await asyncio.gather(*sends)
+        await asyncio.gather(*(store.add_step(unfenced, up) for _ in range(8)))
+        counts = await db.fetch(
+            "SELECT job_id, count(*) AS n FROM steps GROUP BY job_id ORDER BY job_id"
+        )
+    assert [(r["job_id"], r["n"]) for r in counts] == [(fenced, 1), (unfenced, 1)]
 
 
 async def test_a_claim_reads_the_queue_up_to_the_job_it_takes(postgres_url: str) -> None:

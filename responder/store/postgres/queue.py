@@ -52,25 +52,22 @@ SELECT MIN(not_before) FROM (
 ) AS waiting
 """
 
-# A step, unless this very step is recorded already: a call whose answer was lost (a dropped
-# connection, a timeout while its commit waited) may have committed, and the runner sends it again.
-NEW_STEP = (
-    " AND NOT EXISTS (SELECT 1 FROM steps WHERE job_id = $1 AND step = $2 AND started_at = $3"
-    " AND duration_ms = $4 AND outcome = $5)"
-)
+# A step, unless this very step is recorded already (the unique index `steps_once`, migration
+# 0010): a call whose answer was lost (a dropped connection, a timeout while its commit waited) may
+# have committed, or be committing, when the runner sends it again.
 STEP = (
     "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
-    f" SELECT $1, $2, $3, $4, $5, $6, $7 WHERE TRUE{NEW_STEP}"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
 )
 # A step of a job still running under the fence $8; the answer says whether it does. FOR SHARE: a
 # take-over committed meanwhile is waited for and seen (the row then no longer matches), and one under
 # way skips this job for now.
-FENCED_STEP = f"""
+FENCED_STEP = """
 WITH holder AS (
     SELECT id FROM jobs WHERE id = $1 AND status = 'running' AND fence = $8 FOR SHARE
 ), written AS (
     INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)
-    SELECT id, $2, $3, $4, $5, $6, $7 FROM holder WHERE TRUE{NEW_STEP}
+    SELECT id, $2, $3, $4, $5, $6, $7 FROM holder ON CONFLICT DO NOTHING
 )
 SELECT EXISTS (SELECT 1 FROM holder)
 """

@@ -83,7 +83,7 @@ RELEASE = (
     " error = CASE WHEN cancel_requested THEN :reason ELSE error END"
     " WHERE id = :id AND status = 'running' AND fence = :fence RETURNING status"
 )
-# A step, unless this very step is recorded already (as PostgreSQL's `NEW_STEP`: a call sent again).
+# A step, unless this very step is recorded already (a call sent again; PostgreSQL's `steps_once`).
 STEP = (
     "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
     " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM steps"
