@@ -51,3 +51,21 @@ async def test_work_left_by_a_cancelled_caller_goes_on_and_its_failure_is_logged
     assert failed["task"] == "settings_save" and failed["error"] == "disk full"
     assert failed["error_type"] == "OSError"
     assert unretrieved == []  # asyncio had nothing left to report
+
+
+async def test_an_expected_failure_after_the_caller_went_is_not_logged(logs: LogCapture) -> None:
+    release = asyncio.Event()
+
+    async def save() -> None:
+        await release.wait()
+        raise LookupError("lease lost")
+
+    caller = asyncio.create_task(shielded(save(), "settings_save", expected=(LookupError,)))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    release.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert logs.events("task.failed_after_cancel") == []

@@ -330,9 +330,13 @@ class PulumiOperations:
             if target.name and target.key not in self._abandoned:
                 # A failed operation may have changed the file too (a config step before it); the
                 # operation's own error is the one to report.
+                # Left by a cancelled caller, a lost lease is as expected (the runner says so);
+                # a store that stayed unavailable loses the file's change: that is logged.
                 with contextlib.suppress(SettingsUnavailable, LeaseLost):
                     await shielded(
-                        self.settings.save(work_dir, target, stored, call.job), "settings_save"
+                        self.settings.save(work_dir, target, stored, call.job),
+                        "settings_save",
+                        expected=(LeaseLost,),
                     )
             raise
         finally:
