@@ -147,6 +147,14 @@ class Reaper:
                     continue  # decided by a person (or deleted) since the listing
                 metrics.job_ended_by(decision.job, now)
                 log.warning("job.rejected", job_id=job_id, reason="approval timed out")
+            if stalled := await self.store.unpark_stalled():
+                log.error(
+                    "queue.unparked",
+                    job_ids=stalled,
+                    reason="parked behind no job: each should have been unparked as the one"
+                    " before it left (a bug; they run now)",
+                )
+                self.notify()
             queued: list[int] = []
             for listed in await self.store.list_stacks():
                 if _expired(listed, now) is None:

@@ -3,6 +3,7 @@
 import datetime
 import functools
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -139,7 +140,11 @@ class StackBook:
     async def step_failed(self, step: str, started_at: float, started: float, error: str) -> None:
         duration = round((time.monotonic() - started) * 1000, 1)
         failed = StepRecord(step, started_at, duration, "failed", error)
-        await self.write(lambda: self.store.add_step(self.job.id, failed, fence=self.job.fence))
+        await self.write(
+            functools.partial(
+                self.store.add_step, self.job.id, failed, fence=self.job.fence, key=_step_key()
+            )
+        )
         log.warning("job.step_finished", step=step, outcome="failed", duration_ms=duration)
         metrics.step_recorded(step, "failed", duration / 1000)
 
@@ -151,7 +156,9 @@ class StackBook:
             duration = round(result.duration * 1000, 1)
             done = StepRecord(result.step, started_at, duration, "succeeded", None, result.changes)
             await self.write(
-                functools.partial(self.store.add_step, self.job.id, done, fence=self.job.fence)
+                functools.partial(
+                    self.store.add_step, self.job.id, done, fence=self.job.fence, key=_step_key()
+                )
             )
             log.info(
                 "job.step_finished", step=result.step, outcome="succeeded", duration_ms=duration
@@ -208,3 +215,8 @@ def _exported(record: StackRecord | None) -> bool:
         and record.export_path is not None
         and Path(record.export_path).is_file()
     )
+
+
+def _step_key() -> str:
+    """A step's key, made once before its first send: each retry of the write sends the same."""
+    return uuid.uuid4().hex

@@ -215,7 +215,7 @@ async def test_a_version_0_store_is_upgraded(tmp_path: Path) -> None:
         assert await store.delivery_ids() == {"a1", "a2"}
         assert [j.delivery_id for j in await store.list_jobs()] == ["a1"]
         assert rows(store, "SELECT body FROM payloads") == [(b"{}",)]
-        assert rows(store, "PRAGMA user_version") == [(4,)]
+        assert rows(store, "PRAGMA user_version") == [(5,)]
         assert rows(store, "PRAGMA foreign_key_check") == []
         assert not (await store.record_delivery(delivery("a1"), [])).created
         assert (await store.record_delivery(delivery("new", incident="Q3"), [job()])).created

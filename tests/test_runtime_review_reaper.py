@@ -1,6 +1,7 @@
 """A stack whose destroy keeps failing: its reaps back off, then stop, and it is left `stuck` and
 reported; each destroy attempt does not add another postmortem export."""
 
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -244,3 +245,25 @@ async def test_an_orphan_s_failed_reaps_count_only_since_its_last_success(
     clock.advance(100)
     [other] = await lifecycle.run_once(sweep=True)  # `other` after its backoff, as before
     assert (await store.get_job(other)).stack == "other"  # type: ignore[union-attr]
+
+
+async def test_the_reaper_unparks_a_job_no_claim_would_take_and_says_so(
+    store: SQLiteStore, tmp_path: Path, logs: LogCapture
+) -> None:
+    clock = FakeClock()
+    event = Event(id="e", source="pagerduty", type="incident.triggered", resource_type="incident")
+    delivery = NewDelivery.of(event, id="stall", body=b"{}", received_at=clock())
+    [job_id] = (await store.record_delivery(delivery, [NewJob("x", "p", "s", event, 1)])).job_ids
+    with sqlite3.connect(tmp_path / "responder.db") as db:  # parked behind nothing, as by a bug
+        db.execute("UPDATE jobs SET parked = 1 WHERE id = ?", (job_id,))
+    assert await store.claim_next(clock()) is None
+    woken: list[bool] = []
+    lifecycle = Reaper(
+        store, FakeOperations(), {}, notify=lambda: woken.append(True), max_attempts=1,
+        approval_timeout=3600, clock=clock,
+    )  # fmt: skip
+    await lifecycle.run_once()
+    [unparked] = logs.events("queue.unparked")
+    assert unparked["level"] == "error" and unparked["job_ids"] == [job_id] and woken
+    claimed = await store.claim_next(clock())
+    assert claimed is not None and claimed.id == job_id

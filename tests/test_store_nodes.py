@@ -458,6 +458,11 @@ async def test_a_version_1_sqlite_store_is_upgraded_and_its_running_job_taken_ov
         db.executescript(
             """
             DROP TABLE stack_settings;
+            DROP TRIGGER jobs_unpark_next;
+            DROP INDEX jobs_ready;
+            DROP INDEX jobs_parked;
+            ALTER TABLE jobs DROP COLUMN parked;
+            ALTER TABLE steps DROP COLUMN key;
             ALTER TABLE jobs DROP COLUMN node;
             ALTER TABLE jobs DROP COLUMN lease_expires_at;
             ALTER TABLE jobs DROP COLUMN fence;
@@ -483,4 +488,4 @@ async def test_a_version_1_sqlite_store_is_upgraded_and_its_running_job_taken_ov
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (5,)

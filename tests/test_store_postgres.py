@@ -31,7 +31,7 @@ from responder.store.postgres.queue import NEXT_DUE as NEXT_DUE_SQL
 from tests.alertmanager_server import free_port
 from tests.helpers import Client, LogCapture, fixture_bytes, pd_event
 from tests.postgres_server import PostgresServer
-from tests.test_store_contract import NOW, delivery, enqueue, job
+from tests.test_store_contract import NOW, delivery, enqueue, job, stall_and_unpark
 
 PASSWORD = "pw-never-shown-4f1d9a"
 T = TypeVar("T")
@@ -78,25 +78,6 @@ async def test_a_new_migration_file_is_applied_at_the_next_open(
         assert await db.fetchval("SELECT COUNT(*) FROM remarks") == 0
     finally:
         await db.close()
-
-
-async def test_the_migration_to_one_row_a_step_keeps_the_first_of_each_duplicate(
-    postgres_url: str,
-) -> None:
-    """Before migration 0010 a step sent again could be recorded twice."""
-    async with store_and_session(postgres_url) as (store, db):
-        [job_id] = await enqueue(store, job("a"))
-        await db.execute("DROP INDEX steps_once")  # as the database was before 0010
-        await db.execute("DELETE FROM schema_migrations WHERE version = 10")
-        for step, error in [("up", "first"), ("up", "again"), ("refresh", None), ("up", "third")]:
-            await db.execute(
-                "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error)"
-                " VALUES ($1, $2, 1, 2, 'failed', $3)",
-                job_id, step, error,
-            )  # fmt: skip
-        assert await migrations.migrate(db, migrations.available()) == [10]
-        kept = await db.fetch("SELECT step, error FROM steps ORDER BY id")
-    assert [tuple(r) for r in kept] == [("up", "first"), ("refresh", None)]
 
 
 @pytest.mark.parametrize(
@@ -389,12 +370,15 @@ async def test_a_step_sent_again_while_its_first_send_still_runs_is_recorded_onc
         await db.execute(
             "UPDATE jobs SET lease_expires_at = lease_expires_at WHERE id = $1", fenced
         )
-        sends = [asyncio.create_task(store.add_step(fenced, up, fence=running.fence)) for _ in "ab"]
+        sends = [
+            asyncio.create_task(store.add_step(fenced, up, fence=running.fence, key="k"))
+            for _ in "ab"
+        ]
         await asyncio.sleep(0.3)
         assert not any(send.done() for send in sends)  # both wait for the renewal
         await renewal.commit()
         await asyncio.gather(*sends)
-        await asyncio.gather(*(store.add_step(unfenced, up) for _ in range(8)))
+        await asyncio.gather(*(store.add_step(unfenced, up, key="k") for _ in range(8)))
         counts = await db.fetch(
             "SELECT job_id, count(*) AS n FROM steps GROUP BY job_id ORDER BY job_id"
         )
@@ -415,6 +399,44 @@ async def test_a_claim_reads_the_queue_up_to_the_job_it_takes(postgres_url: str)
         )
     assert [r["stack"] for r in claimed] == ["s0"]
     assert read < 50, f"one claim read {read} jobs"
+
+
+async def test_a_claim_passes_over_the_jobs_queued_behind_a_running_one(postgres_url: str) -> None:
+    """1,000 jobs queued behind a busy stack: the claim of another stack's job reads a few, where
+    it tested each of the 1,000 before (parking, migration 0011). The recording of a job behind a
+    running one waits for that job's end if it is under way, and then does not park it."""
+    async with store_and_session(postgres_url) as (store, db):
+        for _ in range(10):  # past plpgsql's first custom plans: the session's plan is now kept
+            assert await db.fetch(CLAIM_SQL, NOW, "node-a", NOW + 30, None) == []
+        [busy] = await enqueue(store, job("busy"))
+        running = await store.claim_next(NOW)
+        assert running is not None and running.id == busy
+        for start in range(0, 1000, 250):
+            await store.record_deliveries(
+                [(delivery(f"QBUSY{i}"), [job("busy")]) for i in range(start, start + 250)]
+            )
+        [free] = await enqueue(store, job("free"), incident="QFREE")
+        claimed, read = await jobs_read_by(
+            db, lambda: db.fetch(CLAIM_SQL, NOW, "node-a", NOW + 30, None)
+        )
+        assert [r["id"] for r in claimed] == [free]
+        assert read < 50, f"one claim read {read} jobs"
+
+        ending = db.transaction()  # the busy stack's job ends, its commit not yet made
+        await ending.start()
+        await db.execute("UPDATE jobs SET status = 'succeeded' WHERE id = $1", busy)
+        recording = asyncio.create_task(enqueue(store, job("busy"), incident="QLAST"))
+        await asyncio.sleep(0.3)
+        assert not recording.done()  # it waits for the end it read
+        await ending.commit()
+        [last] = await recording
+        parked = await db.fetch("SELECT id FROM jobs WHERE parked ORDER BY id")
+    assert last not in [r["id"] for r in parked] and len(parked) == 999  # the first is unparked
+
+
+async def test_the_safety_net_unparks_a_job_no_claim_would_take(postgres_url: str) -> None:
+    async with store_and_session(postgres_url) as (store, db):
+        await stall_and_unpark(store, db.execute)
 
 
 async def test_next_due_probes_each_waiting_retry_by_its_stack(postgres_url: str) -> None:

@@ -154,8 +154,12 @@ class Store(Protocol):
     async def next_due(self) -> float | None:
         """When the earliest waiting (retrying or scheduled) job becomes runnable."""
 
-    async def add_step(self, job_id: int, step: StepRecord, *, fence: int | None = None) -> None:
-        """Record a step of a job; with a `fence`, only while the job is running under it."""
+    async def add_step(
+        self, job_id: int, step: StepRecord, *, fence: int | None = None, key: str | None = None
+    ) -> None:
+        """Record a step of a job; with a `fence`, only while the job is running under it. A `key`
+        (made once per step) records it once however often it is sent: a call whose answer was
+        lost is sent again."""
 
     async def finish(
         self,
@@ -248,6 +252,11 @@ class Store(Protocol):
         there is no such job."""
 
     async def expired_approvals(self, older_than: float) -> list[int]: ...
+    async def unpark_stalled(self) -> list[int]:
+        """Unpark each stack's first parked job whose stack runs nothing and has no job not parked
+        in line before it, which no claim would ever take; their ids. A safety net: a job is
+        unparked as the one before it leaves, so this should find none."""
+
     async def request_cancel(self, job_id: int, now: float) -> Job | None: ...
 
     async def claim_notes(self, now: float, limit: int, lease: float) -> list[NoteRecord]:

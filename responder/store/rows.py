@@ -42,6 +42,21 @@ def latest_jobs_of_stack(param: Callable[[int], str]) -> str:
     return f"SELECT * FROM ({latest}) AS latest ORDER BY id DESC LIMIT {param(3)}"
 
 
+def unpark_stalled(parked: str, not_parked: str) -> str:
+    """`Store.unpark_stalled`'s statement, given how the store spells a parked job and one not."""
+    return f"""
+UPDATE jobs SET parked = {not_parked} WHERE status = 'queued' AND parked = {parked} AND id IN (
+    SELECT min(p.id) FROM jobs AS p
+    WHERE p.status = 'queued' AND p.parked = {parked}
+      AND NOT EXISTS (SELECT 1 FROM jobs AS r
+                      WHERE r.status = 'running' AND r.project = p.project AND r.stack = p.stack)
+      AND NOT EXISTS (SELECT 1 FROM jobs AS q
+                      WHERE q.status = 'queued' AND q.parked = {not_parked}
+                        AND q.project = p.project AND q.stack = p.stack AND q.id < p.id)
+    GROUP BY p.project, p.stack
+) RETURNING id"""
+
+
 class Row(Protocol):
     """A row by column name: `sqlite3.Row` and `asyncpg.Record` alike."""
 

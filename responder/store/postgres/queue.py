@@ -52,22 +52,22 @@ SELECT MIN(not_before) FROM (
 ) AS waiting
 """
 
-# A step, unless this very step is recorded already (the unique index `steps_once`, migration
+# A step, unless a step of its key is recorded already (the unique index `steps_once`, migration
 # 0010): a call whose answer was lost (a dropped connection, a timeout while its commit waited) may
 # have committed, or be committing, when the runner sends it again.
 STEP = (
-    "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+    "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes, key)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
 )
-# A step of a job still running under the fence $8; the answer says whether it does. FOR SHARE: a
+# A step of a job still running under the fence $9; the answer says whether it does. FOR SHARE: a
 # take-over committed meanwhile is waited for and seen (the row then no longer matches), and one under
 # way skips this job for now.
 FENCED_STEP = """
 WITH holder AS (
-    SELECT id FROM jobs WHERE id = $1 AND status = 'running' AND fence = $8 FOR SHARE
+    SELECT id FROM jobs WHERE id = $1 AND status = 'running' AND fence = $9 FOR SHARE
 ), written AS (
-    INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)
-    SELECT id, $2, $3, $4, $5, $6, $7 FROM holder ON CONFLICT DO NOTHING
+    INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes, key)
+    SELECT id, $2, $3, $4, $5, $6, $7, $8 FROM holder ON CONFLICT DO NOTHING
 )
 SELECT EXISTS (SELECT 1 FROM holder)
 """
@@ -126,6 +126,9 @@ APPROVE = (
 )
 
 
+UNPARK_STALLED = rows.unpark_stalled("true", "false")
+
+
 class JobQueue(Connection):
     async def claim_next(self, now: float, token: str | None = None) -> Job | None:
         args = (now, self.node, now + self.lease, token)
@@ -136,15 +139,20 @@ class JobQueue(Connection):
         due: float | None = await self._run(lambda db: db.fetchval(NEXT_DUE))
         return due
 
-    async def add_step(self, job_id: int, step: StepRecord, *, fence: int | None = None) -> None:
+    async def unpark_stalled(self) -> list[int]:
+        found = await self._run(lambda db: db.fetch(UNPARK_STALLED))
+        return sorted(r["id"] for r in found)
+
+    async def add_step(
+        self, job_id: int, step: StepRecord, *, fence: int | None = None, key: str | None = None
+    ) -> None:
         values = (step.step, step.started_at, step.duration_ms, step.outcome, storable(step.error))
         changes = json.dumps(step.changes)
         if fence is None:
-            await self._run(lambda db: db.execute(STEP, job_id, *values, changes))
+            await self._run(lambda db: db.execute(STEP, job_id, *values, changes, key))
             return
-        holds = await self._run(
-            lambda db: db.fetchval(FENCED_STEP, job_id, *values, changes, fence)
-        )
+        args = (job_id, *values, changes, key, fence)
+        holds = await self._run(lambda db: db.fetchval(FENCED_STEP, *args))
         if not holds:
             raise LeaseLost(job_id)
 

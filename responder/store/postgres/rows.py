@@ -10,6 +10,7 @@ from responder.store.rows import (
     sql_list,
     stack,
     step,
+    unpark_stalled,
 )
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "sql_list",
     "stack",
     "steps",
+    "unpark_stalled",
 ]
 
 

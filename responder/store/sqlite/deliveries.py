@@ -173,6 +173,10 @@ def _cancel_scheduled(db: sqlite3.Connection, delivery: NewDelivery) -> list[str
     return [row[0] for row in cursor.fetchall()]
 
 
+# A job recorded while its stack runs a job is parked behind it (see the schema's `jobs_ready`).
+PARKED = "EXISTS (SELECT 1 FROM jobs WHERE status = 'running' AND project = ? AND stack = ?)"
+
+
 def _insert_jobs(
     db: sqlite3.Connection, delivery: NewDelivery, jobs: list[NewJob]
 ) -> tuple[list[int], list[str]]:
@@ -183,8 +187,8 @@ def _insert_jobs(
     for job in jobs:
         cursor = db.execute(
             "INSERT INTO jobs (delivery_id, playbook, project, stack, event, incident_id, event_type,"
-            " status, max_attempts, coalesce, params, created_at, not_before, cancel_on)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " status, max_attempts, coalesce, params, created_at, not_before, cancel_on, parked)"
+            f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {PARKED})",
             (
                 delivery.id,
                 job.playbook,
@@ -200,6 +204,8 @@ def _insert_jobs(
                 now,
                 now + job.delay if job.delay > 0 else 0,
                 json_text(list(job.cancel_on)),
+                job.project,
+                job.stack,
             ),
         )
         job_id = int(cursor.lastrowid or 0)

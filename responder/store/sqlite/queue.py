@@ -29,13 +29,14 @@ FIRST_IN_LINE = """NOT EXISTS (SELECT 1 FROM jobs AS r
   AND NOT EXISTS (SELECT 1 FROM jobs AS q
                   WHERE q.status = 'queued' AND q.project = j.project AND q.stack = j.stack AND q.id < j.id)"""
 
-# The first due job in line on its stack, taken in one statement. A job whose stack waits for its
-# retry time is first in line but not due: the later jobs of that stack stay behind it.
+# The first due job in line on its stack, taken in one statement; parked jobs (behind a running
+# one, see the schema) are not looked at. A job whose stack waits for its retry time is first in
+# line but not due: the later jobs of that stack stay behind it.
 CLAIM = f"""
 UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now, node = :node,
                 lease_expires_at = :expires, fence = fence + 1, claim_token = :token
 WHERE id = (SELECT j.id FROM jobs AS j
-            WHERE j.status = 'queued' AND j.not_before <= :now AND {FIRST_IN_LINE}
+            WHERE j.status = 'queued' AND j.parked = 0 AND j.not_before <= :now AND {FIRST_IN_LINE}
             ORDER BY j.id LIMIT 1)
 RETURNING *
 """
@@ -83,12 +84,15 @@ RELEASE = (
     " error = CASE WHEN cancel_requested THEN :reason ELSE error END"
     " WHERE id = :id AND status = 'running' AND fence = :fence RETURNING status"
 )
-# A step, unless this very step is recorded already (a call sent again; PostgreSQL's `steps_once`).
+# A step, unless a step of its key is recorded already (a call sent again; PostgreSQL's `steps_once`).
 STEP = (
-    "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes)"
-    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM steps"
-    " WHERE job_id = ?1 AND step = ?2 AND started_at = ?3 AND duration_ms = ?4 AND outcome = ?5)"
+    "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes, key)"
+    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8"
+    " WHERE ?8 IS NULL OR NOT EXISTS (SELECT 1 FROM steps WHERE job_id = ?1 AND key = ?8)"
 )
+
+
+UNPARK_STALLED = rows.unpark_stalled("1", "0")
 
 
 class JobQueue(Connection):
@@ -105,6 +109,11 @@ class JobQueue(Connection):
         found = db.execute(CLAIM, values).fetchone()
         return rows.job(found) if found is not None else None
 
+    async def unpark_stalled(self) -> list[int]:
+        return await self._write(
+            lambda db: sorted(r[0] for r in db.execute(UNPARK_STALLED).fetchall())
+        )
+
     async def next_due(self) -> float | None:
         def due(db: sqlite3.Connection) -> float | None:
             row = db.execute(NEXT_DUE).fetchone()
@@ -112,7 +121,9 @@ class JobQueue(Connection):
 
         return await self._run(due)
 
-    async def add_step(self, job_id: int, step: StepRecord, *, fence: int | None = None) -> None:
+    async def add_step(
+        self, job_id: int, step: StepRecord, *, fence: int | None = None, key: str | None = None
+    ) -> None:
         error = storable(step.error)
         values = (job_id, step.step, step.started_at, step.duration_ms, step.outcome, error)
         changes = json.dumps(step.changes)
@@ -120,7 +131,7 @@ class JobQueue(Connection):
         def add(db: sqlite3.Connection) -> bool:
             if fence is not None and not rows.holds(db, job_id, fence):
                 return False
-            db.execute(STEP, (*values, changes))
+            db.execute(STEP, (*values, changes, key))
             return True
 
         if not await self._write(add):

@@ -11,6 +11,7 @@ from responder.store.rows import (
     sql_list,
     stack,
     step,
+    unpark_stalled,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "sql_list",
     "stack",
     "steps",
+    "unpark_stalled",
 ]
 
 # The job statuses as SQL lists of literals, for rules written once in Python.
