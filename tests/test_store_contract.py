@@ -1344,6 +1344,21 @@ async def test_jobs_queued_behind_a_running_one_follow_it_however_it_leaves(
     assert await store.claim_next(NOW) is None
 
 
+async def test_a_job_scheduled_while_its_stack_is_busy_runs_when_due(store: Store) -> None:
+    """Recorded behind a running job but scheduled for later, it joins the queue when due, long
+    after that job ended: first in line, and taken."""
+    running, behind, last, _ = await _running_with_two_behind(store)
+    [later] = await enqueue(store, job("a", delay=60.0), incident="QLATER")
+    await store.finish(running.id, JobStatus.SUCCEEDED, NOW, fence=running.fence)
+    for expected in (behind, last):
+        taken = await store.claim_next(NOW)
+        assert taken is not None and taken.id == expected
+        await store.finish(expected, JobStatus.SUCCEEDED, NOW, fence=taken.fence)
+    assert await store.claim_next(NOW) is None  # not yet due
+    due = await store.claim_next(NOW + 60)
+    assert due is not None and due.id == later
+
+
 async def test_a_job_queued_behind_a_running_one_follows_it_when_the_one_before_it_goes(
     store: Store,
 ) -> None:

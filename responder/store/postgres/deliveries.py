@@ -52,9 +52,10 @@ SELECT (
 # Everything a new delivery writes, in one statement (one round trip): the incident's record and
 # the scheduled jobs it cancels (when the delivery is news of it), the body, the delivery, its jobs.
 # The parts share one snapshot, so the cancel and the dedupe reset never see this statement's own
-# rows, as when they ran before the inserts. A job whose stack runs a job is parked behind it
-# (migration 0011): `busy` reads the running one FOR SHARE, so one ending meanwhile is waited for
-# and seen as ended, and one that ends later unparks it.
+# rows, as when they ran before the inserts. A queued job whose stack runs a job is parked behind
+# it (migration 0011; a scheduled one joins the queue later, when that job may be long gone):
+# `busy` reads the running one FOR SHARE, so one ending meanwhile is waited for and seen as ended,
+# and one that ends later unparks it.
 WRITE = """
 WITH reset AS (
     UPDATE deliveries SET dedupe_key = NULL
@@ -89,7 +90,8 @@ WITH reset AS (
         status, max_attempts, coalesce, params, created_at, not_before, cancel_on, parked)
     SELECT d.id, j.playbook, j.project, j.stack, j.event, $5, $4, j.status, j.max_attempts,
         j.coalesce, j.params, $8, j.not_before, j.cancel_on::text[],
-        EXISTS (SELECT 1 FROM busy WHERE busy.project = j.project AND busy.stack = j.stack)
+        j.status = 'queued'
+            AND EXISTS (SELECT 1 FROM busy WHERE busy.project = j.project AND busy.stack = j.stack)
     FROM delivery AS d, unnest($10::text[], $11::text[], $12::text[], $13::text[], $19::text[],
         $20::int[], $21::bool[], $22::text[], $23::float8[], $24::text[])
         WITH ORDINALITY AS j (playbook, project, stack, event, status, max_attempts, coalesce,

@@ -173,8 +173,9 @@ def _cancel_scheduled(db: sqlite3.Connection, delivery: NewDelivery) -> list[str
     return [row[0] for row in cursor.fetchall()]
 
 
-# A job recorded while its stack runs a job is parked behind it (see the schema's `jobs_ready`).
-PARKED = "EXISTS (SELECT 1 FROM jobs WHERE status = 'running' AND project = ? AND stack = ?)"
+# A queued job recorded while its stack runs a job is parked behind it (see the schema's
+# `jobs_ready`); a scheduled one joins the queue later, when that job may be long gone.
+PARKED = "? AND EXISTS (SELECT 1 FROM jobs WHERE status = 'running' AND project = ? AND stack = ?)"
 
 
 def _insert_jobs(
@@ -204,6 +205,7 @@ def _insert_jobs(
                 now,
                 now + job.delay if job.delay > 0 else 0,
                 json_text(list(job.cancel_on)),
+                job.delay <= 0,
                 job.project,
                 job.stack,
             ),

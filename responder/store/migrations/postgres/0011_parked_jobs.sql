@@ -3,7 +3,8 @@
 -- delivery, each idle worker's) tested those n jobs one by one, about 1 µs each (20 ms a claim at
 -- 20,000), so a flood of events for one incident slowed every other incident's jobs.
 --
--- - A job is parked when recorded while its stack runs a job (responder/store/postgres/deliveries.py).
+-- - A queued job is parked when recorded while its stack runs a job (responder/store/postgres/
+--   deliveries.py; a scheduled one joins the queue later, when that job may be long gone).
 --   That job's row is read FOR SHARE: a job ending meanwhile is waited for and seen, so a job is
 --   never parked behind one that has already ended.
 -- - When a job leaves the queue or the running state other than by being claimed (it ends, waits for
