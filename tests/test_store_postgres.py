@@ -439,6 +439,15 @@ async def test_the_safety_net_unparks_a_job_no_claim_would_take(postgres_url: st
         await stall_and_unpark(store, db.execute)
 
 
+async def test_a_stack_s_lock_key_is_the_same_in_python_and_in_sql(postgres_url: str) -> None:
+    """The intake computes it in Python, a running job's end in SQL: different keys would let a
+    job be parked behind one that ended meanwhile, with nothing left to unpark it."""
+    async with store_and_session(postgres_url) as (_, db):
+        for project, stack in [("burner", "incident-Q1"), ("prøj", "stäck 1 ✓"), ("a b", "c")]:
+            in_sql = await db.fetchval("SELECT stack_lock_key($1, $2)", project, stack)
+            assert in_sql == postgres_deliveries.stack_key(project, stack), (project, stack)
+
+
 async def test_next_due_probes_each_waiting_retry_by_its_stack(postgres_url: str) -> None:
     """An idle worker's `next_due`, planned while the queue was empty, with 20 retries waiting behind
     1,000 queued jobs: each retry's stack is looked up, not the queue before it read (migration

@@ -53,9 +53,9 @@ SELECT (
 # the scheduled jobs it cancels (when the delivery is news of it), the body, the delivery, its jobs.
 # The parts share one snapshot, so the cancel and the dedupe reset never see this statement's own
 # rows, as when they ran before the inserts. A queued job whose stack runs a job is parked behind
-# it (migration 0011; a scheduled one joins the queue later, when that job may be long gone):
-# `busy` reads the running one FOR SHARE, so one ending meanwhile is waited for and seen as ended,
-# and one that ends later unparks it.
+# it (migration 0011; a scheduled one joins the queue later, when that job may be long gone). The
+# stack's lock key (`stack_key`), taken with the others first, makes this and the end of that job
+# take turns: a job ending meanwhile is seen ended, and one ending later sees the jobs parked.
 WRITE = """
 WITH reset AS (
     UPDATE deliveries SET dedupe_key = NULL
@@ -81,17 +81,14 @@ WITH reset AS (
         received_at, dedupe_key)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
     ON CONFLICT DO NOTHING RETURNING id
-), busy AS (
-    SELECT r.project, r.stack FROM jobs AS r
-    WHERE r.status = 'running' AND (r.project, r.stack) IN (SELECT * FROM unnest($11::text[], $12::text[]))
-    FOR SHARE OF r
 ), created AS (
     INSERT INTO jobs (delivery_id, playbook, project, stack, event, incident_id, event_type,
         status, max_attempts, coalesce, params, created_at, not_before, cancel_on, parked)
     SELECT d.id, j.playbook, j.project, j.stack, j.event, $5, $4, j.status, j.max_attempts,
         j.coalesce, j.params, $8, j.not_before, j.cancel_on::text[],
-        j.status = 'queued'
-            AND EXISTS (SELECT 1 FROM busy WHERE busy.project = j.project AND busy.stack = j.stack)
+        j.status = 'queued' AND EXISTS (
+            SELECT 1 FROM jobs AS r
+            WHERE r.status = 'running' AND r.project = j.project AND r.stack = j.stack)
     FROM delivery AS d, unnest($10::text[], $11::text[], $12::text[], $13::text[], $19::text[],
         $20::int[], $21::bool[], $22::text[], $23::float8[], $24::text[])
         WITH ORDINALITY AS j (playbook, project, stack, event, status, max_attempts, coalesce,
@@ -174,20 +171,31 @@ def waves(items: Sequence[_Item]) -> list[list[_Item]]:
 
 
 def lock_keys(request: Request) -> list[int]:
-    """The advisory lock keys of everything the request's deliveries are deduped or judged by."""
+    """The advisory lock keys of everything the request's deliveries are deduped or judged by, and
+    of the stacks of their jobs (whether a job is parked is judged by what its stack runs)."""
     names = set()
-    for d, _ in request:
+    stacks = set()
+    for d, jobs in request:
         names |= {f"delivery\0{d.id}", f"event\0{d.source}\0{d.event_id}"}
         if d.incident_id:
             names.add(f"incident\0{d.incident_id}")
         if d.dedupe_key:
             names.add(f"dedupe\0{d.dedupe_key}")
-    return sorted(_key(name) for name in names)
+        stacks |= {stack_key(j.project, j.stack) for j in jobs}
+    return sorted({_key(name) for name in names} | stacks)
 
 
 def _key(name: str) -> int:
     # 64 bits of a hash: a collision only makes two unrelated requests take turns.
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), signed=True)
+
+
+def stack_key(project: str, stack: str) -> int:
+    """A stack's advisory lock key, as migration 0011's `stack_lock_key` computes it in SQL: the
+    end of a stack's running job takes it too, so that it and a recording of jobs behind it take
+    turns (which one sees the other decides whether those jobs are parked)."""
+    name = f"stack {len(project)} {project} {stack}".encode()
+    return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
 
 
 def _read_args(delivery: NewDelivery) -> tuple[object, ...]:

@@ -68,7 +68,7 @@ CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery_id);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, not_before) WHERE not_before > 0;
 -- Jobs queued behind a running one are parked, and the claim's walk passes over them (as
 -- PostgreSQL's migration 0011 says): recorded while their stack runs a job, each unparked in turn
--- as a job of its stack leaves the queue or the running state other than by being claimed.
+-- as the job before it leaves the queue or the running state other than by being claimed.
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (status, id) WHERE parked = 0;
 CREATE INDEX IF NOT EXISTS jobs_parked ON jobs (project, stack, id)
     WHERE status = 'queued' AND parked = 1;
@@ -78,6 +78,7 @@ BEGIN
     UPDATE jobs SET parked = 0
     WHERE id = (SELECT id FROM jobs
                 WHERE status = 'queued' AND parked = 1 AND project = OLD.project AND stack = OLD.stack
+                  AND id > OLD.id
                 ORDER BY id LIMIT 1);
 END;
 CREATE TABLE IF NOT EXISTS steps (

@@ -5,12 +5,15 @@
 --
 -- - A queued job is parked when recorded while its stack runs a job (responder/store/postgres/
 --   deliveries.py; a scheduled one joins the queue later, when that job may be long gone).
---   That job's row is read FOR SHARE: a job ending meanwhile is waited for and seen, so a job is
---   never parked behind one that has already ended.
 -- - When a job leaves the queue or the running state other than by being claimed (it ends, waits for
---   approval, is put back in line, cancelled, coalesced), the first parked job of its stack is
---   unparked (the trigger below). Its end waits for any recording that read it FOR SHARE, and the
---   trigger's own statement then sees that recording's jobs.
+--   approval, is put back in line, cancelled, coalesced), the stack's first parked job after it is
+--   unparked (the trigger below). Jobs are parked only behind a job recorded before them, so that
+--   is the first parked job whenever it matters; and a transaction that changes one job then
+--   locks only a later one, never an earlier: two such transactions never wait on each other in a
+--   circle (as two cancels did, each unparking the other's job).
+-- - A running job's end and a recording of jobs on its stack take turns by the stack's advisory lock
+--   key (`stack_lock_key`; the recording takes it with its other keys, before it writes): whichever
+--   comes second sees the other, so a job is never parked behind one that has already ended.
 -- - Parking only spares the walk: the claim still checks that a job is first in line and that its
 --   stack runs nothing. A parked job whose stack is free with none unparked before it is found by
 --   `unpark_stalled` (the reaper's safety net, which logs it: it should never happen).
@@ -21,13 +24,27 @@ CREATE INDEX jobs_ready ON jobs (status, id) WHERE NOT parked;
 -- A stack's parked jobs, in order: the first is the one to unpark.
 CREATE INDEX jobs_parked ON jobs (project, stack, id) WHERE status = 'queued' AND parked;
 
+-- As `stack_key` in responder/store/postgres/deliveries.py computes it.
+CREATE FUNCTION stack_lock_key(project text, stack text) RETURNS bigint
+LANGUAGE sql IMMUTABLE
+AS $$
+SELECT ('x' || encode(substr(sha256(convert_to(
+    'stack ' || length(project) || ' ' || project || ' ' || stack, 'UTF8')), 1, 8), 'hex'))::bit(64)::bigint
+$$;
+
 CREATE FUNCTION unpark_next() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
+    IF OLD.status = 'running' THEN
+        -- A recording of jobs on this stack under way holds the key until its commit; the statement
+        -- below, with a snapshot taken after the wait, then sees its jobs.
+        PERFORM pg_advisory_xact_lock(stack_lock_key(OLD.project, OLD.stack));
+    END IF;
     UPDATE jobs SET parked = false
     WHERE id = (SELECT id FROM jobs
                 WHERE status = 'queued' AND parked AND project = OLD.project AND stack = OLD.stack
+                  AND id > OLD.id
                 ORDER BY id LIMIT 1);
     RETURN NULL;
 END
