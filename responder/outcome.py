@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from responder.logs import get_logger
-from responder.stacks import OperationCancelled, StackError
+from responder.stacks import OperationCancelled, StackError, WorkerCrashed
 from responder.store import CANCELLED_BY_REQUEST, Job, JobStatus
 
 log = get_logger("responder.runner")
@@ -49,12 +49,21 @@ def judge(
 ) -> Outcome:
     """The attempt's outcome, logged unless it succeeded, from the exception that ended the playbook.
     `started` is the attempt's `time.monotonic()` start, for the logged duration."""
-    if cancelled or isinstance(failure, OperationCancelled):
+    if cancelled:
         # Whatever the playbook made of it (it may have caught the error and returned): the job was
         # cancelled, and does not end as anything else.
         step = failure.step if isinstance(failure, StackError) else None
         log.warning("job.cancelled", step=step or None, duration_ms=ms_since(started))
         return Outcome(JobStatus.CANCELLED, CANCELLED_BY_REQUEST)
+    if isinstance(failure, OperationCancelled):
+        # Nobody asked: its worker was signalled from outside, as a service manager stopping the
+        # daemon's whole process group does (systemd's default). A fault of the node, not a cancel:
+        # the operation's stack was repaired, and the job is tried again.
+        failure = WorkerCrashed(
+            f"the operation's worker was stopped from outside responder ({failure.message})",
+            stack=failure.stack,
+            step=failure.step,
+        )
     if isinstance(failure, AwaitingApproval):
         log.warning("job.awaiting_approval", plan=failure.plan, duration_ms=ms_since(started))
         return Outcome(JobStatus.AWAITING_APPROVAL, plan=failure.plan)

@@ -18,7 +18,14 @@ from responder.events import Event, Incident
 from responder.logs import Redactor
 from responder.playbook import Context, Playbook, PlaybookFunc
 from responder.runner import Runner
-from responder.stacks import CLIError, Secret, StackLockedError, StackNotFoundError, StackTarget
+from responder.stacks import (
+    CLIError,
+    OperationCancelled,
+    Secret,
+    StackLockedError,
+    StackNotFoundError,
+    StackTarget,
+)
 from responder.store import (
     Caps,
     Job,
@@ -742,6 +749,22 @@ async def test_a_retryable_error_is_retried_with_exponential_backoff(make_rig: M
     assert job.status == JobStatus.SUCCEEDED
     assert job.outputs == {"stack": "s1", "size": "1"}
     assert rig.ops.ops() == ["up", "up", "up", "up"]
+
+
+async def test_an_operation_stopped_from_outside_is_retried_not_cancelled(
+    make_rig: MakeRig, logs: LogCapture
+) -> None:
+    """A service manager stopping the daemon's whole process group signals the stack workers too
+    (systemd's default): the operation ends cancelled, but nobody asked to cancel the job."""
+    rig = await make_rig([book(up)], retry_backoff=0.0)
+    rig.ops.fail("up", OperationCancelled("cancelled by SIGTERM", step="up"), times=1)
+    job_id = await rig.enqueue(book(up), max_attempts=2)
+    assert await rig.runner.run_once() == job_id
+    job = await rig.job(job_id)
+    assert job.status == JobStatus.QUEUED and "stopped from outside" in (job.error or "")
+    assert logs.events("job.cancelled") == []
+    assert await rig.runner.run_once() == job_id
+    assert (await rig.job(job_id)).status == JobStatus.SUCCEEDED
 
 
 async def test_retries_stop_at_max_attempts_and_permanent_errors_are_not_retried(
