@@ -5,17 +5,20 @@ reaper, readiness) and are undone in reverse on shutdown; a part that fails to s
 before it. `responder.web` handles HTTP over the parts (`responder.web.daemon.DAEMON`).
 """
 
+import contextlib
+import fcntl
 import os
 import secrets
 import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
 from responder import metrics
-from responder.config import Settings, database_secrets, masked_url
+from responder.config import ConfigError, Settings, database_secrets, masked_url
 from responder.lifecycle import SYSTEM_PLAYBOOKS, Reaper
 from responder.logs import Redactor, get_logger
 from responder.notes import NotePlanner
@@ -86,10 +89,13 @@ def contexts(
         # Everything the daemon and its workers create (the store with whole webhook bodies,
         # postmortem exports, workspaces, scratch) is for its user only: files 0600, dirs 0700.
         umask = os.umask(0o077)
+        stack = contextlib.ExitStack()
         try:
             settings = app[SETTINGS]
             data_dir = settings.data_dir.resolve()
             prepare_data_dir(data_dir)
+            if not settings.database_url:
+                stack.enter_context(hold_data_dir(data_dir))
             credentials = credentials_for(settings, data_dir)
             redactor.add(*credentials.all())
             if not settings.verify_signatures:
@@ -102,6 +108,7 @@ def contexts(
             yield
             log.info("daemon.stopped")
         finally:
+            stack.close()
             os.umask(umask)
 
     async def store(app: web.Application) -> AsyncIterator[None]:
@@ -244,6 +251,23 @@ def contexts(
         daemon.ready = False
 
     return [private_files, store, stack_operations, notes, runner, reaper, ready]
+
+
+def hold_data_dir(path: Path) -> BinaryIO:
+    """Hold the data dir for this daemon while it runs (a lock the system drops with the process).
+    With SQLite a second daemon on it would take the first one's running jobs over as those of
+    an earlier life (one process a store file), stopping their operations, and only then fail to
+    bind the port: it is refused before anything is opened."""
+    held = (path / "daemon.lock").open("a+b")  # 0600, as the umask says
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.close()
+        raise ConfigError(
+            f"another responder is running on the data dir {path}: with the SQLite store, one"
+            " daemon a data dir (RESPONDER_PROCESSES and several nodes need RESPONDER_DATABASE_URL)"
+        ) from None
+    return held
 
 
 def prepare_data_dir(path: Path) -> None:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from responder import supervisor
 from responder.cli import main
+from responder.daemon import hold_data_dir
 from responder.store import StoreUnavailable
 from tests.alertmanager_server import free_port
 from tests.helpers import FIXTURES, REPO
@@ -186,6 +187,26 @@ def test_serve_that_cannot_open_its_store_says_so_in_one_log_line(tmp_path: Path
     assert len(failed) == 1 and failed[0]["level"] == "error"
     assert "Connection refused" in str(failed[0]["error"])
     assert password not in done.stdout
+
+
+def test_serve_refuses_a_data_dir_another_daemon_runs_on_with_sqlite(tmp_path: Path) -> None:
+    """A second daemon on the same SQLite data dir (a restart policy starting one too many) would
+    take the first one's running jobs over as an earlier life's, then fail to bind the port."""
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RESPONDER_")},
+        "RESPONDER_DATA_DIR": str(data),
+        "RESPONDER_PORT": str(free_port()),
+    }
+    with hold_data_dir(data):  # as the running daemon holds it
+        done = subprocess.run(
+            [sys.executable, "-m", "responder", "serve"],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith(f"responder: another responder is running on the data dir {data}")
+    assert not (data / "responder.db").exists()  # refused before the store was opened
 
 
 @pytest.mark.parametrize("processes", [1, 2])
