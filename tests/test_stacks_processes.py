@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from responder.stacks import PulumiEnvironment, PulumiOperations, StackTarget
+from responder.stacks import NodeFault, PulumiEnvironment, PulumiOperations, StackTarget
 from tests.helpers import CASE_VARIABLE, LogCapture
 from tests.test_processes_secrets import Watcher
 from tests.test_stacks import stack_tags
@@ -82,3 +82,22 @@ async def test_a_secret_nested_in_an_output_is_masked(
         assert nested.secret and nested.value == {"password": "nested-secret-value", "port": 5432}
         assert result.masked_outputs() == {"nested": "[secret]", "plain": "visible"}
     assert "nested-secret-value" not in logs.text
+
+
+async def test_a_fault_of_the_node_s_own_files_is_a_retryable_node_fault(
+    pulumi_env: PulumiEnvironment,
+) -> None:
+    """A full disk or a file in the way of the workspace: before, a raw OSError, which the runner
+    took for the playbook's error and failed the job with for good."""
+    in_the_way = pulumi_env.workspace_dir(f"nodefault{uuid.uuid4().hex[:8]}")
+    in_the_way.parent.mkdir(parents=True, exist_ok=True)
+    in_the_way.write_text("not a directory")
+    ops = PulumiOperations(pulumi_env, warm_workers=0)
+    await ops.start()
+    try:
+        with pytest.raises(NodeFault, match="cannot prepare the project's workspace") as raised:
+            await ops.up(StackTarget("inc-fault", in_the_way.name, NESTED))
+    finally:
+        await ops.close()
+        in_the_way.unlink()
+    assert raised.value.retryable and raised.value.kind == "node_fault"

@@ -18,6 +18,7 @@ class ErrorKind(StrEnum):
     DESTROY_NOT_ALLOWED = "destroy_not_allowed"
     WORKER_CRASHED = "worker_crashed"
     SETTINGS_UNAVAILABLE = "settings_unavailable"
+    NODE_FAULT = "node_fault"
 
 
 class StackError(Exception):
@@ -101,6 +102,14 @@ class SettingsUnavailable(StackError):
     retryable = True
 
 
+class NodeFault(StackError):
+    """This node could not prepare the operation's files (its disk full, a file in the way of its
+    workspace): no fault of the stack's, and maybe gone by the next try."""
+
+    kind = ErrorKind.NODE_FAULT
+    retryable = True
+
+
 ERRORS_BY_KIND: dict[ErrorKind, type[StackError]] = {
     cls.kind: cls
     for cls in (
@@ -115,6 +124,7 @@ ERRORS_BY_KIND: dict[ErrorKind, type[StackError]] = {
         DestroyNotAllowed,
         WorkerCrashed,
         SettingsUnavailable,
+        NodeFault,
     )
 }
 # Every kind has its class: the worker reports kinds, the daemon raises the class.

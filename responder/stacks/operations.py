@@ -6,7 +6,7 @@ import json
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from pathlib import Path
 
 from responder import metrics
@@ -16,6 +16,7 @@ from responder.shielded import shielded
 from responder.stacks import processes
 from responder.stacks.environment import PulumiEnvironment
 from responder.stacks.errors import (
+    NodeFault,
     OperationCancelled,
     OperationTimeout,
     SettingsUnavailable,
@@ -302,7 +303,8 @@ class PulumiOperations:
         """`tags` are set on the stack if one of the steps creates it; `call.exists` says the caller
         knows the stack exists, which saves the worker a `pulumi stack select`."""
         repairing = steps == [{"op": "repair"}]
-        self._ensure_project(target.project, target.program)
+        with _node_fault(target, "prepare the project's workspace"):
+            self._ensure_project(target.project, target.program)
         for step in steps:
             if step["op"] == "set_config" and self.redactor:
                 self.redactor.add(*(v["value"] for v in step["config"].values() if v["secret"]))
@@ -320,7 +322,8 @@ class PulumiOperations:
         if call.exists:
             request["exists"] = True
         work_dir = self.env.workspace_dir(target.project)
-        stored = await self.settings.restore(work_dir, target) if target.name else None
+        with _node_fault(target, "restore the stack's settings file"):
+            stored = await self.settings.restore(work_dir, target) if target.name else None
         started = time.monotonic()
         try:
             results = await self._send(target, request, call, repairing)
@@ -363,13 +366,13 @@ class PulumiOperations:
                     "operation cancelled before it started", stack=target.name, step=steps[0]["op"]
                 )
             session = WorkerSession(worker, target, self.redactor, call.on_step)
-            record = self._worker_record(target) if target.name else None
-            if record:  # for recovery, should the daemon die before the session ends
-                try:
+            try:
+                record = self._worker_record(target) if target.name else None
+                if record:  # for recovery, should the daemon die before the session ends
                     record.write_text(worker.marker)
-                except OSError:
-                    await shielded(self._workers.give_back(worker, self.kill_grace), "worker_end")
-                    raise
+            except OSError as e:
+                await shielded(self._workers.give_back(worker, self.kill_grace), "worker_end")
+                raise NodeFault(f"cannot record the stack's worker: {e}", stack=target.name) from e
             abandoned = self._abandoned
             try:
                 timeout = call.timeout or self.timeout
@@ -435,3 +438,13 @@ class PulumiOperations:
         # prometheus-client with it set would leave its own files there, never marked dead.
         inherited = {k: v for k, v in os.environ.items() if k != metrics.MULTIPROCESS_VARIABLE}
         return {**inherited, **self.env.variables(), "PYTHONUNBUFFERED": "1"}
+
+
+@contextlib.contextmanager
+def _node_fault(target: StackTarget, what: str) -> Iterator[None]:
+    """An OSError of this node's own files for an operation (a full disk, a file in the way), as
+    a `NodeFault`: retried like a node's fault, not the job failed for good as a playbook's error."""
+    try:
+        yield
+    except OSError as e:
+        raise NodeFault(f"cannot {what}: {e}", stack=target.name) from e
