@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import gc
 import json
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -100,9 +101,20 @@ def _serve(
         nonlocal started
         started = True  # the last start-up step: every context before it is up
 
+    async def stop_on_hangup(_app: web.Application) -> None:
+        """SIGHUP (a closed terminal, `kill -HUP`; there is nothing to reload) stops the daemon
+        as SIGTERM does, draining its jobs; by default it ended the process on the spot."""
+
+        def hang_up() -> None:
+            log.warning("daemon.stopping", signal="SIGHUP")
+            raise web.GracefulExit()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hang_up)
+
     try:
         # The playbooks loaded above: importing them again would run their modules' code twice.
         app = create_app(settings, redactor=redactor, playbooks=playbooks)
+        app.on_startup.append(stop_on_hangup)
         app.on_startup.append(mark_started)
         _freeze_what_was_loaded()
         web.run_app(

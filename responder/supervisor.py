@@ -122,17 +122,16 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: a closed terminal or `kill -HUP` (no reload here) stops as gracefully.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.stop, signum)
         log.info("supervisor.started", pid=os.getpid(), processes=self.count, port=self.port)
         slots = [asyncio.create_task(self._keep(slot)) for slot in range(self.count)]
         await self.stopping.wait()
-        killed = False
-        try:
-            async with asyncio.timeout(self.grace):
-                await asyncio.gather(*slots)
-        except TimeoutError:
-            killed = True
+        # Waited for, not cancelled: a slot cancelled mid-wait would not see its child's end.
+        _, pending = await asyncio.wait(slots, timeout=self.grace)
+        killed = bool(pending)
+        if killed:
             log.error(
                 "supervisor.killing",
                 pids=[p.pid for p in self.children.values()],
@@ -141,7 +140,7 @@ class Supervisor:
             for process in self.children.values():
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
-            await asyncio.gather(*slots)
+        await asyncio.gather(*slots)
         code = 1 if self.failed or killed else 0
         log.info("supervisor.stopped", exit_code=code)
         return code

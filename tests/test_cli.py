@@ -1,12 +1,16 @@
 """The `responder` command's offline subcommands: check and playbooks (replay runs the CLI: marked)."""
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -207,6 +211,35 @@ def test_serve_refuses_a_data_dir_another_daemon_runs_on_with_sqlite(tmp_path: P
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith(f"responder: another responder is running on the data dir {data}")
     assert not (data / "responder.db").exists()  # refused before the store was opened
+
+
+def test_serve_stops_on_sighup_as_on_sigterm(tmp_path: Path) -> None:
+    """A closed terminal or `kill -HUP` (nothing to reload): it ended the daemon on the spot, with
+    no line in its log and its jobs left running."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RESPONDER_")},
+        "RESPONDER_DATA_DIR": str(tmp_path / "data"),
+        "RESPONDER_PORT": str(port),
+    }
+    with subprocess.Popen(
+        [sys.executable, "-m", "responder", "serve"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as daemon:  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:
+            url = f"http://127.0.0.1:{port}/readyz"
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5):
+                break
+            assert daemon.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        daemon.send_signal(signal.SIGHUP)
+        out, err = daemon.communicate(timeout=120)
+    assert daemon.returncode == 0, out + err
+    events = [json.loads(line) for line in out.splitlines()]
+    stopping = [e for e in events if e["event"] == "daemon.stopping"]
+    assert [e["signal"] for e in stopping] == ["SIGHUP"]
+    assert events[-1]["event"] == "daemon.stopped"
 
 
 @pytest.mark.parametrize("processes", [1, 2])

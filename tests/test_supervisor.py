@@ -227,6 +227,39 @@ async def test_sigterm_stops_every_child_and_exits_zero(supervised: Supervised) 
     assert len(supervised.lines("daemon.stopped")) == 2
 
 
+async def test_sighup_stops_as_sigterm_does(supervised: Supervised) -> None:
+    """A closed terminal or `kill -HUP`: by default it ended the supervisor on the spot, silently."""
+    supervised.start()
+    await supervised.ready_nodes(2, refused_ok=True)
+    children = supervised.children()
+    assert supervised.proc is not None
+    supervised.proc.send_signal(signal.SIGHUP)
+    assert await asyncio.to_thread(supervised.proc.wait, GRACE + 30) == 0
+    assert all(_gone(pid) for pid in children)
+    [stopping] = supervised.lines("supervisor.stopping")
+    assert stopping["signal"] == "SIGHUP"
+    assert len(supervised.lines("daemon.stopped")) == 2
+
+
+async def test_a_child_that_does_not_stop_is_killed_and_the_supervisor_ends_in_order(
+    supervised: Supervised,
+) -> None:
+    """It crashed on its own kill path: a traceback, no `supervisor.stopped`, exit 1 by chance."""
+    supervised.start()
+    await supervised.ready_nodes(2, refused_ok=True)
+    stuck, *_ = sorted(supervised.children())
+    os.kill(stuck, signal.SIGSTOP)  # it will never stop by itself
+    assert supervised.proc is not None
+    supervised.proc.send_signal(signal.SIGTERM)
+    grace = Supervisor(Settings.load(supervised.env), 0).grace
+    assert await asyncio.to_thread(supervised.proc.wait, grace + 30) == 1
+    [killing] = supervised.lines("supervisor.killing")
+    assert stuck in killing["pids"]  # type: ignore[operator]
+    [stopped] = supervised.lines("supervisor.stopped")
+    assert stopped["exit_code"] == 1
+    assert _gone(stuck) and "Traceback" not in supervised.log_path.read_text()
+
+
 async def test_children_do_not_outlive_a_killed_supervisor(supervised: Supervised) -> None:
     supervised.start()
     await supervised.ready_nodes(2, refused_ok=True)
