@@ -131,10 +131,10 @@ async def postgres_harness(request: pytest.FixtureRequest, url: str) -> Harness:
         record = postgres_deliveries.record_requests
 
         async def hooked(
-            db: Db, requests: Sequence[postgres_deliveries.Request]
+            db: Db, requests: Sequence[postgres_deliveries.Request], parked: list[int] | None = None
         ) -> list[list[RecordedDelivery]]:
             await asyncio.to_thread(hook, len(requests))  # called once per transaction
-            return await record(db, requests)
+            return await record(db, requests, parked)
 
         monkeypatch.setattr(postgres_deliveries, "record_requests", hooked)
 

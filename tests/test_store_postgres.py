@@ -439,15 +439,6 @@ async def test_the_safety_net_unparks_a_job_no_claim_would_take(postgres_url: st
         await stall_and_unpark(store, db.execute)
 
 
-async def test_a_stack_s_lock_key_is_the_same_in_python_and_in_sql(postgres_url: str) -> None:
-    """The intake computes it in Python, a running job's end in SQL: different keys would let a
-    job be parked behind one that ended meanwhile, with nothing left to unpark it."""
-    async with store_and_session(postgres_url) as (_, db):
-        for project, stack in [("burner", "incident-Q1"), ("prøj", "stäck 1 ✓"), ("a b", "c")]:
-            in_sql = await db.fetchval("SELECT stack_lock_key($1, $2)", project, stack)
-            assert in_sql == postgres_deliveries.stack_key(project, stack), (project, stack)
-
-
 async def test_next_due_probes_each_waiting_retry_by_its_stack(postgres_url: str) -> None:
     """An idle worker's `next_due`, planned while the queue was empty, with 20 retries waiting behind
     1,000 queued jobs: each retry's stack is looked up, not the queue before it read (migration
@@ -570,9 +561,9 @@ async def test_a_commit_s_unrelated_deliveries_are_read_together_then_written_to
     exchanges: list[list[str]] = []
     record = postgres_deliveries.record_requests
 
-    async def counted(db: Any, requests: Any) -> Any:
+    async def counted(db: Any, requests: Any, parked: Any = None) -> Any:
         exchanges.append((counting := CountingDb(db)).calls)
-        return await record(counting, requests)  # type: ignore[arg-type]
+        return await record(counting, requests, parked)  # type: ignore[arg-type]
 
     monkeypatch.setattr(postgres_deliveries, "record_requests", counted)
     store = PostgresStore(postgres_url)
@@ -621,7 +612,7 @@ async def test_a_store_lost_while_a_refused_commit_is_retried_keeps_what_was_com
     record, tried = postgres_deliveries.record_requests, list[str]()
     good, bad = [delivery(f"QR{i}") for i in range(3)], delivery("QRBAD")
 
-    async def refusing_then_failing(db: Any, requests: Any) -> Any:
+    async def refusing_then_failing(db: Any, requests: Any, parked: Any = None) -> Any:
         sent = [d for request in requests for d, _ in request]
         if len(requests) == 1:
             tried.append(sent[0].incident_id)
@@ -629,7 +620,7 @@ async def test_a_store_lost_while_a_refused_commit_is_retried_keeps_what_was_com
                 raise StoreUnavailable("job store unavailable: the connection dropped")
         if bad in sent:  # as the server refuses a value: the whole commit is aborted
             raise RecordRejected("the store refused the delivery")
-        return await record(db, requests)
+        return await record(db, requests, parked)
 
     monkeypatch.setattr(postgres_deliveries, "record_requests", refusing_then_failing)
     store = PostgresStore(postgres_url)
@@ -684,9 +675,9 @@ async def test_a_refused_delivery_does_not_break_its_group_commit_up(
     commits: list[int] = []
     record = postgres_deliveries.record_requests
 
-    async def counted(db: Any, requests: Any) -> Any:
+    async def counted(db: Any, requests: Any, parked: Any = None) -> Any:
         commits.append(len(requests))
-        return await record(db, requests)
+        return await record(db, requests, parked)
 
     monkeypatch.setattr(postgres_deliveries, "record_requests", counted)
     store = PostgresStore(postgres_url)

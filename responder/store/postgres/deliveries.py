@@ -53,9 +53,8 @@ SELECT (
 # the scheduled jobs it cancels (when the delivery is news of it), the body, the delivery, its jobs.
 # The parts share one snapshot, so the cancel and the dedupe reset never see this statement's own
 # rows, as when they ran before the inserts. A queued job whose stack runs a job is parked behind
-# it (migration 0011; a scheduled one joins the queue later, when that job may be long gone). The
-# stack's lock key (`stack_key`), taken with the others first, makes this and the end of that job
-# take turns: a job ending meanwhile is seen ended, and one ending later sees the jobs parked.
+# it (migration 0011; a scheduled one joins the queue later, when that job may be long gone): see
+# `unpark_if_ended` for a job that ends before this commit.
 WRITE = """
 WITH reset AS (
     UPDATE deliveries SET dedupe_key = NULL
@@ -81,31 +80,39 @@ WITH reset AS (
         received_at, dedupe_key)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
     ON CONFLICT DO NOTHING RETURNING id
+), busy AS MATERIALIZED (
+    -- Materialized: read once for the delivery's stacks. Inlined into the INSERT (a CTE used once
+    -- is), it cost the intake with jobs a quarter of its throughput (bench/RESULTS.md).
+    SELECT r.project, r.stack FROM jobs AS r
+    WHERE r.status = 'running' AND (r.project, r.stack) IN (SELECT * FROM unnest($11::text[], $12::text[]))
 ), created AS (
     INSERT INTO jobs (delivery_id, playbook, project, stack, event, incident_id, event_type,
         status, max_attempts, coalesce, params, created_at, not_before, cancel_on, parked)
     SELECT d.id, j.playbook, j.project, j.stack, j.event, $5, $4, j.status, j.max_attempts,
         j.coalesce, j.params, $8, j.not_before, j.cancel_on::text[],
-        j.status = 'queued' AND EXISTS (
-            SELECT 1 FROM jobs AS r
-            WHERE r.status = 'running' AND r.project = j.project AND r.stack = j.stack)
+        j.status = 'queued'
+            AND EXISTS (SELECT 1 FROM busy WHERE busy.project = j.project AND busy.stack = j.stack)
     FROM delivery AS d, unnest($10::text[], $11::text[], $12::text[], $13::text[], $19::text[],
         $20::int[], $21::bool[], $22::text[], $23::float8[], $24::text[])
         WITH ORDINALITY AS j (playbook, project, stack, event, status, max_attempts, coalesce,
             params, not_before, cancel_on, n)
     ORDER BY j.n
-    RETURNING id
+    RETURNING id, parked
 )
 SELECT (SELECT id FROM delivery) AS inserted, ARRAY(SELECT id FROM created ORDER BY id) AS job_ids,
+    ARRAY(SELECT id FROM created WHERE parked ORDER BY id) AS parked,
     ARRAY(SELECT playbook FROM cancelled) AS cancelled
 """
 
 
-async def record_requests(db: Db, requests: Sequence[Request]) -> list[list[RecordedDelivery]]:
+async def record_requests(
+    db: Db, requests: Sequence[Request], parked: list[int] | None = None
+) -> list[list[RecordedDelivery]]:
     """Store the requests' deliveries and their jobs, in order (the caller's transaction: all or
     none). The locks of all of them are taken first, in one statement; then the deliveries are
     read and written a wave at a time (see `waves`). Text the store refuses outright was refused
-    before (`Intake.record_deliveries`); what the server refuses here fails the whole call."""
+    before (`Intake.record_deliveries`); what the server refuses here fails the whole call. The
+    ids of the jobs parked are added to `parked`."""
     items = [
         _Item(n, delivery, jobs, frozenset(lock_keys([(delivery, jobs)])))
         for n, request in enumerate(requests)
@@ -128,7 +135,10 @@ async def record_requests(db: Db, requests: Sequence[Request]) -> list[list[Reco
             rows = iter(await db.fetchmany(WRITE, [w.args for w in writes]) if writes else [])
             for item, verdict in zip(wave, verdicts, strict=True):
                 if isinstance(verdict, _Write):
-                    verdict = await _written(db, verdict, next(rows))
+                    row = next(rows)
+                    if parked is not None:
+                        parked += row["parked"]
+                    verdict = await _written(db, verdict, row)
                 recorded[item.request].append(verdict)
     except asyncpg.ForeignKeyViolationError as e:
         # The body this delivery shares with an earlier one was pruned meanwhile: run again.
@@ -171,18 +181,15 @@ def waves(items: Sequence[_Item]) -> list[list[_Item]]:
 
 
 def lock_keys(request: Request) -> list[int]:
-    """The advisory lock keys of everything the request's deliveries are deduped or judged by, and
-    of the stacks of their jobs (whether a job is parked is judged by what its stack runs)."""
+    """The advisory lock keys of everything the request's deliveries are deduped or judged by."""
     names = set()
-    stacks = set()
-    for d, jobs in request:
+    for d, _ in request:
         names |= {f"delivery\0{d.id}", f"event\0{d.source}\0{d.event_id}"}
         if d.incident_id:
             names.add(f"incident\0{d.incident_id}")
         if d.dedupe_key:
             names.add(f"dedupe\0{d.dedupe_key}")
-        stacks |= {stack_key(j.project, j.stack) for j in jobs}
-    return sorted({_key(name) for name in names} | stacks)
+    return sorted(_key(name) for name in names)
 
 
 def _key(name: str) -> int:
@@ -190,12 +197,29 @@ def _key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), signed=True)
 
 
-def stack_key(project: str, stack: str) -> int:
-    """A stack's advisory lock key, as migration 0011's `stack_lock_key` computes it in SQL: the
-    end of a stack's running job takes it too, so that it and a recording of jobs behind it take
-    turns (which one sees the other decides whether those jobs are parked)."""
-    name = f"stack {len(project)} {project} {stack}".encode()
-    return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+# Run once the recording of parked jobs `$1` committed: a running job that ended meanwhile found
+# none of them to unpark (they were not committed yet). Its end under way is waited for (its row,
+# FOR SHARE, in the order a lease renewal locks running jobs), then the jobs whose stack runs
+# nothing are unparked, in a statement whose snapshot sees that end.
+WAIT_FOR_ENDS = """
+SELECT 1 FROM jobs AS r
+WHERE r.status = 'running' AND (r.project, r.stack) IN (SELECT project, stack FROM jobs WHERE id = ANY ($1))
+ORDER BY r.project, r.stack
+FOR SHARE OF r
+"""
+UNPARK_IF_ENDED = """
+UPDATE jobs AS j SET parked = false
+WHERE j.id = ANY ($1) AND j.status = 'queued' AND j.parked
+  AND NOT EXISTS (SELECT 1 FROM jobs AS r
+                  WHERE r.status = 'running' AND r.project = j.project AND r.stack = j.stack)
+"""
+
+
+async def unpark_if_ended(db: Db, parked: list[int]) -> None:
+    """The parked jobs just recorded whose stack's running job ended meanwhile, unparked (the
+    caller's transaction)."""
+    await db.fetch(WAIT_FOR_ENDS, parked)
+    await db.execute(UNPARK_IF_ENDED, parked)
 
 
 def _read_args(delivery: NewDelivery) -> tuple[object, ...]:

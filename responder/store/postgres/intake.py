@@ -4,8 +4,9 @@ share the next one (one lock statement, one commit), and each caller gets its ow
 # Measured under wrk (bench/intake.py): a transaction per request took five round trips and a
 # commit for each delivery, and PostgreSQL spent about as much CPU on them as responder did.
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
+from responder.logs import get_logger
 from responder.store import (
     NewDelivery,
     NewJob,
@@ -17,6 +18,9 @@ from responder.store.group_commit import GroupCommit, Outcome, Request
 from responder.store.limits import refuse_unstorable
 from responder.store.postgres import deliveries as delivery_sql
 from responder.store.postgres.connection import Connection
+from responder.store.postgres.driver import Db
+
+log = get_logger("responder.store")
 
 
 class Intake(GroupCommit, Connection):
@@ -58,4 +62,16 @@ class Intake(GroupCommit, Connection):
         return outcomes
 
     async def _commit(self, requests: list[Request]) -> list[list[RecordedDelivery]]:
-        return await self._write(lambda db: delivery_sql.record_requests(db, requests))
+        parked: list[int] = []
+
+        def record(db: Db) -> Awaitable[list[list[RecordedDelivery]]]:
+            parked.clear()  # of a try that ran again
+            return delivery_sql.record_requests(db, requests, parked)
+
+        recorded = await self._write(record)
+        if parked:  # committed: a failure now is no reason to answer 503 (the reaper's net)
+            try:
+                await self._write(lambda db: delivery_sql.unpark_if_ended(db, parked))
+            except StoreUnavailable as e:
+                log.warning("store.unpark_failed", job_ids=parked, error=str(e))
+        return recorded

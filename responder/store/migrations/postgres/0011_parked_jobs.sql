@@ -11,9 +11,9 @@
 --   is the first parked job whenever it matters; and a transaction that changes one job then
 --   locks only a later one, never an earlier: two such transactions never wait on each other in a
 --   circle (as two cancels did, each unparking the other's job).
--- - A running job's end and a recording of jobs on its stack take turns by the stack's advisory lock
---   key (`stack_lock_key`; the recording takes it with its other keys, before it writes): whichever
---   comes second sees the other, so a job is never parked behind one that has already ended.
+-- - A running job that ends while jobs are being recorded behind it cannot see them (they are not
+--   committed): once committed, the recording unparks those whose stack runs nothing, after
+--   waiting for an end under way (`unpark_if_ended` in responder/store/postgres/deliveries.py).
 -- - Parking only spares the walk: the claim still checks that a job is first in line and that its
 --   stack runs nothing. A parked job whose stack is free with none unparked before it is found by
 --   `unpark_stalled` (the reaper's safety net, which logs it: it should never happen).
@@ -24,23 +24,10 @@ CREATE INDEX jobs_ready ON jobs (status, id) WHERE NOT parked;
 -- A stack's parked jobs, in order: the first is the one to unpark.
 CREATE INDEX jobs_parked ON jobs (project, stack, id) WHERE status = 'queued' AND parked;
 
--- As `stack_key` in responder/store/postgres/deliveries.py computes it.
-CREATE FUNCTION stack_lock_key(project text, stack text) RETURNS bigint
-LANGUAGE sql IMMUTABLE
-AS $$
-SELECT ('x' || encode(substr(sha256(convert_to(
-    'stack ' || length(project) || ' ' || project || ' ' || stack, 'UTF8')), 1, 8), 'hex'))::bit(64)::bigint
-$$;
-
 CREATE FUNCTION unpark_next() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    IF OLD.status = 'running' THEN
-        -- A recording of jobs on this stack under way holds the key until its commit; the statement
-        -- below, with a snapshot taken after the wait, then sees its jobs.
-        PERFORM pg_advisory_xact_lock(stack_lock_key(OLD.project, OLD.stack));
-    END IF;
     UPDATE jobs SET parked = false
     WHERE id = (SELECT id FROM jobs
                 WHERE status = 'queued' AND parked AND project = OLD.project AND stack = OLD.stack
