@@ -21,6 +21,7 @@ import structlog
 from responder.playbook import Context, on
 from responder.store import JobStatus, LeaseLost, Store, StoreUnavailable
 from responder.store.sqlite import deliveries as sqlite_deliveries
+from responder.store.sqlite import process as process_module
 from responder.store.sqlite import server
 from responder.store.sqlite.process import SQLiteProcessStore
 from responder.store.wire import Channel
@@ -95,6 +96,26 @@ async def test_a_killed_store_process_fails_its_calls_and_the_next_call_starts_a
         assert any(line["event"] == "store.process_lost" for line in lines)
         restarted = [line for line in lines if line["event"] == "store.process_restarted"]
         assert restarted and restarted[0]["previous_returncode"] == -signal.SIGKILL
+    finally:
+        await store.close()
+
+
+async def test_a_store_process_that_does_not_answer_fails_its_calls_after_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process stopped (or stuck on a hung disk): a webhook waited for its answer without bound,
+    its connection held, where PostgreSQL's store gives up after its command timeout."""
+    monkeypatch.setattr(process_module, "CALL_TIMEOUT", 0.5)
+    process_store, store = await opened(tmp_path / "responder.db")
+    try:
+        pid = child_of(process_store)
+        os.kill(pid, signal.SIGSTOP)
+        sent = delivery("PS1")
+        with pytest.raises(StoreUnavailable, match=r"did not answer within 0\.5s"):
+            await asyncio.wait_for(store.record_delivery(sent, [job("s1")]), 10)
+        os.kill(pid, signal.SIGCONT)  # back: its late answer is dropped, the next call answered
+        again = await store.record_delivery(sent, [job("s1")])
+        assert not again.created  # committed once it ran on: the sender's retry is a duplicate
     finally:
         await store.close()
 

@@ -38,6 +38,9 @@ OUTPUT_PAUSE = 0.1  # s: lines the store process writes together (a traceback) a
 # atomic pipe write (4 KiB), which the processes sharing the daemon's output cannot split.
 OUTPUT_LIMIT = 1500
 RESTART_BACKOFF = 1.0  # s: after a start that failed, calls fail at once for this long
+# s: for a call's answer (as PostgreSQL's command timeout): a process stopped or stuck on a hung
+# disk fails its callers (a webhook's 503) instead of holding them, and their connections, forever.
+CALL_TIMEOUT = 30.0
 
 
 class SQLiteProcessStore:
@@ -107,7 +110,14 @@ class SQLiteProcessStore:
         answer = asyncio.get_running_loop().create_future()
         self._channel.send((call_id, name, args, kwargs))  # a value pickle refuses raises here
         self._calls[call_id] = answer
-        return await answer
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                return await answer
+        except TimeoutError:
+            self._calls.pop(call_id, None)  # an answer that comes after all is dropped
+            raise StoreUnavailable(
+                f"job store unavailable: its process did not answer within {CALL_TIMEOUT:g}s"
+            ) from None
 
     def _answer(self, message: tuple[int, bool, Any]) -> None:
         call_id, ok, value = message
