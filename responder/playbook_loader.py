@@ -83,7 +83,11 @@ def _validate(playbook: Playbook, path: Path) -> None:
         _resolve_folder(playbook, path, prefix)
         return
     module = playbook.program.partition(":")[0]
-    if importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package missing (`nosuchpkg.mod`): find_spec imports it
+        found = False
+    if not found:
         raise PlaybookLoadError(f"{prefix}: program module {module!r} cannot be imported")
 
 

@@ -100,6 +100,10 @@ def test_declaration_errors() -> None:
             "from responder.playbook import manual, playbook\n@playbook(program='nope_pkg_xyz:main')\n@manual\nasync def p(ctx): pass\n",
             "broken.py: playbook 'p': program module 'nope_pkg_xyz' cannot be imported",
         ),
+        (  # its package missing: finding the module imports the package, which raised
+            "from responder.playbook import manual, playbook\n@playbook(program='nope_pkg_xyz.mod:main')\n@manual\nasync def p(ctx): pass\n",
+            "broken.py: playbook 'p': program module 'nope_pkg_xyz.mod' cannot be imported",
+        ),
     ],
 )
 def test_loader_errors_name_file_playbook_and_problem(
