@@ -30,12 +30,13 @@ FIRST_IN_LINE = """NOT EXISTS (SELECT 1 FROM jobs AS r
                   WHERE q.status = 'queued' AND q.project = j.project AND q.stack = j.stack AND q.id < j.id)"""
 
 # The first due job in line on its stack, taken in one statement; parked jobs (behind a running
-# one, see the schema) are not looked at. A job whose stack waits for its retry time is first in
+# one, see the schema) are not looked at (`jobs_ready`, named: left to itself SQLite walked every
+# queued job by `jobs_queue`). A job whose stack waits for its retry time is first in
 # line but not due: the later jobs of that stack stay behind it.
 CLAIM = f"""
 UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now, node = :node,
                 lease_expires_at = :expires, fence = fence + 1, claim_token = :token
-WHERE id = (SELECT j.id FROM jobs AS j
+WHERE id = (SELECT j.id FROM jobs AS j INDEXED BY jobs_ready
             WHERE j.status = 'queued' AND j.parked = 0 AND j.not_before <= :now AND {FIRST_IN_LINE}
             ORDER BY j.id LIMIT 1)
 RETURNING *

@@ -69,7 +69,7 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, not_before) WHERE not_befor
 -- Jobs queued behind a running one are parked, and the claim's walk passes over them (as
 -- PostgreSQL's migration 0011 says): recorded while their stack runs a job, each unparked in turn
 -- as the job before it leaves the queue or the running state other than by being claimed.
-CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (status, id) WHERE parked = 0;
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (id) WHERE status = 'queued' AND parked = 0;
 CREATE INDEX IF NOT EXISTS jobs_parked ON jobs (project, stack, id)
     WHERE status = 'queued' AND parked = 1;
 CREATE TRIGGER IF NOT EXISTS jobs_unpark_next AFTER UPDATE OF status ON jobs

@@ -19,8 +19,9 @@
 --   `unpark_stalled` (the reaper's safety net, which logs it: it should never happen).
 ALTER TABLE jobs ADD COLUMN parked boolean NOT NULL DEFAULT false;
 
--- The queue the claim walks: (status, id) as `jobs_queue`, without the parked jobs.
-CREATE INDEX jobs_ready ON jobs (status, id) WHERE NOT parked;
+-- The queue the claim walks, in order, without the parked jobs: only queued jobs, so a job has an
+-- entry here once (when recorded), not one a status as in `jobs_queue`.
+CREATE INDEX jobs_ready ON jobs (id) WHERE status = 'queued' AND NOT parked;
 -- A stack's parked jobs, in order: the first is the one to unpark.
 CREATE INDEX jobs_parked ON jobs (project, stack, id) WHERE status = 'queued' AND parked;
 
@@ -42,7 +43,8 @@ FOR EACH ROW
 WHEN (OLD.status IN ('running', 'queued') AND NEW.status NOT IN ('running', 'queued'))
 EXECUTE FUNCTION unpark_next();
 
--- As in 0009, walking only the jobs not parked.
+-- As in 0009, walking `jobs_ready`: only the queued jobs not parked (the smallest index that gives
+-- their order, so the plan a session keeps takes it however stale the statistics).
 CREATE OR REPLACE FUNCTION claim_job(claimed_at double precision, claimer text,
     lease_until double precision, token text)
 RETURNS SETOF jobs
@@ -69,7 +71,7 @@ BEGIN
         node = claimer, lease_expires_at = lease_until, fence = fence + 1, claim_token = token
     WHERE id = (
         SELECT j.id FROM jobs AS j
-        WHERE j.status >= 'queued' AND j.status <= 'queued' AND NOT j.parked
+        WHERE j.status = 'queued' AND NOT j.parked
           AND j.not_before <= claimed_at
           AND NOT EXISTS (SELECT 1 FROM jobs AS r
                           WHERE r.status = 'running' AND r.project = j.project AND r.stack = j.stack
@@ -78,7 +80,7 @@ BEGIN
                           WHERE (q.status = 'queued') IS TRUE AND q.project = j.project AND q.stack = j.stack
                             AND q.id + 0 < j.id
                           OFFSET 0)
-        ORDER BY j.status, j.id
+        ORDER BY j.id
         LIMIT 1
         FOR UPDATE SKIP LOCKED
     )
