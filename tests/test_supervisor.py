@@ -56,7 +56,7 @@ def _gone(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         threads = len(os.listdir(f"/proc/{pid}/task"))
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped before the open, or during it
         return True
     return stat.rpartition(")")[2].split()[0] == "Z" and threads <= 1
 
