@@ -124,7 +124,8 @@ def _escape(text: str) -> str:
     """Slack's mrkdwn control characters, escaped as its reference asks; and, broken by an
     invisible word joiner, what Mattermost and Rocket.Chat act on in plain text: mass mentions
     (`@channel`, `@all`, `@here`) and Markdown links and images (`[label](url)`, `![](url)`, a
-    reference's definition `[label]: url`, without which `[text][label]` links nothing), which would show an incident title's link as the daemon's own or
-    load its image. A backslash escape would show in Slack, which reads the same text."""
+    reference's definition `[label]: url`, without which `[text][label]` links nothing), which
+    would show an incident title's link as the daemon's own or load its image. A backslash
+    escape would show in Slack, which reads the same text."""
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return LINK_TARGET.sub(lambda m: m[0] + "\u2060", MASS_MENTION.sub("@\u2060", text))
