@@ -52,25 +52,32 @@ SELECT MIN(not_before) FROM (
 ) AS waiting
 """
 
+
+def fenced(write: str, job: str, fence: str) -> str:
+    """`write` (a data-modifying statement, its condition ending in `{holds}`) made only by a job
+    still running under its fence (parameters `job`, `fence`), or by no job (`job` NULL). FOR SHARE:
+    a take-over committed meanwhile is waited for and seen (the row then no longer matches), and
+    one under way skips this job for now. The statement answers whether the write was the job's
+    to make."""
+    holds = f"({job}::bigint IS NULL OR EXISTS (SELECT 1 FROM holder))"
+    return f"""
+WITH holder AS (
+    SELECT 1 FROM jobs WHERE id = {job} AND status = 'running' AND fence = {fence} FOR SHARE
+), written AS ({write.format(holds=holds)})
+SELECT {holds}
+"""
+
+
 # A step, unless a step of its key is recorded already (the unique index `steps_once`, migration
 # 0010): a call whose answer was lost (a dropped connection, a timeout while its commit waited) may
-# have committed, or be committing, when the runner sends it again.
-STEP = (
+# have committed, or be committing, when the runner sends it again. Fenced by $9 (the job, or NULL
+# for an unfenced step) and $10.
+STEP = fenced(
     "INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes, key)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
+    " SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE {holds} ON CONFLICT DO NOTHING",
+    "$9",
+    "$10",
 )
-# A step of a job still running under the fence $9; the answer says whether it does. FOR SHARE: a
-# take-over committed meanwhile is waited for and seen (the row then no longer matches), and one under
-# way skips this job for now.
-FENCED_STEP = """
-WITH holder AS (
-    SELECT id FROM jobs WHERE id = $1 AND status = 'running' AND fence = $9 FOR SHARE
-), written AS (
-    INSERT INTO steps (job_id, step, started_at, duration_ms, outcome, error, changes, key)
-    SELECT id, $2, $3, $4, $5, $6, $7, $8 FROM holder ON CONFLICT DO NOTHING
-)
-SELECT EXISTS (SELECT 1 FROM holder)
-"""
 
 
 def held(fence: str) -> str:
@@ -147,12 +154,8 @@ class JobQueue(Connection):
         self, job_id: int, step: StepRecord, *, fence: int | None = None, key: str | None = None
     ) -> None:
         values = (step.step, step.started_at, step.duration_ms, step.outcome, storable(step.error))
-        changes = json.dumps(step.changes)
-        if fence is None:
-            await self._run(lambda db: db.execute(STEP, job_id, *values, changes, key))
-            return
-        args = (job_id, *values, changes, key, fence)
-        holds = await self._run(lambda db: db.fetchval(FENCED_STEP, *args))
+        args = (job_id, *values, json.dumps(step.changes), key, None if fence is None else job_id)
+        holds = await self._run(lambda db: db.fetchval(STEP, *args, fence))
         if not holds:
             raise LeaseLost(job_id)
 

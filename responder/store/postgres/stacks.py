@@ -19,6 +19,7 @@ from responder.store.limits import storable
 from responder.store.postgres import rows
 from responder.store.postgres.connection import Connection
 from responder.store.postgres.driver import Db
+from responder.store.postgres.queue import fenced
 
 LIVE = f"status NOT IN ({rows.sql_list(RELEASED_STACKS)})"  # the stacks a cap counts
 UNFINISHED = rows.sql_list(set(JobStatus) - FINAL_STATUSES)
@@ -28,22 +29,8 @@ LATEST_JOBS = rows.latest_jobs_of_stack(lambda n: f"${n}")
 RESERVE_LOCK = 0x7265_7370_5F63_6170  # "resp_cap"
 
 
-def _fenced(write: str, job: str, fence: str) -> str:
-    """`write` (a data-modifying statement, its condition ending in `{holds}`) made only by a job
-    still running under its fence (parameters `job`, `fence`), or by no job (`job` NULL). FOR SHARE:
-    a take-over committed meanwhile is waited for and seen (as FENCED_STEP in `queue`). The
-    statement answers whether the write was the job's to make."""
-    holds = f"({job}::bigint IS NULL OR EXISTS (SELECT 1 FROM holder))"
-    return f"""
-WITH holder AS (
-    SELECT 1 FROM jobs WHERE id = {job} AND status = 'running' AND fence = {fence} FOR SHARE
-), written AS ({write.format(holds=holds)})
-SELECT {holds}
-"""
-
-
 # A stack's last operation.
-TOUCH = _fenced(
+TOUCH = fenced(
     "UPDATE stacks SET last_operation = $1, last_activity_at = $2,"
     " status = COALESCE($3, status), outputs = COALESCE($4, outputs),"
     " export_path = COALESCE($5, export_path)"
@@ -52,14 +39,14 @@ TOUCH = _fenced(
     "$9",
 )
 # A stack's settings file saved ($5 at $6), or dropped.
-SAVE_SETTINGS = _fenced(
+SAVE_SETTINGS = fenced(
     "INSERT INTO stack_settings (project, stack, settings, updated_at)"
     " SELECT $1, $2, $5, $6 WHERE {holds} ON CONFLICT (project, stack)"
     " DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
     "$3",
     "$4",
 )
-DROP_SETTINGS = _fenced(
+DROP_SETTINGS = fenced(
     "DELETE FROM stack_settings WHERE project = $1 AND stack = $2 AND {holds}", "$3", "$4"
 )
 

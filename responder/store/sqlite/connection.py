@@ -7,12 +7,13 @@ another coroutine's statements and the event loop never waits on the disk. In th
 
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from responder.store import StoreUnavailable
+from responder.store import LeaseLost, StoreUnavailable
 from responder.store.node import new_node_id
+from responder.store.sqlite.rows import holds
 from responder.store.sqlite.schema import ensure_schema
 from responder.store.sqlite.thread import StoreThread, StoreThreadClosed
 
@@ -78,6 +79,21 @@ class Connection:
     async def _write(self, fn: Callable[[sqlite3.Connection], T], *, slow: bool = False) -> T:
         """`fn` on the store's thread, in one transaction."""
         return await self._call(lambda: self._transaction(fn), slow=slow)
+
+    async def _write_held(
+        self, held: tuple[int, int] | None, sql: str, args: Sequence[object]
+    ) -> None:
+        """One statement in a transaction, made only while `held`, a (job id, fence), still holds
+        the job (None: by no job); else nothing is written and `LeaseLost` raised."""
+
+        def write(db: sqlite3.Connection) -> bool:
+            if held is not None and not holds(db, *held):
+                return False
+            db.execute(sql, args)
+            return True
+
+        if not await self._write(write):
+            raise LeaseLost(held[0] if held else 0)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

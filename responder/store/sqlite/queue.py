@@ -125,18 +125,9 @@ class JobQueue(Connection):
     async def add_step(
         self, job_id: int, step: StepRecord, *, fence: int | None = None, key: str | None = None
     ) -> None:
-        error = storable(step.error)
-        values = (job_id, step.step, step.started_at, step.duration_ms, step.outcome, error)
-        changes = json.dumps(step.changes)
-
-        def add(db: sqlite3.Connection) -> bool:
-            if fence is not None and not rows.holds(db, job_id, fence):
-                return False
-            db.execute(STEP, (*values, changes, key))
-            return True
-
-        if not await self._write(add):
-            raise LeaseLost(job_id)
+        values = (job_id, step.step, step.started_at, step.duration_ms, step.outcome)
+        args = (*values, storable(step.error), json.dumps(step.changes), key)
+        await self._write_held(None if fence is None else (job_id, fence), STEP, args)
 
     async def finish(
         self,

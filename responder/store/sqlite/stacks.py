@@ -10,7 +10,6 @@ from responder.store import (
     Caps,
     Job,
     JsonObject,
-    LeaseLost,
     StackRecord,
     StackStatus,
 )
@@ -71,20 +70,13 @@ class StackRecords(Connection):
         held: tuple[int, int] | None = None,
     ) -> None:
         encoded = json.dumps(outputs) if outputs is not None else None
-
-        def touch(db: sqlite3.Connection) -> bool:
-            if not (held is None or rows.holds(db, *held)):
-                return False
-            db.execute(
-                "UPDATE stacks SET last_operation = ?, last_activity_at = ?, status = COALESCE(?, status),"
-                " outputs = COALESCE(?, outputs), export_path = COALESCE(?, export_path)"
-                " WHERE project = ? AND stack = ?",
-                (operation, now, status, encoded, export_path, project, stack),
-            )
-            return True
-
-        if not await self._write(touch):
-            raise LeaseLost(held[0] if held else 0)
+        await self._write_held(
+            held,
+            "UPDATE stacks SET last_operation = ?, last_activity_at = ?, status = COALESCE(?, status),"
+            " outputs = COALESCE(?, outputs), export_path = COALESCE(?, export_path)"
+            " WHERE project = ? AND stack = ?",
+            (operation, now, status, encoded, export_path, project, stack),
+        )
 
     async def get_stack(self, project: str, stack: str) -> StackRecord | None:
         def get(db: sqlite3.Connection) -> StackRecord | None:
@@ -123,15 +115,7 @@ class StackRecords(Connection):
                 " updated_at = excluded.updated_at"
             )
             args = (project, stack, text, time.time())
-
-        def save(db: sqlite3.Connection) -> bool:
-            if not (held is None or rows.holds(db, *held)):
-                return False
-            db.execute(sql, args)
-            return True
-
-        if not await self._write(save):
-            raise LeaseLost(held[0] if held else 0)
+        await self._write_held(held, sql, args)
 
     async def operations_since(self, since: float) -> int:
         sql = "SELECT COUNT(*) FROM steps WHERE started_at >= ?"
