@@ -213,31 +213,23 @@ async def test_a_killed_child_is_replaced_and_the_port_keeps_answering(
     assert len(supervised.children()) == 2 and victim not in supervised.children()
 
 
-async def test_sigterm_stops_every_child_and_exits_zero(supervised: Supervised) -> None:
+# SIGHUP as SIGTERM: a closed terminal or `kill -HUP` ended the supervisor on the spot, silently.
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+async def test_a_stop_signal_stops_every_child_and_exits_zero(
+    supervised: Supervised, signum: signal.Signals
+) -> None:
     supervised.start()
     await supervised.ready_nodes(2, refused_ok=True)
     children = supervised.children()
     assert supervised.proc is not None
-    supervised.proc.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(supervised.proc.wait, GRACE + 30) == 0
-    assert all(_gone(pid) for pid in children)
-    exits = [line for line in supervised.lines("supervisor.child_exited")]
-    assert sorted(int(str(line["pid"])) for line in exits) == sorted(children)
-    assert all(line.get("exit_code") == 0 for line in exits), exits  # each stopped gracefully
-    assert len(supervised.lines("daemon.stopped")) == 2
-
-
-async def test_sighup_stops_as_sigterm_does(supervised: Supervised) -> None:
-    """A closed terminal or `kill -HUP`: by default it ended the supervisor on the spot, silently."""
-    supervised.start()
-    await supervised.ready_nodes(2, refused_ok=True)
-    children = supervised.children()
-    assert supervised.proc is not None
-    supervised.proc.send_signal(signal.SIGHUP)
+    supervised.proc.send_signal(signum)
     assert await asyncio.to_thread(supervised.proc.wait, GRACE + 30) == 0
     assert all(_gone(pid) for pid in children)
     [stopping] = supervised.lines("supervisor.stopping")
-    assert stopping["signal"] == "SIGHUP"
+    assert stopping["signal"] == signum.name
+    exits = [line for line in supervised.lines("supervisor.child_exited")]
+    assert sorted(int(str(line["pid"])) for line in exits) == sorted(children)
+    assert all(line.get("exit_code") == 0 for line in exits), exits  # each stopped gracefully
     assert len(supervised.lines("daemon.stopped")) == 2
 
 
